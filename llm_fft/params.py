@@ -1,0 +1,93 @@
+"""Reading params.yaml, checking it before heavy work, seeding and device choice."""
+
+import difflib
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+
+
+def load_params(path=PARAMS_FILE):
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def problems_in_section(params, section, spec):
+    """Compare params[section] with spec and return every problem found, as readable lines.
+
+    spec maps each key to (expected type or tuple of types, check or None, rule in words).
+    Unknown keys are reported with the closest valid name, so a typo never falls back to a default.
+    """
+    values = params.get(section)
+    if not isinstance(values, dict):
+        return [f"params.yaml: section '{section}' is missing or not a mapping"]
+    problems = []
+    for key in values:
+        if key not in spec:
+            close = difflib.get_close_matches(key, spec, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(f"params.yaml: {section}.{key} is not a known key{hint}")
+    for key, (kind, check, rule) in spec.items():
+        if key not in values:
+            problems.append(f"params.yaml: {section}.{key} is missing ({rule})")
+            continue
+        value = values[key]
+        # bool is an int in Python; a flag written where a number belongs is a mistake.
+        wrong_bool = isinstance(value, bool) and bool not in _as_tuple(kind)
+        if wrong_bool or not isinstance(value, kind):
+            problems.append(f"params.yaml: {section}.{key} = {value!r} has the wrong type ({rule})")
+        elif check is not None and not check(value):
+            problems.append(f"params.yaml: {section}.{key} = {value!r} is out of range ({rule})")
+    return problems
+
+
+def _as_tuple(kind):
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def fail_if_problems(problems, what="params"):
+    """Print every problem at once and exit non-zero; do nothing when the list is empty."""
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        sys.exit(f"error: {len(problems)} problem(s) with the {what}:\n{lines}")
+
+
+# Keys shared by several stages, checked by each stage that reads them.
+SHARED_SPEC = {
+    "seed": (int, lambda v: v >= 0, "an integer >= 0"),
+    "device": (str, lambda v: v in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda"),
+}
+
+
+def shared_problems(params):
+    problems = []
+    for key, (kind, check, rule) in SHARED_SPEC.items():
+        value = params.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or not check(value):
+            problems.append(f"params.yaml: {key} = {value!r} is invalid ({rule})")
+    if params.get("device") == "cuda" and not torch.cuda.is_available():
+        problems.append("params.yaml: device = 'cuda' but no CUDA GPU is available here "
+                        "(use device: auto or cpu)")
+    return problems
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels where it has them."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    # Needed by cuBLAS for deterministic matrix products; harmless on CPU.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
