@@ -62,7 +62,7 @@ def main():
             too_long.append(f"{DATASET}:{pair['line']}: example has {len(ids['input_ids'])} tokens, "
                             f"more than parse_qa.max_length = {cfg['max_length']}: {pair['question']!r}")
         records.append({"id": i, **pair, "prompt": build_prompt(pair["question"]), **ids})
-    fail_if_problems(too_long, what=f"dataset (raise parse_qa.max_length or shorten these)")
+    fail_if_problems(too_long, what="dataset (raise parse_qa.max_length or shorten these)")
 
     write_jsonl(RECORDS, records)
     PREVIEW.write_text(preview(tokenizer, records[:cfg["preview_examples"]]), encoding="utf-8")
