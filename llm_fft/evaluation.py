@@ -1,6 +1,6 @@
 """Batched greedy answering, teacher-forced answer loss, metrics and the tables people read.
 
-baseline_eval and final_eval both call evaluate(): same prompt ids, same decoding, same metrics.
+baseline_eval and final_eval both call evaluate_stage(): same prompt ids, same decoding, same metrics.
 """
 
 import json

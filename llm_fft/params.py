@@ -3,6 +3,7 @@
 import difflib
 import os
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -13,9 +14,18 @@ import yaml
 PARAMS_FILE = Path("params.yaml")
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-4 as a float, as YAML 1.2 and DVC do (PyYAML's 1.1 rules need 1.0e-4)."""
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def load_params(path=PARAMS_FILE):
     with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+        return yaml.load(f, Loader=_ParamsLoader)
 
 
 def problems_in_section(params, section, spec):

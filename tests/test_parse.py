@@ -73,3 +73,9 @@ def test_default_facts_have_at_least_24_distinct_pairs():
     pairs = load_facts(Path(__file__).resolve().parents[1] / "data" / "facts.yaml")
     assert len(pairs) >= 24
     assert len({q for q, _ in pairs}) == len(pairs)
+
+
+def test_params_read_exponent_floats_as_dvc_does(tmp_path):
+    from llm_fft.params import load_params
+    (tmp_path / "params.yaml").write_text("a: 1e-4\nb: 3.0e-4\nc: 2E+3\nd: 10\ne: 1e-4x\n")
+    assert load_params(tmp_path / "params.yaml") == {"a": 1e-4, "b": 3e-4, "c": 2000.0, "d": 10, "e": "1e-4x"}
