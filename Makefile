@@ -44,4 +44,4 @@ test: setup ## run the test suite
 	python -m pytest -q tests
 
 clean: ## delete pipeline outputs and the DVC cache (keeps .venv and committed metrics)
-	rm -rf models/base models/finetuned models/*.tmp data/dataset.txt data/qa.jsonl data/preview.md .dvc/cache .dvc/tmp
+	rm -rf models/base models/finetuned models/*.tmp models/checkpoints data/dataset.txt data/qa.jsonl data/preview.md .dvc/cache .dvc/tmp

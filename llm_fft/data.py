@@ -141,10 +141,8 @@ def collate(records, pad_id):
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+def to_jsonl(rows):
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def read_jsonl(path):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from llm_fft.data import IGNORE_INDEX, collate, read_jsonl
+from llm_fft.files import write_atomically
 from llm_fft.model import load_pretrained
 from llm_fft.params import (fail_if_problems, pick_device, problems_in_section, seed_everything,
                             shared_problems)
@@ -106,10 +107,8 @@ def evaluate(model, tokenizer, records, batch_size, extra_new_tokens, device):
 
 
 def write_results(metrics, table, metrics_path, table_path):
-    table.round({"answer_nll": 4}).to_csv(table_path, index=False)
-    with open(metrics_path, "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=2)
-        f.write("\n")
+    write_atomically(table_path, table.round({"answer_nll": 4}).to_csv(index=False))
+    write_atomically(metrics_path, json.dumps(metrics, indent=2) + "\n")
 
 
 def comparison_markdown(before, after, before_table, after_table):

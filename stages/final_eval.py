@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.
 import pandas as pd
 
 from llm_fft.evaluation import comparison_markdown, evaluate_stage, write_results
+from llm_fft.files import write_atomically
 from llm_fft.params import load_params
 
 MODEL_DIR = Path("models/finetuned")
@@ -33,7 +34,7 @@ def main():
 
     before = json.loads(BASELINE_METRICS.read_text(encoding="utf-8"))
     before_table = pd.read_csv(BASELINE_ANSWERS, keep_default_na=False)
-    COMPARISON.write_text(comparison_markdown(before, metrics, before_table, table), encoding="utf-8")
+    write_atomically(COMPARISON, comparison_markdown(before, metrics, before_table, table))
     print(f"wrote {METRICS}, {ANSWERS} and {COMPARISON}: exact match "
           f"{before['exact_match']:.3f} -> {metrics['exact_match']:.3f}, answer NLL "
           f"{before['answer_nll']:.3f} -> {metrics['answer_nll']:.3f}")

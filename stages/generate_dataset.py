@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.py: import llm_fft from the repo
 
 from llm_fft.data import DatasetError, load_facts, render_custom_tokens
+from llm_fft.files import write_atomically
 from llm_fft.params import fail_if_problems, load_params, problems_in_section
 
 OUT_FILE = Path("data/dataset.txt")
@@ -30,7 +31,7 @@ def main():
         pairs = load_facts(cfg["facts"])
     except DatasetError as e:
         sys.exit(f"error: bad facts file:\n{e}")
-    OUT_FILE.write_text(render_custom_tokens(pairs), encoding="utf-8")
+    write_atomically(OUT_FILE, render_custom_tokens(pairs))
     print(f"wrote {OUT_FILE}: {len(pairs)} question/answer pairs from {cfg['facts']}")
 
 

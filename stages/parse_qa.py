@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.
 from transformers import AutoTokenizer
 
 from llm_fft.data import (IGNORE_INDEX, DatasetError, build_prompt, parse_custom_tokens,
-                          tokenize_pair, write_jsonl)
+                          tokenize_pair, to_jsonl)
+from llm_fft.files import write_atomically
 from llm_fft.params import fail_if_problems, load_params, problems_in_section
 
 DATASET = Path("data/dataset.txt")
@@ -64,8 +65,8 @@ def main():
         records.append({"id": i, **pair, "prompt": build_prompt(pair["question"]), **ids})
     fail_if_problems(too_long, what="dataset (raise parse_qa.max_length or shorten these)")
 
-    write_jsonl(RECORDS, records)
-    PREVIEW.write_text(preview(tokenizer, records[:cfg["preview_examples"]]), encoding="utf-8")
+    write_atomically(RECORDS, to_jsonl(records))
+    write_atomically(PREVIEW, preview(tokenizer, records[:cfg["preview_examples"]]))
     lengths = [len(r["input_ids"]) for r in records]
     print(f"wrote {RECORDS}: {len(records)} records, {sum(lengths)} tokens, "
           f"longest {max(lengths)} (limit {cfg['max_length']}); preview in {PREVIEW}")

@@ -79,3 +79,15 @@ def test_params_read_exponent_floats_as_dvc_does(tmp_path):
     from llm_fft.params import load_params
     (tmp_path / "params.yaml").write_text("a: 1e-4\nb: 3.0e-4\nc: 2E+3\nd: 10\ne: 1e-4x\n")
     assert load_params(tmp_path / "params.yaml") == {"a": 1e-4, "b": 3e-4, "c": 2000.0, "d": 10, "e": "1e-4x"}
+
+
+def test_write_atomically_replaces_whole_or_not_at_all(tmp_path):
+    from llm_fft.files import write_atomically
+    target = tmp_path / "out.json"
+    write_atomically(target, "old\n")
+    with pytest.raises(TypeError):
+        write_atomically(target, None)  # fails while writing the temporary file
+    assert target.read_text() == "old\n"
+    write_atomically(target, "new\n")
+    assert target.read_text() == "new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left

@@ -5,8 +5,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -58,7 +60,7 @@ def tiny_repo(tmp_path_factory):
             shutil.copy2(REPO / name, repo / name)
     (repo / "data" / "facts.yaml").write_text(yaml.safe_dump(TINY_FACTS, allow_unicode=True), encoding="utf-8")
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
-    params["finetune"].update(epochs=2, batch_size=2, warmup_steps=0, log_every=1)
+    params["finetune"].update(epochs=2, batch_size=2, warmup_steps=0, log_every=1, checkpoint_every=1)
     params["evaluate"].update(extra_new_tokens=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     for args in (["init", "-q"], ["add", "-A"],
@@ -67,13 +69,25 @@ def tiny_repo(tmp_path_factory):
     return repo
 
 
+# What a run leaves that must be identical when it is repeated or resumed.
+RESULT_FILES = ["dvc.lock", "metrics/baseline.json", "metrics/baseline_answers.csv", "metrics/final.json",
+                "metrics/final_answers.csv", "metrics/comparison.md", "metrics/finetune/metrics.json",
+                "metrics/finetune/plots/metrics/train/loss.tsv", "metrics/finetune/plots/metrics/train/lr.tsv"]
+
+
+def results(repo):
+    return {name: (repo / name).read_bytes() for name in RESULT_FILES}
+
+
 @pytest.fixture(scope="module")
 def first_repro(tiny_repo):
-    return dvc("repro", cwd=tiny_repo).stdout
+    out = dvc("repro", cwd=tiny_repo).stdout
+    return out, results(tiny_repo)
 
 
 def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
-    assert stages_run(first_repro) == STAGES
+    assert stages_run(first_repro[0]) == STAGES
+    assert not (tiny_repo / "models/checkpoints/finetune").exists()  # deleted after a successful finish
     records = [json.loads(line) for line in (tiny_repo / "data/qa.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["question"] for r in records] == [p["question"] for p in TINY_FACTS["pairs"]]
     assert "supervised:" in (tiny_repo / "data/preview.md").read_text(encoding="utf-8")
@@ -110,6 +124,42 @@ def test_second_repro_does_nothing(tiny_repo, first_repro):
     out = dvc("repro", cwd=tiny_repo).stdout
     assert stages_run(out) == []
     assert "up to date" in out
+
+
+def test_finetune_killed_midway_resumes_and_ends_as_if_never_killed(tiny_repo, first_repro):
+    checkpoint = tiny_repo / "models/checkpoints/finetune/checkpoint.pt"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run_ = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "-s", "finetune"], cwd=tiny_repo,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and run_.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(run_.pid, signal.SIGKILL)  # dvc and the stage under it, with no chance to clean up
+    run_.wait()
+    assert checkpoint.exists(), "finetune finished or failed before its first checkpoint"
+    assert not (tiny_repo / "models/finetuned").exists()  # no half-written model
+
+    # A checkpoint made with other params is refused, not silently resumed.
+    params = tiny_repo / "params.yaml"
+    original = params.read_text(encoding="utf-8")
+    edit_params(tiny_repo, "finetune", "lr", 1e-4)
+    refused = run([sys.executable, "stages/finetune.py"], tiny_repo, check=False)
+    params.write_text(original, encoding="utf-8")
+    assert refused.returncode != 0
+    assert "refusing to resume" in refused.stderr and "finetune.lr" in refused.stderr
+
+    # --force: else DVC checks the uninterrupted run's model out of its cache (dvc.lock knows it);
+    # after a crash in a first run there is none, and plain `dvc repro` resumes the same way.
+    out = dvc("repro", "--force", "-s", "finetune", cwd=tiny_repo).stdout
+    assert "resuming from models/checkpoints/finetune/checkpoint.pt at step" in out
+    assert stages_run(out) == ["finetune"]
+    assert results(tiny_repo) == first_repro[1]  # same loss curve, weights (dvc.lock) and metrics
+    assert not checkpoint.parent.exists()
+
+
+def test_forced_rerun_of_every_stage_is_byte_identical(tiny_repo, first_repro):
+    assert stages_run(dvc("repro", "--force", cwd=tiny_repo).stdout) == STAGES
+    assert results(tiny_repo) == first_repro[1]
 
 
 @pytest.mark.parametrize("edit, expected", [
@@ -161,3 +211,37 @@ def test_bad_params_are_all_reported_before_any_work(tmp_path):
     assert "finetune.lr = -1.0 is out of range" in result.stderr
     assert "finetune.epoch is not a known key (did you mean 'epochs'?)" in result.stderr
     assert "finetune.epochs is missing" in result.stderr
+
+
+def test_non_finite_loss_stops_training_naming_the_step(tiny_repo, first_repro, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(tiny_repo / "models/base")
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    model.save_pretrained(tmp_path / "models/base")
+    AutoTokenizer.from_pretrained(tiny_repo / "models/base").save_pretrained(tmp_path / "models/base")
+    shutil.copy(tiny_repo / "params.yaml", tmp_path)
+    (tmp_path / "data").mkdir()
+    shutil.copy(tiny_repo / "data/qa.jsonl", tmp_path / "data")
+    result = run([sys.executable, REPO / "stages/finetune.py"], tmp_path, check=False)
+    assert result.returncode != 0
+    assert "error: loss is nan at step 1 (epoch 1); no model saved" in result.stderr
+    assert not (tmp_path / "models/finetuned").exists()
+
+
+@pytest.mark.parametrize("stage, section, key, value, message", [
+    ("prepare_model", "model", "name", "no-such-org/no-such-model",
+     "cannot load model 'no-such-org/no-such-model'"),
+    ("finetune", None, "device", "cuda", "device = 'cuda' but no CUDA GPU is available here"),
+])
+def test_impossible_settings_fail_with_a_clear_message(tmp_path, monkeypatch, stage, section, key, value, message):
+    if key == "device" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    (params[section] if section else params)[key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub here anyway; do not wait for one
+    result = run([sys.executable, REPO / "stages" / f"{stage}.py"], tmp_path, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert list(tmp_path.iterdir()) == [tmp_path / "params.yaml"]  # nothing written
