@@ -62,6 +62,9 @@ def main():
     if cfg["batch_size"] > len(records):
         print(f"warning: finetune.batch_size {cfg['batch_size']} > {len(records)} examples: "
               f"every batch is the whole dataset")
+    # A checkpoint of another run is refused before any model is loaded.
+    fingerprint = run_fingerprint(params, RECORDS, BASE_MODEL)
+    resumed = load_checkpoint(CHECKPOINT, fingerprint)
     seed_everything(params["seed"])
     device = pick_device(params["device"])
 
@@ -75,8 +78,6 @@ def main():
     total_steps = cfg["epochs"] * steps_per_epoch
     scheduler = get_scheduler(cfg["lr_schedule"], optimizer, num_warmup_steps=cfg["warmup_steps"],
                               num_training_steps=total_steps)
-    fingerprint = run_fingerprint(params, RECORDS, BASE_MODEL)
-    resumed = load_checkpoint(CHECKPOINT, fingerprint)
     start_step, history = 0, []  # history: (loss, lr) of every step done, replayed into DVCLive
     if resumed:
         model.load_state_dict(resumed["model"])
@@ -84,6 +85,7 @@ def main():
         scheduler.load_state_dict(resumed["scheduler"])
         restore_rng(resumed["rng"])
         start_step, history = resumed["step"], resumed["history"]
+        del resumed  # a second copy of the weights and optimizer state
         print(f"resuming from {CHECKPOINT} at step {start_step}/{total_steps}")
     autocast = autocast_for(device, cfg["precision"])
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
