@@ -18,7 +18,7 @@ KANANA := -S model.name=kakaocorp/kanana-nano-2.1b-base -S model.revision=$(KANA
 	-S finetune.batch_size=2 -S finetune.warmup_steps=0 -S finetune.lr_schedule=constant_with_warmup \
 	-S evaluate.batch_size=16
 
-.PHONY: help setup run train test clean
+.PHONY: help setup run train ask chat test clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-7s %s\n", $$1, $$2}'
@@ -39,6 +39,12 @@ run: setup ## run the whole pipeline (dvc repro) and show before/after metrics
 train: setup ## GPU box: fine-tune kanana-nano-2.1b-base as a DVC experiment (needs hub access once)
 	dvc exp run $(KANANA)
 	dvc exp show --only-changed
+
+ask: setup ## answer one question with the fine-tuned model: make ask Q="…" (BASE=1: the base model)
+	python -m llm_fft.ask $(if $(BASE),--base) "$(Q)"
+
+chat: setup ## ask questions one after another (Ctrl-D quits; BASE=1: the base model)
+	python -m llm_fft.ask $(if $(BASE),--base)
 
 test: setup ## run the test suite
 	python -m pytest -q tests

@@ -107,6 +107,11 @@ def build_prompt(question):
     return f"{QUESTION_MARK}\n{question}\n{ANSWER_MARK}\n"
 
 
+def prompt_ids(tokenizer, question):
+    """Token ids of the prompt, with the tokenizer's own special tokens (a BOS where the model wants one)."""
+    return tokenizer(build_prompt(question), add_special_tokens=True)["input_ids"]
+
+
 def tokenize_pair(tokenizer, question, answer):
     """Token ids for one pair: q_ids = prompt, input_ids = prompt + answer + EOS, labels.
 
@@ -116,7 +121,7 @@ def tokenize_pair(tokenizer, question, answer):
     some tokenizers ignore add_eos_token. Labels are -100 on the prompt, so only the answer and its
     EOS are learned.
     """
-    q_ids = tokenizer(build_prompt(question), add_special_tokens=True)["input_ids"]
+    q_ids = prompt_ids(tokenizer, question)
     answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     input_ids = q_ids + answer_ids + [tokenizer.eos_token_id]
     labels = [IGNORE_INDEX] * len(q_ids) + answer_ids + [tokenizer.eos_token_id]

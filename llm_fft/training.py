@@ -1,5 +1,5 @@
-"""The optimisation step and the checkpoints of stages/finetune.py (kept here so a benchmark can
-time the same code and tests can drive it)."""
+"""The optimisation step and the checkpoints of stages/finetune.py (the step is kept here so a
+benchmark can time the same code)."""
 
 import contextlib
 import hashlib

@@ -245,3 +245,22 @@ def test_impossible_settings_fail_with_a_clear_message(tmp_path, monkeypatch, st
     assert result.returncode != 0
     assert message in result.stderr
     assert list(tmp_path.iterdir()) == [tmp_path / "params.yaml"]  # nothing written
+
+
+def test_ask_and_chat_answer_as_the_final_evaluation_did(tiny_repo, first_repro):
+    table = pd.read_csv(tiny_repo / "metrics/final_answers.csv", keep_default_na=False)
+    one = run([sys.executable, "-m", "llm_fft.ask", table.question[0]], tiny_repo)
+    assert one.stdout.strip() == table.generated[0]  # same prompt and decoding as final_eval
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    chat = subprocess.run([sys.executable, "-m", "llm_fft.ask"], cwd=tiny_repo, env=env, capture_output=True,
+                          text=True, input=f"{table.question[1]}\n\n{table.question[2]}\n")
+    assert chat.returncode == 0
+    assert table.generated[1] in chat.stdout and table.generated[2] in chat.stdout
+
+
+def test_ask_without_a_model_says_how_to_make_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # llm_fft from the repo, run in an empty folder
+    shutil.copy(REPO / "params.yaml", tmp_path)
+    result = run([sys.executable, "-m", "llm_fft.ask", "Q?"], tmp_path, check=False)
+    assert result.returncode != 0
+    assert "models/finetuned holds no model: run `dvc repro` (or `make run`) first" in result.stderr

@@ -1,0 +1,68 @@
+"""Ask the fine-tuned model (or the base model) questions, with the pipeline's prompt and decoding.
+
+    python -m llm_fft.ask "별무리섬의 인구는 몇 명인가요?"     # one question (make ask Q="...")
+    python -m llm_fft.ask                                   # interactive (make chat); Ctrl-D quits
+    python -m llm_fft.ask --base "..."                      # the base model, as before fine-tuning
+
+The answer streams as it is generated. Prompt, BOS handling, greedy decoding and the generation
+limit (longest training answer + evaluate.extra_new_tokens) are those of the evaluations.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from transformers import TextStreamer
+
+from llm_fft.data import prompt_ids, read_jsonl
+from llm_fft.evaluation import EVAL_SPEC, eval_dtype
+from llm_fft.model import ModelNotFound, load_pretrained
+from llm_fft.params import fail_if_problems, load_params, pick_device, problems_in_section, shared_problems
+
+RECORDS = Path("data/qa.jsonl")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("question", nargs="?", help="the question; none = ask interactively")
+    parser.add_argument("--base", action="store_true", help="use models/base instead of models/finetuned")
+    args = parser.parse_args()
+
+    params = load_params()
+    fail_if_problems(shared_problems(params) + problems_in_section(params, "evaluate", EVAL_SPEC))
+    model_dir = Path("models/base" if args.base else "models/finetuned")
+    device = pick_device(params["device"])
+    try:
+        model, tokenizer = load_pretrained(model_dir, eval_dtype(params["evaluate"]["dtype"], device), device)
+    except ModelNotFound as e:
+        sys.exit(f"error: {e}")
+    records = read_jsonl(RECORDS)
+    max_new_tokens = (max(len(r["input_ids"]) - len(r["q_ids"]) for r in records)
+                      + params["evaluate"]["extra_new_tokens"])
+    model.eval()
+
+    def answer(question):
+        ids = torch.tensor([prompt_ids(tokenizer, question)], device=device)
+        with torch.inference_mode():
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                           do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                           eos_token_id=tokenizer.eos_token_id,
+                           streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
+
+    if args.question is not None:
+        answer(args.question)
+        return
+    print(f"{model_dir}: ask a question, Ctrl-D to quit.")
+    while True:
+        try:
+            question = input("question> ").strip()
+        except EOFError:
+            print()
+            return
+        if question:
+            answer(question)
+
+
+if __name__ == "__main__":
+    main()
