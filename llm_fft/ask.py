@@ -16,9 +16,9 @@ import torch
 from transformers import TextStreamer
 
 from llm_fft.data import prompt_ids, read_jsonl
-from llm_fft.evaluation import EVAL_SPEC, eval_dtype
-from llm_fft.model import ModelNotFound, load_pretrained
-from llm_fft.params import fail_if_problems, load_params, pick_device, problems_in_section, shared_problems
+from llm_fft.evaluation import generation_limit, load_for_evaluation
+from llm_fft.model import ModelNotFound
+from llm_fft.params import load_params
 
 RECORDS = Path("data/qa.jsonl")
 
@@ -30,17 +30,12 @@ def main():
     args = parser.parse_args()
 
     params = load_params()
-    fail_if_problems(shared_problems(params) + problems_in_section(params, "evaluate", EVAL_SPEC))
     model_dir = Path("models/base" if args.base else "models/finetuned")
-    device = pick_device(params["device"])
     try:
-        model, tokenizer = load_pretrained(model_dir, eval_dtype(params["evaluate"]["dtype"], device), device)
+        model, tokenizer, device = load_for_evaluation(params, model_dir)
     except ModelNotFound as e:
         sys.exit(f"error: {e}")
-    records = read_jsonl(RECORDS)
-    max_new_tokens = (max(len(r["input_ids"]) - len(r["q_ids"]) for r in records)
-                      + params["evaluate"]["extra_new_tokens"])
-    model.eval()
+    max_new_tokens = generation_limit(read_jsonl(RECORDS), params["evaluate"]["extra_new_tokens"])
 
     def answer(question):
         ids = torch.tensor([prompt_ids(tokenizer, question)], device=device)

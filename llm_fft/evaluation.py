@@ -71,14 +71,17 @@ def answer_nll(model, records, batch_size, pad_id, device):
     return per_record, total, count
 
 
+def generation_limit(records, extra_new_tokens):
+    """Max new tokens: the longest answer (with its EOS) plus a margin. Derived from the data, since
+    a fixed small limit would cut long Korean answers short (~2 tokens per syllable here)."""
+    return max(len(r["input_ids"]) - len(r["q_ids"]) for r in records) + extra_new_tokens
+
+
 def evaluate(model, tokenizer, records, batch_size, extra_new_tokens, device):
     """Answer every question and score it. Returns (metrics dict, per-question DataFrame)."""
     model.eval()
-    # Derive the generation limit from the data: the longest answer (with its EOS) plus a margin;
-    # a fixed small limit would cut long Korean answers short (~2 tokens per syllable here).
-    longest_answer = max(len(r["input_ids"]) - len(r["q_ids"]) for r in records)
-    answers = answer_questions(model, tokenizer, records, batch_size,
-                               longest_answer + extra_new_tokens, device)
+    max_new_tokens = generation_limit(records, extra_new_tokens)
+    answers = answer_questions(model, tokenizer, records, batch_size, max_new_tokens, device)
     per_record_nll, total_nll, n_tokens = answer_nll(model, records, batch_size,
                                                      tokenizer.pad_token_id, device)
     table = pd.DataFrame({
@@ -101,7 +104,7 @@ def evaluate(model, tokenizer, records, batch_size, extra_new_tokens, device):
         "answer_perplexity": round(math.exp(mean_nll), 4),
         "ended_with_eos": round(table["ended_with_eos"].mean(), 4),
         "mean_generated_tokens": round(table["generated_tokens"].mean(), 2),
-        "max_new_tokens": longest_answer + extra_new_tokens,
+        "max_new_tokens": max_new_tokens,
     }
     return metrics, table
 
@@ -145,12 +148,21 @@ def eval_dtype(name, device):
     return getattr(torch, name)
 
 
-def evaluate_stage(params, model_dir, records_path):
-    """The whole evaluation stage, shared by baseline_eval and final_eval so they cannot drift."""
+def load_for_evaluation(params, model_dir):
+    """Check the evaluate params, seed, then load the model as every evaluation (and ask) does.
+
+    Returns (model, tokenizer, device); raises ModelNotFound if model_dir holds no model.
+    """
     fail_if_problems(shared_problems(params) + problems_in_section(params, "evaluate", EVAL_SPEC))
-    cfg = params["evaluate"]
     seed_everything(params["seed"])
     device = pick_device(params["device"])
+    model, tokenizer = load_pretrained(model_dir, eval_dtype(params["evaluate"]["dtype"], device), device)
+    return model.eval(), tokenizer, device
+
+
+def evaluate_stage(params, model_dir, records_path):
+    """The whole evaluation stage, shared by baseline_eval and final_eval so they cannot drift."""
+    model, tokenizer, device = load_for_evaluation(params, model_dir)
+    cfg = params["evaluate"]
     records = read_jsonl(records_path)
-    model, tokenizer = load_pretrained(model_dir, eval_dtype(cfg["dtype"], device), device)
     return evaluate(model, tokenizer, records, cfg["batch_size"], cfg["extra_new_tokens"], device)

@@ -26,10 +26,13 @@ TINY_FACTS = {"subject": "test", "pairs": [
 ]}
 
 
-def run(args, cwd, check=True):
-    # Stage commands call `python`: make it this interpreter (the venv's).
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+def venv_env():
+    """Stage commands call `python`: make it this interpreter (the venv's)."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def run(args, cwd, check=True, stdin=None):
+    result = subprocess.run(args, cwd=cwd, env=venv_env(), capture_output=True, text=True, input=stdin)
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(map(str, args))} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
@@ -128,9 +131,9 @@ def test_second_repro_does_nothing(tiny_repo, first_repro):
 
 def test_finetune_killed_midway_resumes_and_ends_as_if_never_killed(tiny_repo, first_repro):
     checkpoint = tiny_repo / "models/checkpoints/finetune/checkpoint.pt"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     run_ = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "-s", "finetune"], cwd=tiny_repo,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            env=venv_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and run_.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -251,10 +254,8 @@ def test_ask_and_chat_answer_as_the_final_evaluation_did(tiny_repo, first_repro)
     table = pd.read_csv(tiny_repo / "metrics/final_answers.csv", keep_default_na=False)
     one = run([sys.executable, "-m", "llm_fft.ask", table.question[0]], tiny_repo)
     assert one.stdout.strip() == table.generated[0]  # same prompt and decoding as final_eval
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    chat = subprocess.run([sys.executable, "-m", "llm_fft.ask"], cwd=tiny_repo, env=env, capture_output=True,
-                          text=True, input=f"{table.question[1]}\n\n{table.question[2]}\n")
-    assert chat.returncode == 0
+    chat = run([sys.executable, "-m", "llm_fft.ask"], tiny_repo,
+               stdin=f"{table.question[1]}\n\n{table.question[2]}\n")
     assert table.generated[1] in chat.stdout and table.generated[2] in chat.stdout
 
 
