@@ -1,0 +1,187 @@
+"""Dataset file formats: exact round trips in every format, detection, duplicates, and every bad input
+in tests/bad_inputs/ (its expected.yaml says which message each file must produce)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm_fft.data import DatasetError
+from llm_fft.formats import (DATASET_SPEC, DEFAULT_SEPARATOR, FORMATS, detect_format, read_pairs,
+                             separator_problem, write_pairs)
+
+BAD_INPUTS = Path(__file__).resolve().parent / "bad_inputs"
+EXPECTED = yaml.safe_load((BAD_INPUTS / "expected.yaml").read_text(encoding="utf-8"))
+
+# Values that stress every format: Korean, a literal '|' and the separator text itself, quotes,
+# backslashes (also before '|' and 'n'), JSON braces, a leading '#', a tab, a line break, and
+# surrounding whitespace that every reader strips.
+PAIRS = [
+    ("별무리섬은 어느 바다에 있나요?", "별무리섬은 제주도 남쪽 바다에 있는 작은 섬입니다."),
+    ("  What does 'a | b' mean?  ", ' "a or b" — with a \\ backslash '),
+    ("JSON {} and \\| and \\n literally?", 'yes: {"k": 1}\tand a tab'),
+    ("#1 starts with a hash?", "first line\nsecond line"),
+    ("a | b | c", "|edge|"),
+    ("ends with a pipe |", "\\"),
+    ("ends with a backslash \\", "| starts with a pipe"),
+]
+STRIPPED = [(q.strip(), a.strip()) for q, a in PAIRS]
+WRITERS = [("custom_tokens", DEFAULT_SEPARATOR), ("json", DEFAULT_SEPARATOR), ("jsonl", DEFAULT_SEPARATOR),
+           ("separator", DEFAULT_SEPARATOR), ("separator", r"\|"), ("separator", r"\s*\|\s*"),
+           ("separator", r"\t")]
+
+
+def question_answers(pairs):
+    return [(p["question"], p["answer"]) for p in pairs]
+
+
+@pytest.mark.parametrize("fmt, separator", WRITERS)
+def test_write_then_read_gives_the_same_pairs(fmt, separator):
+    text = write_pairs(PAIRS, fmt, separator)
+    pairs, warnings = read_pairs(text.encode("utf-8"), "d.txt", fmt, separator)
+    assert question_answers(pairs) == STRIPPED
+    assert warnings == []
+
+
+def test_every_format_gives_byte_identical_pairs():
+    dumps = set()
+    for fmt, separator in WRITERS:
+        pairs, _ = read_pairs(write_pairs(PAIRS, fmt, separator).encode("utf-8"), "d.txt", fmt, separator)
+        dumps.add(json.dumps([{"question": q, "answer": a} for q, a in question_answers(pairs)],
+                             ensure_ascii=False))
+    assert len(dumps) == 1
+
+
+def test_separator_output_follows_the_escape_rule():
+    text = write_pairs(PAIRS[1:6], "separator")
+    assert text.splitlines() == [
+        r"""What does 'a \| b' mean? | "a or b" — with a \\ backslash""",
+        "JSON {} and \\\\| and \\\\n literally? | yes: {\"k\": 1}\tand a tab",
+        r"\#1 starts with a hash? | first line\nsecond line",
+        r"a \| b \| c | |edge|",
+        r"ends with a pipe \| | \\",
+    ]
+
+
+def test_escaped_pipe_is_not_a_separator():
+    pairs, _ = read_pairs(b"a \\| b | c\n", "d.txt", "separator")
+    assert question_answers(pairs) == [("a | b", "c")]
+    pairs, _ = read_pairs(b"x\\|y|z\n", "d.txt", "separator", r"\|")
+    assert question_answers(pairs) == [("x|y", "z")]
+
+
+def test_custom_tokens_writer_writes_the_seed_blocks():
+    assert write_pairs([("섬 이름은?", "별무리섬입니다."), ("Q2?", "A2.")], "custom_tokens") == (
+        "<|question|>\n섬 이름은?\n<|answer|>\n별무리섬입니다.\n\n<|question|>\nQ2?\n<|answer|>\nA2.\n\n")
+
+
+def test_where_names_file_and_line_in_every_format():
+    pairs = [("Q1?", "A1."), ("Q2?", "A2.")]
+    expected = {"custom_tokens": ["d:1", "d:6"], "json": ["d:2 ($[0])", "d:6 ($[1])"],
+                "jsonl": ["d:1", "d:2"], "separator": ["d:1", "d:2"]}
+    for fmt in FORMATS:
+        read, _ = read_pairs(write_pairs(pairs, fmt).encode("utf-8"), "d", fmt)
+        assert [p["where"] for p in read] == expected[fmt], fmt
+
+
+def test_comments_and_blank_lines_are_skipped_in_separator_format():
+    raw = "# header | not a pair\n\n  # indented comment\nQ1? | A1.\n\r\nQ2? | A2.\n".encode("utf-8")
+    pairs, _ = read_pairs(raw, "d.txt", "separator")
+    assert [(p["question"], p["where"]) for p in pairs] == [("Q1?", "d.txt:4"), ("Q2?", "d.txt:6")]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bom_crlf_and_lone_cr_are_accepted(fmt):
+    text = write_pairs(STRIPPED, fmt)
+    plain, _ = read_pairs(text.encode("utf-8"), "d.txt", fmt)
+    for newline in ("\r\n", "\r"):
+        raw = ("\ufeff" + text.replace("\n", newline)).encode("utf-8")
+        pairs, _ = read_pairs(raw, "d.txt", fmt)
+        assert pairs == plain  # same values and the same line numbers
+
+
+@pytest.mark.parametrize("fmt, name", [("custom_tokens", "d.txt"), ("json", "d.txt"), ("json", "d.json"),
+                                       ("jsonl", "d.txt"), ("jsonl", "d.jsonl"), ("separator", "d.txt")])
+def test_each_format_is_detected(fmt, name):
+    text = write_pairs(STRIPPED, fmt)
+    assert detect_format(text, name) == fmt
+    pairs, _ = read_pairs(text.encode("utf-8"), name)  # fmt="auto"
+    assert question_answers(pairs) == STRIPPED
+
+
+def test_ambiguous_format_is_a_clear_error():
+    with pytest.raises(DatasetError) as err:
+        detect_format('{"question": "Q?", "answer": "A."}\n', "data.json")
+    assert str(err.value) == (
+        "data.json: ambiguous format: the extension .json says json but the content starts with '{', "
+        "like jsonl; rename the file or name the format explicitly (one of custom_tokens, json, jsonl, "
+        "separator)")
+
+
+def test_exact_duplicate_is_merged_with_a_warning_naming_both_places():
+    raw = ("<|question|>\nQ?\n<|answer|>\nA.\n\n<|question|>\nOther?\n<|answer|>\nB.\n\n"
+           "<|question|>\n  Q?\n<|answer|>\nA.  \n").encode("utf-8")
+    pairs, warnings = read_pairs(raw, "d.txt")
+    assert question_answers(pairs) == [("Q?", "A."), ("Other?", "B.")]
+    assert warnings == ["d.txt:11: duplicate of the pair at d.txt:1, kept once: 'Q?'"]
+
+
+def test_every_problem_is_one_line_in_file_order():
+    name = "22_multiple_problems.txt"
+    with pytest.raises(DatasetError) as err:
+        read_pairs((BAD_INPUTS / name).read_bytes(), name, "custom_tokens")
+    assert str(err.value).splitlines() == [
+        f"{name}:6: block has no <|answer|>: '인구는?'",
+        f"{name}:9: empty question (answer '312명.')",
+        f"{name}:13: empty answer to '등대지기는?'",
+    ]
+
+
+def test_writer_refuses_pairs_the_reader_would_refuse():
+    with pytest.raises(DatasetError) as err:
+        write_pairs([("Q?", "A."), (" ", "B."), ("R?", "x <|answer|> y"), {"question": "Q?", "answer": "C."},
+                     ("Q?", "A.")], "jsonl")
+    assert str(err.value).splitlines() == [
+        "pairs[1]: empty question (answer 'B.')",
+        "pairs[2]: marker <|answer|> inside the answer: 'x <|answer|> y'",
+        "pairs[3]: question 'Q?' is also at pairs[0] with another answer: 'A.' there, 'C.' here",
+        "pairs[4]: duplicate of the pair at pairs[0], kept once: 'Q?' (the reader would merge it)",
+    ]
+
+
+def test_separator_and_format_arguments_are_checked():
+    assert separator_problem(DEFAULT_SEPARATOR) is None
+    assert "not a valid regular expression" in separator_problem("(")
+    assert "matches an empty text" in separator_problem(r"\s*")
+    assert "escape character" in separator_problem(r"\\")
+    spec_check = DATASET_SPEC["separator"][1]
+    assert spec_check(r"\|") and not spec_check("|?")
+    with pytest.raises(ValueError, match="unknown dataset format 'yaml'"):
+        read_pairs(b"Q? | A.\n", "d.txt", "yaml")
+    with pytest.raises(ValueError, match="not one fixed text"):
+        write_pairs([("Q?", "A.")], "separator", r"\s+-+\s+")
+
+
+def test_every_bad_input_file_has_an_expectation():
+    files = {p.name for p in BAD_INPUTS.iterdir()} - {"expected.yaml"}
+    assert len(files) >= 22
+    assert files == set(EXPECTED), "files without an entry, or entries without a file"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bad_input_is_refused_with_its_message(name):
+    case = EXPECTED[name]
+    with pytest.raises(DatasetError) as err:
+        read_pairs((BAD_INPUTS / name).read_bytes(), name, case["format"],
+                   case.get("separator", DEFAULT_SEPARATOR))
+    missing = [m for m in case["messages"] if m not in str(err.value)]
+    assert not missing, f"{name}: not in the message {str(err.value)!r}: {missing}"
+
+
+def test_text_that_starts_like_json_but_has_separators_is_ambiguous():
+    raw = "[공지] 인구는? | 312명\n".encode("utf-8")
+    with pytest.raises(DatasetError, match=r"d.txt: ambiguous format: the content starts with '\[' like json"):
+        read_pairs(raw, "d.txt")
+    pairs, _ = read_pairs(raw, "d.txt", "separator")  # named explicitly, it reads
+    assert question_answers(pairs) == [("[공지] 인구는?", "312명")]
