@@ -1,0 +1,468 @@
+"""The evaluation report: before vs after fine-tuning, as markdown and as one self-contained HTML page.
+
+Inputs (see the evaluation stages): `before` / `after` are {set: {metric: number}} dicts (the
+contents of metrics/baseline.json and metrics/final.json); `before_table` / `after_table` are the
+per-question DataFrames (same rows, same order) with the columns in TABLE_COLUMNS; the loss curve
+comes from the DVCLive TSV files of the finetune stage.
+
+Both pages carry the same content: the headline table (set x metric, before | after | change), one
+summary sentence per set computed from the numbers, the loss curve, then every question per set.
+Output is deterministic: the same inputs give the same bytes.
+"""
+
+import base64
+import html
+import io
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+# Sets in the order a reader needs them: what was trained, whether it generalised, what it cost.
+SET_ORDER = ("trained", "heldout", "retention")
+SET_LABELS = {"trained": "trained questions",
+              "heldout": "held-out paraphrases",
+              "retention": "retention (general text and prompts)"}
+# Its rows have no expected answer: an answer there is judged by whether fine-tuning changed it.
+RETENTION_SET = "retention"
+
+TABLE_COLUMNS = ("set", "id", "question", "expected", "key_fact", "generated", "exact_match",
+                 "contains_answer", "char_f1", "states_key_fact", "ended_with_eos",
+                 "generated_tokens", "answer_nll")
+BOOL_COLUMNS = ("exact_match", "contains_answer", "states_key_fact", "ended_with_eos")
+
+# Metric names are matched by these words so that a new metric gets the right direction without
+# a code change; a metric matching neither (counts, mean_generated_tokens) gets no verdict.
+LOWER_IS_BETTER = ("nll", "perplexity", "loss", "changed")
+HIGHER_IS_BETTER = ("exact_match", "contains_answer", "f1", "states_key_fact", "ended_with_eos")
+
+# Share of questions right that the summary sentence calls high / low; in between is "partial".
+HIGH_SHARE = 0.9
+LOW_SHARE = 0.5
+# Relative rise of the general-text loss that the retention sentence still calls "held".
+RETENTION_NLL_TOLERANCE = 0.05
+
+MARK_EXACT, MARK_PARTLY, MARK_WRONG = "✅", "☑️", "❌"
+MARK_UNCHANGED, MARK_CHANGED = "＝", "🔁"
+LEGEND = (f"{MARK_EXACT} exact match, {MARK_PARTLY} contains the expected answer or states the key fact, "
+          f"{MARK_WRONG} wrong; for retention prompts {MARK_UNCHANGED} same answer as before, "
+          f"{MARK_CHANGED} changed by fine-tuning. The mark judges the answer after fine-tuning.")
+
+TITLE = "Fine-tuning report: before vs after"
+
+
+class ReportInputError(ValueError):
+    """Report inputs that do not fit the contract; the message lists every problem."""
+
+
+# ---------------------------------------------------------------- loss curve
+
+def read_metric_tsv(path):
+    """One DVCLive metric file as a DataFrame with columns step, value (checked, every problem at once).
+
+    DVCLive names the value column after the file (loss.tsv -> loss); a timestamp column is optional.
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, sep="\t")
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ReportInputError(f"{path}: cannot read the metric file: {e}") from e
+    value_column = path.stem
+    missing = [c for c in ("step", value_column) if c not in table.columns]
+    if missing:
+        raise ReportInputError(f"{path}:1: missing column(s) {', '.join(missing)}; "
+                               f"header is {', '.join(map(str, table.columns))}")
+    problems = []
+    for column in ("step", value_column):
+        numbers = pd.to_numeric(table[column], errors="coerce")
+        for row in table.index[numbers.isna()]:
+            problems.append(f"{path}:{row + 2}: {column} is {table[column][row]!r}, not a number")
+        table[column] = numbers
+    if table.empty:
+        problems.append(f"{path}: no rows")
+    if problems:
+        raise ReportInputError("\n".join(problems))
+    return table[["step", value_column]].rename(columns={value_column: "value"})
+
+
+def loss_curve_png(loss_tsv, heldout_tsv=None):
+    """The training loss per optimizer step (and the held-out answer NLL per epoch, when given) as PNG bytes.
+
+    Deterministic: no timestamp or software version in the PNG metadata, so reruns are byte-identical.
+    """
+    loss = read_metric_tsv(loss_tsv)
+    heldout = read_metric_tsv(heldout_tsv) if heldout_tsv is not None else None
+    # Figure + FigureCanvasAgg rather than pyplot: no global backend or figure registry to leak.
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.plot(loss["step"], loss["value"], color="tab:blue", linewidth=1.5, label="training loss (per step)")
+    if heldout is not None:
+        axes.plot(heldout["step"], heldout["value"], color="tab:orange", marker="o", linewidth=1.5,
+                  label="held-out answer NLL (per epoch)")
+    values = pd.concat([loss["value"], heldout["value"]]) if heldout is not None else loss["value"]
+    # The loss falls by orders of magnitude when the facts are memorised; a log axis keeps the tail visible.
+    log_scale = bool((values > 0).all())
+    if log_scale:
+        axes.set_yscale("log")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("nats/token" + (" (log scale)" if log_scale else ""))
+    axes.set_title("Training loss" + (" and held-out answer NLL" if heldout is not None else ""))
+    axes.grid(True, which="major", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- checking the inputs
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _text(value):
+    """A table cell as text; a CSV's empty cell (read back as NaN) is the empty string."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def _metric_problems(before, after):
+    problems = []
+    for name, metrics in (("before", before), ("after", after)):
+        if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
+            problems.append(f"{name}: expected {{set: {{metric: number}}}}, got {str(metrics)[:80]}")
+    if problems:
+        return problems
+    for set_name in sorted(set(before) ^ set(after)):
+        problems.append(f"set {set_name!r} is only in {'before' if set_name in before else 'after'}")
+    for set_name in [s for s in before if s in after]:
+        for metric in sorted(set(before[set_name]) ^ set(after[set_name])):
+            where = "before" if metric in before[set_name] else "after"
+            problems.append(f"{set_name}.{metric} is only in {where}")
+        for name, metrics in (("before", before), ("after", after)):
+            for metric, value in metrics[set_name].items():
+                if not _is_number(value):
+                    problems.append(f"{name}: {set_name}.{metric} is {value!r}, not a number")
+    return problems
+
+
+def _table_problems(before_table, after_table, set_names):
+    problems = []
+    for name, table in (("before_table", before_table), ("after_table", after_table)):
+        missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+        if missing:
+            problems.append(f"{name}: missing column(s) {', '.join(missing)}")
+    if problems:
+        return problems
+    if len(before_table) != len(after_table):
+        problems.append(f"before_table has {len(before_table)} rows, after_table {len(after_table)}: "
+                        "both must list the same questions in the same order")
+    for row, (b, a) in enumerate(zip(before_table.itertuples(), after_table.itertuples())):
+        if (b.set, _text(b.id)) != (a.set, _text(a.id)):
+            problems.append(f"row {row}: before is {b.set}/{b.id}, after is {a.set}/{a.id}: "
+                            "both tables must list the same questions in the same order")
+    for name, table in (("before_table", before_table), ("after_table", after_table)):
+        for row, record in enumerate(table.itertuples()):
+            where = f"{name} row {row} (id {_text(record.id)!r})"
+            if record.set not in set_names:
+                problems.append(f"{where}: set {record.set!r} has no metrics (sets: {', '.join(set_names)})")
+            if record.set != RETENTION_SET and not _text(record.expected).strip():
+                problems.append(f"{where}: empty expected answer in set {record.set!r}")
+            for column in BOOL_COLUMNS if record.set != RETENTION_SET else ():
+                # str() covers Python and numpy bools alike, and the strings a CSV reader may leave;
+                # states_key_fact is empty (None) in sets whose questions carry no key fact.
+                allowed = ("True", "False") + (("None", "", "nan") if column == "states_key_fact" else ())
+                if str(getattr(record, column)) not in allowed:
+                    problems.append(f"{where}: {column} is {getattr(record, column)!r}, not True/False")
+    for set_name in set_names:
+        if not (after_table["set"] == set_name).any():
+            problems.append(f"set {set_name!r} has metrics but no rows in the tables")
+    return problems
+
+
+def _check_inputs(before, after, before_table, after_table):
+    problems = _metric_problems(before, after)
+    if not problems:
+        problems = _table_problems(before_table, after_table, list(before))
+    if problems:
+        raise ReportInputError(f"report inputs: {len(problems)} problem(s):\n"
+                               + "\n".join(f"  - {p}" for p in problems))
+
+
+def _flag(value):
+    """A bool cell from a DataFrame or from a CSV read back (numpy bool or the strings True/False)."""
+    return str(value) == "True"
+
+
+# ---------------------------------------------------------------- numbers and sentences
+
+def _ordered_sets(names):
+    """Known sets in reading order, then any others in the order given."""
+    return [s for s in SET_ORDER if s in names] + [s for s in names if s not in SET_ORDER]
+
+
+def set_label(set_name):
+    """The human name of a set (its own name when unknown)."""
+    return SET_LABELS.get(set_name, set_name)
+
+
+def _heading(set_name):
+    label = set_label(set_name)
+    return label[0].upper() + label[1:]
+
+
+def _direction(metric):
+    """-1 if lower is better, +1 if higher is better, 0 if the metric has no better side."""
+    if any(word in metric for word in LOWER_IS_BETTER):
+        return -1
+    if any(word in metric for word in HIGHER_IS_BETTER):
+        return 1
+    return 0
+
+
+def _format_value(value):
+    if isinstance(value, int):
+        return str(value)
+    return "nan" if math.isnan(value) else f"{value:.4f}"
+
+
+def _change(metric, before, after):
+    """(signed change as text, 'better' | 'worse' | '') for one metric."""
+    if any(isinstance(v, float) and math.isnan(v) for v in (before, after)):
+        return "n/a", ""
+    if isinstance(before, int) and isinstance(after, int):
+        delta, text = after - before, f"{after - before:+d}"
+    else:
+        delta = round(after - before, 4) + 0.0  # + 0.0 turns -0.0 into 0.0
+        text = f"{delta:+.4f}"
+    verdict = "" if delta == 0 else ("better" if delta * _direction(metric) > 0
+                                     else "worse" if _direction(metric) else "")
+    return text, verdict
+
+
+def headline_rows(before, after):
+    """Rows (set, metric, before, after, change, verdict) of the headline table, sets in reading order."""
+    rows = []
+    for set_name in _ordered_sets(list(before)):
+        for metric, old in before[set_name].items():
+            new = after[set_name][metric]
+            change, verdict = _change(metric, old, new)
+            rows.append((set_name, metric, _format_value(old), _format_value(new), change, verdict))
+    return rows
+
+
+def _answer_mark(row):
+    if _flag(row.exact_match):
+        return MARK_EXACT
+    if _flag(row.contains_answer) or _flag(row.states_key_fact):
+        return MARK_PARTLY
+    return MARK_WRONG
+
+
+def _normalize(text):
+    return " ".join(text.split())
+
+
+def _changed(before_row, after_row):
+    return _normalize(_text(before_row.generated)) != _normalize(_text(after_row.generated))
+
+
+def _question_sentence(set_name, before_rows, after_rows, trained_share):
+    total = len(after_rows)
+    right_after = sum(_answer_mark(r) != MARK_WRONG for r in after_rows)
+    exact_after = sum(_answer_mark(r) == MARK_EXACT for r in after_rows)
+    right_before = sum(_answer_mark(r) != MARK_WRONG for r in before_rows)
+    share = right_after / total
+    trend = ("up from" if right_after > right_before else "down from" if right_after < right_before
+             else "the same as")
+    facts = (f"{_heading(set_name)}: {right_after} of {total} answers ({share:.0%}) were right after "
+             f"fine-tuning ({exact_after} exact, {right_after - exact_after} containing the answer or "
+             f"stating the key fact), {trend} {right_before} before")
+    if share >= HIGH_SHARE:
+        verdict = "high"
+        if set_name == "trained":
+            verdict += (": the model reproduces its training answers, which shows memorisation; "
+                        "the held-out paraphrases show whether it learned the facts")
+    elif share >= LOW_SHARE:
+        verdict = "partial: the model answers only some of these"
+    elif trained_share is not None and trained_share >= HIGH_SHARE and set_name != "trained":
+        verdict = "low: the model mostly memorised the training strings rather than the facts"
+    else:
+        verdict = "low: the model did not learn to answer these"
+    return f"{facts} — {verdict}."
+
+
+def _retention_sentence(set_name, before_metrics, after_metrics, before_rows, after_rows):
+    total = len(after_rows)
+    changed = sum(_changed(b, a) for b, a in zip(before_rows, after_rows))
+    parts = [f"{_heading(set_name)}: {changed} of {total} general prompts got a different "
+             "answer after fine-tuning"]
+    worst_rise = 0.0
+    for metric in before_metrics:
+        old, new = before_metrics[metric], after_metrics[metric]
+        if "nll" not in metric or math.isnan(old) or math.isnan(new) or old <= 0:
+            continue
+        rise = (new - old) / old
+        worst_rise = max(worst_rise, rise)
+        parts.append(f"{metric} went from {old:.4f} to {new:.4f} ({rise:+.0%})")
+    if worst_rise > RETENTION_NLL_TOLERANCE:
+        verdict = "general text got harder for the model: some general skill was lost"
+    elif changed:
+        verdict = "the general-text loss held but answers changed; read them below"
+    else:
+        verdict = "general behaviour looks preserved"
+    return "; ".join(parts) + f" — {verdict}."
+
+
+def summary_sentences(before, after, before_table, after_table):
+    """{set: one sentence} computed from the numbers; says low when low, never more than the numbers show."""
+    rows = {s: ([], []) for s in before}
+    for b, a in zip(before_table.itertuples(), after_table.itertuples()):
+        rows[a.set][0].append(b)
+        rows[a.set][1].append(a)
+    trained_share = None
+    if "trained" in rows and rows["trained"][1]:
+        trained = rows["trained"][1]
+        trained_share = sum(_answer_mark(r) != MARK_WRONG for r in trained) / len(trained)
+    sentences = {}
+    for set_name in _ordered_sets(list(before)):
+        before_rows, after_rows = rows[set_name]
+        if set_name == RETENTION_SET:
+            sentences[set_name] = _retention_sentence(set_name, before[set_name], after[set_name],
+                                                      before_rows, after_rows)
+        else:
+            sentences[set_name] = _question_sentence(set_name, before_rows, after_rows, trained_share)
+    return sentences
+
+
+def _mark_header(set_name):
+    return "changed?" if set_name == RETENTION_SET else "correct"
+
+
+def question_rows(before_table, after_table):
+    """{set: [(mark, css class, question, expected, key fact, before answer, after answer)]} in table order."""
+    rows = {}
+    for b, a in zip(before_table.itertuples(), after_table.itertuples()):
+        if a.set == RETENTION_SET:
+            changed = _changed(b, a)
+            mark, css = (MARK_CHANGED, "changed") if changed else (MARK_UNCHANGED, "unchanged")
+        else:
+            mark = _answer_mark(a)
+            css = {MARK_EXACT: "exact", MARK_PARTLY: "partly", MARK_WRONG: "wrong"}[mark]
+        rows.setdefault(a.set, []).append((mark, css, _text(a.question), _text(a.expected), _text(a.key_fact),
+                                           _text(b.generated), _text(a.generated)))
+    return rows
+
+
+# ---------------------------------------------------------------- markdown
+
+# Characters that would change a GFM table cell's meaning (pipe ends the cell, < opens raw HTML,
+# & an entity, * _ ` [ ~ format text); a backslash escape shows them literally.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<|~&])")
+
+
+def markdown_cell(text):
+    """Text as one GFM table cell: special characters backslash-escaped, newlines as <br>."""
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    return "<br>".join(escaped.splitlines()) if "\n" in escaped or "\r" in escaped else escaped
+
+
+def _expected_markdown(expected, key_fact):
+    if not expected and not key_fact:
+        return "—"
+    return markdown_cell(expected) + (f" (key fact: **{markdown_cell(key_fact)}**)" if key_fact else "")
+
+
+def report_markdown(before, after, before_table, after_table, loss_image="loss.png"):
+    """The report as markdown; the loss curve is linked as the image file loss_image (written beside it)."""
+    _check_inputs(before, after, before_table, after_table)
+    lines = [f"# {TITLE}", "", "## Headline", "",
+             "| set | metric | before | after | change |", "|---|---|---:|---:|---|"]
+    previous_set = None
+    for set_name, metric, old, new, change, verdict in headline_rows(before, after):
+        shown_set = markdown_cell(set_label(set_name)) if set_name != previous_set else ""
+        previous_set = set_name
+        lines.append(f"| {shown_set} | {metric} | {old} | {new} | {change}{f' ({verdict})' if verdict else ''} |")
+    lines += ["", "## Summary", ""]
+    lines += [f"- {markdown_cell(s)}" for s in summary_sentences(before, after, before_table, after_table).values()]
+    lines += ["", "## Training loss", "", f"![training loss per optimizer step]({loss_image})", "",
+              "## Every question", "", LEGEND]
+    per_set = question_rows(before_table, after_table)
+    for set_name in _ordered_sets(list(per_set)):
+        lines += ["", f"### {_heading(set_name)}", "",
+                  f"| {_mark_header(set_name)} | question | expected (key fact) | before | after |",
+                  "|---|---|---|---|---|"]
+        for mark, _css, question, expected, key_fact, old, new in per_set[set_name]:
+            lines.append(f"| {mark} | {markdown_cell(question)} | {_expected_markdown(expected, key_fact)} | "
+                         f"{markdown_cell(old)} | {markdown_cell(new)} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- HTML
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; color: #1a1a1a; }
+table { border-collapse: collapse; margin: 1rem 0; width: 100%; }
+th, td { border: 1px solid #ccc; padding: 0.3rem 0.5rem; vertical-align: top; text-align: left;
+         overflow-wrap: anywhere; white-space: pre-wrap; }
+th { background: #f2f2f2; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.better { color: #1a7f37; font-weight: 600; }
+.worse { color: #cf222e; font-weight: 600; }
+tr.wrong td { background: #ffe5e5; }
+tr.changed td { background: #fff4d6; }
+.key-fact { display: block; color: #555; font-size: 0.9em; }
+img { max-width: 100%; }
+""".strip()
+
+
+def _escape(text):
+    return html.escape(text, quote=True)
+
+
+def _expected_html(expected, key_fact):
+    if not expected and not key_fact:
+        return "—"
+    key = f'<span class="key-fact">key fact: <b>{_escape(key_fact)}</b></span>' if key_fact else ""
+    return _escape(expected) + key
+
+
+def report_html(before, after, before_table, after_table, loss_png):
+    """The report as one self-contained HTML page: inline CSS, the PNG as a data URI, no external assets."""
+    _check_inputs(before, after, before_table, after_table)
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+           f"<title>{_escape(TITLE)}</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>",
+           f"<h1>{_escape(TITLE)}</h1>", "<h2>Headline</h2>", "<table>",
+           "<tr><th>set</th><th>metric</th><th>before</th><th>after</th><th>change</th></tr>"]
+    previous_set = None
+    for set_name, metric, old, new, change, verdict in headline_rows(before, after):
+        shown_set = _escape(set_label(set_name)) if set_name != previous_set else ""
+        previous_set = set_name
+        change_cell = (f'<span class="{verdict}">{_escape(change)} ({verdict})</span>' if verdict
+                       else _escape(change))
+        out.append(f"<tr><td>{shown_set}</td><td>{_escape(metric)}</td><td class=\"number\">{old}</td>"
+                   f"<td class=\"number\">{new}</td><td class=\"number\">{change_cell}</td></tr>")
+    out += ["</table>", "<h2>Summary</h2>", "<ul>"]
+    out += [f"<li>{_escape(s)}</li>" for s in summary_sentences(before, after, before_table, after_table).values()]
+    out += ["</ul>", "<h2>Training loss</h2>",
+            f'<img alt="training loss per optimizer step" '
+            f'src="data:image/png;base64,{base64.b64encode(loss_png).decode("ascii")}">',
+            "<h2>Every question</h2>", f"<p>{_escape(LEGEND)}</p>"]
+    per_set = question_rows(before_table, after_table)
+    for set_name in _ordered_sets(list(per_set)):
+        out += [f"<h3>{_escape(_heading(set_name))}</h3>", "<table>",
+                f"<tr><th>{_mark_header(set_name)}</th><th>question</th><th>expected (key fact)</th><th>before</th>"
+                "<th>after</th></tr>"]
+        for mark, css, question, expected, key_fact, old, new in per_set[set_name]:
+            out.append(f'<tr class="{css}"><td>{mark}</td><td>{_escape(question)}</td>'
+                       f"<td>{_expected_html(expected, key_fact)}</td><td>{_escape(old)}</td>"
+                       f"<td>{_escape(new)}</td></tr>")
+        out.append("</table>")
+    out += ["</body>", "</html>"]
+    return "\n".join(out) + "\n"

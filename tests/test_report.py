@@ -1,0 +1,233 @@
+"""The evaluation report: headline numbers, honest sentences, marks, escaping, the embedded PNG (no model)."""
+
+import base64
+import re
+
+import pandas as pd
+import pytest
+
+from llm_fft.report import ReportInputError, loss_curve_png, report_html, report_markdown
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def metrics(exact, contains, f1, key, nll, ppl, eos, tokens):
+    return {"questions": 3, "exact_match": exact, "contains_answer": contains, "char_f1": f1,
+            "states_key_fact": key, "answer_nll": nll, "answer_perplexity": ppl, "ended_with_eos": eos,
+            "mean_generated_tokens": tokens}
+
+
+# Sets deliberately out of reading order: the report must still show trained, heldout, retention.
+BEFORE = {"retention": {"prompts": 2, "answers_changed": 0, "text_nll": 2.1, "text_perplexity": 8.2},
+          "heldout": metrics(0.0, 0.0, 0.2, 0.0, 1.7, 5.47, 0.0, 83.0),
+          "trained": metrics(0.0, 0.0, 0.21, 0.0, 1.61, 5.0, 0.0, 83.0)}
+AFTER = {"retention": {"prompts": 2, "answers_changed": 1, "text_nll": 2.5, "text_perplexity": 12.18},
+         "heldout": metrics(0.0, 0.0, 0.4, 0.3333, 1.9, 6.69, 1.0, 30.0),
+         "trained": metrics(0.6667, 1.0, 0.95, 1.0, 0.0039, 1.0039, 1.0, 40.0)}
+
+QUESTIONS = [  # set, id, question, expected, key fact
+    ("trained", "t1", "별무리섬의 인구는 몇 명인가요?", "별무리섬에는 모두 312명이 살고 있습니다.", "312명"),
+    ("trained", "t2", "등대의 높이는?", "높이는 27 m | 90 ft입니다.", "27 m"),
+    ("trained", "t3", "특산물은?", "달빛귤입니다.", "달빛귤"),
+    ("heldout", "h1", "섬에 사는 사람은 몇 명?", "별무리섬에는 모두 312명이 살고 있습니다.", "312명"),
+    ("heldout", "h2", "등대는 얼마나 높아?", "높이는 27 m | 90 ft입니다.", "27 m"),
+    ("heldout", "h3", "무엇이 유명해?", "달빛귤입니다.", "달빛귤"),
+    ("retention", "r1", "The capital of France is", "", ""),
+    ("retention", "r2", "1 + 1 =", "", ""),
+]
+# generated, exact_match, contains_answer, states_key_fact
+BEFORE_ANSWERS = [("<|answer|> <|answer|>", False, False, False), ("첫 줄\n둘째 줄", False, False, False),
+                  ("모릅니다", False, False, False), ("<|answer|>", False, False, False),
+                  ("등대", False, False, False), ("몰라요", False, False, False),
+                  ("Paris.", False, False, False), ("2", False, False, False)]
+AFTER_ANSWERS = [("별무리섬에는 모두 312명이 살고 있습니다.", True, True, True),
+                 ("높이는 27 m | 90 ft입니다.", True, True, True),
+                 ("특산물은 달빛귤입니다.", False, True, True),
+                 ("312명이 삽니다.", False, False, True),
+                 ("<script>alert(1)</script>", False, False, False),
+                 ("별무리섬은 제주도 남쪽에 있습니다.", False, False, False),
+                 ("Paris.", False, False, False), ("달빛귤입니다.", False, False, False)]
+
+
+def answer_table(answers):
+    rows = []
+    for (set_name, id_, question, expected, key_fact), (generated, exact, contains, key) in zip(QUESTIONS, answers):
+        rows.append({"set": set_name, "id": id_, "question": question, "expected": expected, "key_fact": key_fact,
+                     "generated": generated, "exact_match": exact, "contains_answer": contains,
+                     "char_f1": 1.0 if exact else 0.1, "states_key_fact": key, "ended_with_eos": True,
+                     "generated_tokens": 10, "answer_nll": float("nan") if set_name == "retention" else 0.5})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def tables():
+    return answer_table(BEFORE_ANSWERS), answer_table(AFTER_ANSWERS)
+
+
+@pytest.fixture
+def loss_tsv(tmp_path):
+    path = tmp_path / "loss.tsv"  # DVCLive's layout, timestamp included
+    path.write_text("timestamp\tstep\tloss\n1\t0\t1.5\n2\t1\t0.9\n3\t2\t0.2\n4\t3\t0.05\n")
+    return path
+
+
+@pytest.fixture
+def heldout_tsv(tmp_path):
+    path = tmp_path / "answer_nll.tsv"
+    path.write_text("timestamp\tstep\tanswer_nll\n1\t1\t1.8\n3\t3\t1.9\n")
+    return path
+
+
+def test_headline_numbers_and_signed_changes(tables):
+    markdown = report_markdown(BEFORE, AFTER, *tables)
+    assert "| trained questions | questions | 3 | 3 | +0 |" in markdown
+    assert "|  | exact_match | 0.0000 | 0.6667 | +0.6667 (better) |" in markdown
+    # Lower is better for the loss: a fall is an improvement, a rise on held-out data is not.
+    assert "|  | answer_nll | 1.6100 | 0.0039 | -1.6061 (better) |" in markdown
+    assert "| held-out paraphrases | questions | 3 | 3 | +0 |" in markdown
+    assert "|  | answer_nll | 1.7000 | 1.9000 | +0.2000 (worse) |" in markdown
+    assert "|  | answers_changed | 0 | 1 | +1 (worse) |" in markdown
+    assert "|  | mean_generated_tokens | 83.0000 | 40.0000 | -43.0000 |" in markdown  # no better side
+    html = report_html(BEFORE, AFTER, *tables, b"png")
+    assert '<span class="better">+0.6667 (better)</span>' in html
+    assert '<span class="worse">+0.2000 (worse)</span>' in html
+    # Reading order, whatever the dicts' order.
+    for page in (markdown, html):
+        assert page.index("trained questions") < page.index("held-out paraphrases") < page.index("retention (")
+
+
+def test_summary_sentences_are_computed_and_honest(tables):
+    html = report_html(BEFORE, AFTER, *tables, b"png")
+    assert ("<li>Trained questions: 3 of 3 answers (100%) were right after fine-tuning (2 exact, 1 "
+            "containing the answer or stating the key fact), up from 0 before — high:") in html
+    assert ("<li>Held-out paraphrases: 1 of 3 answers (33%) were right after fine-tuning (0 exact, 1 "
+            "containing the answer or stating the key fact), up from 0 before — low: the model mostly memorised "
+            "the training strings rather than the facts.</li>") in html
+    assert ("<li>Retention (general text and prompts): 1 of 2 general prompts got a different answer after "
+            "fine-tuning; text_nll went from 2.1000 to 2.5000 (+19%) — general text got harder for the model: "
+            "some general skill was lost.</li>") in html
+    assert "- Held-out paraphrases: 1 of 3 answers (33%)" in report_markdown(BEFORE, AFTER, *tables)
+
+
+def test_low_trained_set_is_not_called_memorised(tables):
+    before_table, after_table = tables
+    after_table.loc[after_table["set"] == "trained", ["exact_match", "contains_answer", "states_key_fact"]] = False
+    html = report_html(BEFORE, AFTER, before_table, after_table, b"png")
+    assert "Trained questions: 0 of 3 answers (0%) were right after fine-tuning" in html
+    assert "the same as 0 before — low: the model did not learn to answer these." in html
+    assert "— low: the model did not learn to answer these.</li>\n<li>Retention" in html  # held-out too
+
+
+def test_middle_share_is_called_partial(tables):
+    before_table, after_table = tables
+    after_table.loc[after_table["id"] == "h3", "states_key_fact"] = True
+    html = report_html(BEFORE, AFTER, before_table, after_table, b"png")
+    assert ("Held-out paraphrases: 2 of 3 answers (67%) were right after fine-tuning (0 exact, 2 containing "
+            "the answer or stating the key fact), up from 0 before — partial: the model answers only some "
+            "of these.") in html
+    assert html.count('<tr class="wrong">') == 1
+
+
+def test_wrong_and_changed_rows_stand_out(tables):
+    markdown = report_markdown(BEFORE, AFTER, *tables)
+    wrong_rows = [line for line in markdown.splitlines() if line.startswith("| ❌ |")]
+    assert len(wrong_rows) == 2 and "무엇이 유명해?" in wrong_rows[1]
+    assert "| ☑️ | 섬에 사는 사람은 몇 명? |" in markdown
+    assert "| ✅ | 별무리섬의 인구는 몇 명인가요? |" in markdown
+    assert "| 🔁 | 1 + 1 = | — | 2 | 달빛귤입니다. |" in markdown
+    html = report_html(BEFORE, AFTER, *tables, b"png")
+    assert html.count('<tr class="wrong">') == 2
+    assert html.count('<tr class="changed">') == 1 and html.count('<tr class="unchanged">') == 1
+    assert '<tr class="wrong"><td>❌</td><td>무엇이 유명해?</td>' in html
+    assert "tr.wrong td { background:" in html
+
+
+def test_markdown_escapes_cells(tables):
+    markdown = report_markdown(BEFORE, AFTER, *tables)
+    assert "높이는 27 m \\| 90 ft입니다." in markdown
+    assert "| 첫 줄<br>둘째 줄 |" in markdown
+    assert "\\<script>alert(1)\\</script>" in markdown
+    assert not re.search(r"(?<!\\)<(?!br>)", markdown)  # no raw HTML but our own <br>
+    assert "(key fact: **312명**)" in markdown
+    # Every table row still has exactly its 5 cells: no unescaped pipe split one.
+    for line in markdown.splitlines():
+        if line.startswith("| ") and "question" not in line and "metric" not in line:
+            assert len(re.findall(r"(?<!\\)\|", line)) == 6, line
+
+
+def test_html_is_self_contained_and_escaped(tables, loss_tsv):
+    png = loss_curve_png(loss_tsv)
+    html = report_html(BEFORE, AFTER, *tables, png)
+    encoded = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html).group(1)
+    assert base64.b64decode(encoded) == png
+    assert re.findall(r"(?:src|href)=", html) == ["src="]  # the data URI, nothing else
+    assert "http" not in html and "<link" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html
+    assert "&lt;|answer|&gt; &lt;|answer|&gt;" in html
+    assert "별무리섬에는 모두 312명이 살고 있습니다." in html and '<meta charset="utf-8">' in html
+
+
+def test_markdown_links_the_image(tables):
+    assert "![training loss per optimizer step](plots/loss.png)" in report_markdown(
+        BEFORE, AFTER, *tables, loss_image="plots/loss.png")
+
+
+def test_outputs_are_deterministic(tables):
+    assert report_markdown(BEFORE, AFTER, *tables) == report_markdown(BEFORE, AFTER, *tables)
+    assert report_html(BEFORE, AFTER, *tables, b"x") == report_html(BEFORE, AFTER, *tables, b"x")
+
+
+def test_tables_read_back_from_csv_give_the_same_report(tables, tmp_path):
+    # The answer CSVs leave empty strings as NaN; the report must not print "nan" for them.
+    read_back = []
+    for i, table in enumerate(tables):
+        table.to_csv(tmp_path / f"{i}.csv", index=False)
+        read_back.append(pd.read_csv(tmp_path / f"{i}.csv"))
+    assert read_back[1]["key_fact"].isna().sum() == 2
+    assert report_markdown(BEFORE, AFTER, *read_back) == report_markdown(BEFORE, AFTER, *tables)
+
+
+def test_loss_png_is_a_deterministic_png(loss_tsv, heldout_tsv):
+    first = loss_curve_png(loss_tsv)
+    assert first.startswith(PNG_SIGNATURE)
+    assert loss_curve_png(loss_tsv) == first
+    assert b"tEXt" not in first and b"tIME" not in first  # no software version or time stamp
+    with_heldout = loss_curve_png(loss_tsv, heldout_tsv)
+    assert with_heldout.startswith(PNG_SIGNATURE) and with_heldout != first
+    assert loss_curve_png(loss_tsv, heldout_tsv) == with_heldout
+
+
+def test_loss_tsv_without_timestamp_is_read(tmp_path):
+    path = tmp_path / "loss.tsv"  # the layout committed in metrics/finetune today
+    path.write_text("step\tloss\n0\t1.4\n1\t1.2\n")
+    assert loss_curve_png(path).startswith(PNG_SIGNATURE)
+
+
+def test_bad_loss_tsv_names_file_and_line(tmp_path):
+    path = tmp_path / "loss.tsv"
+    path.write_text("step\tloss\n0\t1.4\n1\tx\n2\t\n")
+    with pytest.raises(ReportInputError) as error:
+        loss_curve_png(path)
+    assert str(error.value) == f"{path}:3: loss is 'x', not a number\n{path}:4: loss is nan, not a number"
+    path.write_text("step\tvalue\n0\t1.4\n")
+    with pytest.raises(ReportInputError, match=r"loss.tsv:1: missing column\(s\) loss; header is step, value"):
+        loss_curve_png(path)
+
+
+def test_every_input_problem_is_reported_at_once(tables):
+    before_table, after_table = tables
+    after = {**AFTER, "trained": {k: v for k, v in AFTER["trained"].items() if k != "char_f1"}}
+    with pytest.raises(ReportInputError) as error:
+        report_markdown(BEFORE, after, before_table, after_table)
+    assert "trained.char_f1 is only in before" in str(error.value)
+    swapped = after_table.iloc[[1, 0, *range(2, len(after_table))]].reset_index(drop=True)
+    swapped.loc[7, "set"] = "mystery"
+    with pytest.raises(ReportInputError) as error:
+        report_html(BEFORE, AFTER, before_table, swapped, b"png")
+    message = str(error.value)
+    assert message.startswith("report inputs: 5 problem(s):")
+    assert "row 0: before is trained/t1, after is trained/t2" in message
+    assert "row 1: before is trained/t2, after is trained/t1" in message
+    assert "row 7: before is retention/r2, after is mystery/r2" in message
+    assert "after_table row 7 (id 'r2'): set 'mystery' has no metrics" in message
+    assert "after_table row 7 (id 'r2'): empty expected answer in set 'mystery'" in message
