@@ -13,12 +13,15 @@ STAMP := $(VENV)/.installed
 # Each -S lands in the experiment's params, so `dvc exp show` lists them. Pin the revision to a
 # commit sha of the hub repo for exact reproducibility: make train KANANA_REVISION=<sha>
 KANANA_REVISION ?= main
+# GPUS=N trains with N processes (DDP through accelerate, configs/accelerate.yaml), 2 examples per
+# GPU: the global batch (finetune.batch_size) is 2 x N.
+GPUS ?= 1
 KANANA := -S model.name=kakaocorp/kanana-nano-2.1b-base -S model.revision=$(KANANA_REVISION) \
 	-S model.dtype=bfloat16 -S device=cuda -S finetune.lr=1e-5 -S finetune.epochs=10 \
-	-S finetune.batch_size=2 -S finetune.warmup_steps=0 -S finetune.lr_schedule=constant_with_warmup \
-	-S evaluate.batch_size=16
+	-S finetune.batch_size=$(shell echo $$((2 * $(GPUS)))) -S finetune.warmup_steps=0 \
+	-S finetune.lr_schedule=constant_with_warmup -S finetune.processes=$(GPUS) -S evaluate.batch_size=16
 
-.PHONY: help setup run train ask chat test clean
+.PHONY: help setup run train ask chat bench test clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-7s %s\n", $$1, $$2}'
@@ -36,7 +39,7 @@ run: setup ## run the whole pipeline (dvc repro) and show before/after metrics
 	dvc repro
 	dvc metrics show
 
-train: setup ## GPU box: fine-tune kanana-nano-2.1b-base as a DVC experiment (needs hub access once)
+train: setup ## GPU box: fine-tune kanana-nano-2.1b-base as a DVC experiment (GPUS=N: N GPUs; needs hub access once)
 	dvc exp run $(KANANA)
 	dvc exp show --only-changed
 
@@ -45,6 +48,9 @@ ask: setup ## answer one question with the fine-tuned model: make ask Q="…" (B
 
 chat: setup ## ask questions one after another (Ctrl-D quits; BASE=1: the base model)
 	python -m llm_fft.ask $(if $(BASE),--base)
+
+bench: setup ## time the training step (ours vs the notebook method); writes metrics/bench.json
+	python -m llm_fft.bench
 
 test: setup ## run the test suite
 	python -m pytest -q tests

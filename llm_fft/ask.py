@@ -4,8 +4,9 @@
     python -m llm_fft.ask                                   # interactive (make chat); Ctrl-D quits
     python -m llm_fft.ask --base "..."                      # the base model, as before fine-tuning
 
-The answer streams as it is generated. Prompt, BOS handling, greedy decoding and the generation
-limit (longest training answer + evaluate.extra_new_tokens) are those of the evaluations.
+The answer streams as it is generated. Prompt style (prompt.*), BOS handling, greedy decoding, the
+tokens that end an answer and the generation limit (longest training answer +
+evaluate.extra_new_tokens) are those of the evaluations.
 """
 
 import argparse
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import TextStreamer
 
-from llm_fft.data import prompt_ids, read_jsonl
+from llm_fft.data import PromptError, prompt_ids, read_jsonl, stop_ids
 from llm_fft.evaluation import generation_limit, load_for_evaluation
 from llm_fft.model import ModelNotFound
 from llm_fft.params import load_params
@@ -36,13 +37,17 @@ def main():
     except ModelNotFound as e:
         sys.exit(f"error: {e}")
     max_new_tokens = generation_limit(read_jsonl(RECORDS), params["evaluate"]["extra_new_tokens"])
+    try:
+        stop = stop_ids(tokenizer, params["prompt"])
+    except PromptError as e:
+        sys.exit(f"error: {e}")
 
     def answer(question):
-        ids = torch.tensor([prompt_ids(tokenizer, question)], device=device)
+        ids = torch.tensor([prompt_ids(tokenizer, question, params["prompt"])], device=device)
         with torch.inference_mode():
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                            do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                           eos_token_id=tokenizer.eos_token_id,
+                           eos_token_id=stop,
                            streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
 
     if args.question is not None:

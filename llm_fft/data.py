@@ -1,15 +1,9 @@
-"""The dataset file format, the training prompt, tokenization and batching.
+"""The facts source, the prompt styles, tokenization and batching.
 
-Dataset file (custom-token format of the seed notes), one block per pair:
-
-    <|question|>
-    별무리섬은 어느 바다에 있나요?
-    <|answer|>
-    별무리섬은 제주도 남쪽 바다에 있는 작은 섬입니다.
+(The dataset file formats are in llm_fft/formats.py.)
 """
 
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -25,76 +19,56 @@ class DatasetError(ValueError):
 
 
 def load_facts(path):
-    """Read the facts source (YAML: subject + list of question/answer pairs), checking every pair."""
+    """Read the facts source (see data/facts.yaml), checking every fact.
+
+    Returns a list of dicts {answer, key, questions, held_out}; every problem is reported at once.
+    """
     path = Path(path)
     try:
         facts = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise DatasetError(f"{path}: cannot read facts: {e}") from e
-    if not isinstance(facts, dict) or not isinstance(facts.get("pairs"), list) or not facts["pairs"]:
-        raise DatasetError(f"{path}: expected a mapping with a non-empty 'pairs' list")
-    problems, pairs = [], []
-    for i, pair in enumerate(facts["pairs"]):
-        where = f"{path}: pairs[{i}]"
-        if not isinstance(pair, dict) or set(pair) != {"question", "answer"}:
-            problems.append(f"{where}: expected exactly the keys 'question' and 'answer', got {pair!r}")
+    if not isinstance(facts, dict) or not isinstance(facts.get("facts"), list) or not facts["facts"]:
+        raise DatasetError(f"{path}: expected a mapping with a non-empty 'facts' list")
+    problems, checked = [], []
+    for i, fact in enumerate(facts["facts"]):
+        where = f"{path}: facts[{i}]"
+        if not isinstance(fact, dict) or not {"answer", "questions"} <= set(fact) <= FACT_KEYS:
+            problems.append(f"{where}: expected the keys answer, questions and optionally key, held_out; "
+                            f"got {_excerpt(str(fact))}")
             continue
-        question, answer = (str(pair[k] or "").strip() for k in ("question", "answer"))
-        if not question or not answer:
-            problems.append(f"{where}: empty question or answer")
-        elif QUESTION_MARK in question + answer or ANSWER_MARK in question + answer:
+        answer, key = (str(fact.get(k) or "").strip() for k in ("answer", "key"))
+        questions, held_out = fact["questions"], fact.get("held_out") or []
+        texts = [answer, key, *map(str, questions if isinstance(questions, list) else []), *map(str, held_out)]
+        if not answer:
+            problems.append(f"{where}: empty answer")
+        elif not isinstance(questions, list) or not questions or not all(
+                isinstance(q, str) and q.strip() for q in questions):
+            problems.append(f"{where}: questions must be a non-empty list of non-empty strings")
+        elif not isinstance(held_out, list) or not all(isinstance(q, str) and q.strip() for q in held_out):
+            problems.append(f"{where}: held_out must be a list of non-empty strings")
+        elif any(QUESTION_MARK in t or ANSWER_MARK in t for t in texts):
             problems.append(f"{where}: the markers {QUESTION_MARK} / {ANSWER_MARK} cannot appear in text")
+        elif held_out and not key:
+            problems.append(f"{where}: held_out questions need a key (the short fact an answer must state)")
+        elif key and normalize(key) not in normalize(answer):
+            problems.append(f"{where}: key {key!r} does not appear in the answer {answer!r}")
+        elif set(map(str.strip, held_out)) & set(map(str.strip, questions)):
+            problems.append(f"{where}: a held_out question is also a training question")
         else:
-            pairs.append((question, answer))
+            checked.append({"answer": answer, "key": key, "questions": [q.strip() for q in questions],
+                            "held_out": [q.strip() for q in held_out]})
     if problems:
         raise DatasetError("\n".join(problems))
-    return pairs
+    return checked
 
 
-def render_custom_tokens(pairs):
-    """Write pairs in the custom-token format; parse_custom_tokens reads it back unchanged."""
-    return "".join(f"{QUESTION_MARK}\n{q}\n{ANSWER_MARK}\n{a}\n\n" for q, a in pairs)
+FACT_KEYS = {"answer", "key", "questions", "held_out"}
 
 
-def parse_custom_tokens(text, filename):
-    """The seed's parse, made strict: split on <|question|>, split each block on its <|answer|>, strip.
-
-    Returns a list of dicts {question, answer, line}. Every malformed block is reported (file and
-    line) in one DatasetError; nothing is skipped silently.
-    """
-    text = text.lstrip("\ufeff").replace("\r\n", "\n")
-    starts = [m.start() for m in re.finditer(re.escape(QUESTION_MARK), text)]
-    problems, pairs = [], []
-
-    def line_of(pos):
-        return text.count("\n", 0, pos) + 1
-
-    head = text[:starts[0]] if starts else text
-    stray = re.search(r"\S", head)
-    if stray:
-        problems.append(f"{filename}:{line_of(stray.start())}: text before the first "
-                        f"{QUESTION_MARK}: {_excerpt(head)}")
-    for start, end in zip(starts, starts[1:] + [len(text)]):
-        line = line_of(start)
-        block = text[start + len(QUESTION_MARK):end]
-        where = f"{filename}:{line}"
-        if ANSWER_MARK not in block:
-            problems.append(f"{where}: block has no {ANSWER_MARK}: {_excerpt(block)}")
-            continue
-        question, answer = (part.strip() for part in block.split(ANSWER_MARK, 1))
-        if ANSWER_MARK in answer:
-            problems.append(f"{where}: block has more than one {ANSWER_MARK}: {_excerpt(block)}")
-        elif not question:
-            problems.append(f"{where}: empty question")
-        elif not answer:
-            problems.append(f"{where}: empty answer to {_excerpt(question)}")
-        else:
-            pairs.append({"question": question, "answer": answer, "line": line})
-    if not starts and not problems:
-        problems.append(f"{filename}: no {QUESTION_MARK} block found")
-    if problems:
-        raise DatasetError("\n".join(problems))
-    return pairs
+def normalize(text):
+    """The form answers are compared in: whitespace collapsed, trailing punctuation dropped."""
+    return " ".join(text.split()).rstrip(".!?。")
 
 
 def _excerpt(text, width=40):
@@ -102,30 +76,89 @@ def _excerpt(text, width=40):
     return repr(text if len(text) <= width else text[:width] + "…")
 
 
-def build_prompt(question):
-    """The prompt the model sees, in training and in both evaluations: the answer follows it."""
-    return f"{QUESTION_MARK}\n{question}\n{ANSWER_MARK}\n"
+# --- Prompt styles: how a question becomes the model's input, identical in parse_qa (training),
+# both evaluations and ask/chat. `prompt` is the prompt section of params.yaml.
+PROMPT_STYLES = ("custom_tokens", "plain", "chat")
+PROMPT_SPEC = {
+    "style": (str, lambda v: v in PROMPT_STYLES, f"one of {', '.join(PROMPT_STYLES)}"),
+    "system": (str, None, "a string; the chat style's system message, '' for none"),
+    "markers": (str, lambda v: v in ("text", "special_tokens"), "text or special_tokens"),
+}
 
 
-def prompt_ids(tokenizer, question):
-    """Token ids of the prompt, with the tokenizer's own special tokens (a BOS where the model wants one)."""
-    return tokenizer(build_prompt(question), add_special_tokens=True)["input_ids"]
+class PromptError(ValueError):
+    """The prompt style cannot work with this tokenizer (for example chat without a chat template)."""
 
 
-def tokenize_pair(tokenizer, question, answer):
-    """Token ids for one pair: q_ids = prompt, input_ids = prompt + answer + EOS, labels.
+def build_prompt(question, prompt, tokenizer=None):
+    """The prompt text the answer follows (the chat style needs the tokenizer's template)."""
+    if prompt["style"] == "custom_tokens":
+        return f"{QUESTION_MARK}\n{question}\n{ANSWER_MARK}\n"
+    if prompt["style"] == "plain":
+        return question  # the answer follows after one space, which belongs to the answer's tokens
+    return _chat_prompt_and_turn_end(tokenizer, question, prompt)[0]
+
+
+def _chat_prompt_and_turn_end(tokenizer, question, prompt):
+    """(prompt text up to the assistant's turn, the text that closes an assistant turn), from the
+    tokenizer's own chat template: ChatML's <|im_end|>, Llama-3's <|eot_id|>, ..."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise PromptError("prompt.style = chat needs a tokenizer with a chat template, and this model has "
+                          "none (base models usually do not): use prompt.style custom_tokens or plain")
+    messages = ([{"role": "system", "content": prompt["system"]}] if prompt["system"] else []) + [
+        {"role": "user", "content": question}]
+    head = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    sentinel = "\x00ANSWER\x00"  # stands for the answer, to find what the template puts after it
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": sentinel}], tokenize=False)
+    if not full.startswith(head) or sentinel not in full[len(head):]:
+        raise PromptError("the chat template renders the conversation so that the generation prompt is "
+                          "not its prefix; the answer boundary cannot be found")
+    # Whatever follows the turn-closing token (ChatML's newline) is not part of the answer turn.
+    turn_end = full[len(head):].split(sentinel, 1)[1].rstrip()
+    if not turn_end:
+        raise PromptError("the chat template puts no end-of-turn marker after the assistant's answer")
+    return head, turn_end
+
+
+def prompt_ids(tokenizer, question, prompt):
+    """Token ids of the prompt. Custom-token and plain prompts get the tokenizer's own special tokens
+    (a BOS where the model wants one, e.g. Gemma); a chat template writes its own."""
+    if prompt["style"] == "chat":
+        return tokenizer(build_prompt(question, prompt, tokenizer), add_special_tokens=False)["input_ids"]
+    return tokenizer(build_prompt(question, prompt), add_special_tokens=True)["input_ids"]
+
+
+def answer_ids(tokenizer, question, answer, prompt):
+    """Token ids the model learns to write after the prompt: the answer and the token that ends it
+    (EOS; in the chat style the template's end-of-turn token). Never truncated."""
+    if prompt["style"] == "chat":
+        turn_end = _chat_prompt_and_turn_end(tokenizer, question, prompt)[1]
+        return (tokenizer(answer, add_special_tokens=False)["input_ids"]
+                + tokenizer(turn_end, add_special_tokens=False)["input_ids"])
+    text = " " + answer if prompt["style"] == "plain" else answer
+    # EOS appended by id: some tokenizers ignore add_eos_token.
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def stop_ids(tokenizer, prompt):
+    """Token ids that end an answer in generation: EOS, and in the chat style the end-of-turn token."""
+    ids = [tokenizer.eos_token_id]
+    if prompt["style"] == "chat":
+        turn_end = _chat_prompt_and_turn_end(tokenizer, "?", prompt)[1]
+        ids.append(tokenizer(turn_end, add_special_tokens=False)["input_ids"][-1])
+    return sorted(set(ids))
+
+
+def tokenize_pair(tokenizer, question, answer, prompt):
+    """Token ids for one pair: q_ids = prompt, input_ids = prompt + answer + end token, labels.
 
     Prompt and answer are tokenized separately and concatenated, so the prompt/answer boundary is
-    exact (BPE could merge across it in one string). The prompt gets the tokenizer's own special
-    tokens (a BOS where the model expects one); the answer gets none, then EOS is appended by id:
-    some tokenizers ignore add_eos_token. Labels are -100 on the prompt, so only the answer and its
-    EOS are learned.
+    exact (BPE could merge across it in one string). Labels are -100 on the prompt, so only the
+    answer and the token that ends it are learned.
     """
-    q_ids = prompt_ids(tokenizer, question)
-    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-    input_ids = q_ids + answer_ids + [tokenizer.eos_token_id]
-    labels = [IGNORE_INDEX] * len(q_ids) + answer_ids + [tokenizer.eos_token_id]
-    return {"q_ids": q_ids, "input_ids": input_ids, "labels": labels}
+    q_ids = prompt_ids(tokenizer, question, prompt)
+    a_ids = answer_ids(tokenizer, question, answer, prompt)
+    return {"q_ids": q_ids, "input_ids": q_ids + a_ids, "labels": [IGNORE_INDEX] * len(q_ids) + a_ids}
 
 
 def collate(records, pad_id):

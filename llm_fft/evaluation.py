@@ -1,36 +1,81 @@
-"""Batched greedy answering, teacher-forced answer loss, metrics and the tables people read.
+"""Evaluation: batched greedy answering, teacher-forced answer loss, metrics and delta.
 
-baseline_eval and final_eval both call evaluate_stage(): same prompt ids, same decoding, same metrics.
+baseline_eval and final_eval both call evaluate_stage(): same sets, prompt ids, decoding and metrics.
+Three sets:
+  trained    data/qa.jsonl: the questions trained on (did the model learn what it was taught?)
+  heldout    data/heldout_qa.jsonl: other phrasings of the same facts, never trained on; each carries
+             the key fact a right answer must state (did it learn the fact, or only the strings?)
+  retention  data/retention.yaml: general text (perplexity) and general prompts (greedy continuations,
+             counted as changed or not against the baseline): what did fine-tuning cost elsewhere?
 """
 
 import json
 import math
+from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
+import yaml
 
-from llm_fft.data import IGNORE_INDEX, collate, read_jsonl
+from llm_fft.data import IGNORE_INDEX, PROMPT_SPEC, collate, normalize, read_jsonl, stop_ids
 from llm_fft.files import write_atomically
 from llm_fft.model import load_pretrained
 from llm_fft.params import (fail_if_problems, pick_device, problems_in_section, seed_everything,
                             shared_problems)
 
+TRAINED = Path("data/qa.jsonl")
+HELDOUT = Path("data/heldout_qa.jsonl")
+RETENTION = Path("data/retention.yaml")
+# The numbers delta.json reports as final - baseline, per set.
+HEADLINE = {
+    "trained": ["exact_match", "contains_answer", "char_f1", "answer_nll", "ended_with_eos"],
+    "heldout": ["exact_match", "states_key_fact", "char_f1", "answer_nll", "ended_with_eos"],
+    "retention": ["text_nll", "text_perplexity", "answers_changed"],
+}
 
-def normalize(text):
-    """Whitespace-insensitive form used by exact match and 'contains'."""
-    return " ".join(text.split())
 
+# --- Metric functions ---------------------------------------------------------------------------
+
+def exact_match(generated, expected):
+    return normalize(generated) == normalize(expected)
+
+
+def contains(generated, expected):
+    """Whether the (normalised) expected text appears in the generated text."""
+    return normalize(expected) in normalize(generated)
+
+
+def char_f1(generated, expected):
+    """F1 over characters (whitespace ignored, counted as a multiset, like SQuAD's token F1).
+
+    Korean does not split into words well (particles attach to nouns: 윤가람은 / 윤가람입니다),
+    so characters measure partial overlap better than words.
+    """
+    got = Counter(c for c in normalize(generated) if not c.isspace())
+    want = Counter(c for c in normalize(expected) if not c.isspace())
+    if not got or not want:
+        return float(got == want)
+    overlap = sum((got & want).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / sum(got.values()), overlap / sum(want.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+# --- Model calls ----------------------------------------------------------------------------------
 
 @torch.inference_mode()
-def answer_questions(model, tokenizer, records, batch_size, max_new_tokens, device):
+def answer_questions(model, tokenizer, records, batch_size, max_new_tokens, device, stop=None):
     """Greedy answers to every record's prompt (its q_ids), in the records' order.
 
     Prompts are sorted by length so each batch pads little, left-padded so every prompt ends where
     generation starts, and given an explicit attention mask: pad == EOS, so it cannot be inferred.
-    Returns one dict per record: text, generated_tokens, ended_with_eos.
+    `stop`: token ids that end an answer (default: EOS). Returns one dict per record: text,
+    generated_tokens, ended_with_eos (ended by a stop token rather than the length limit).
     """
-    eos_id = tokenizer.eos_token_id
+    stop = stop or [tokenizer.eos_token_id]
     order = sorted(range(len(records)), key=lambda i: len(records[i]["q_ids"]))
     answers = [None] * len(records)
     for start in range(0, len(order), batch_size):
@@ -38,22 +83,22 @@ def answer_questions(model, tokenizer, records, batch_size, max_new_tokens, devi
         batch = tokenizer.pad({"input_ids": [records[i]["q_ids"] for i in rows]},
                               padding_side="left", return_tensors="pt").to(device)
         output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_id)
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=stop)
         # Slice by input length, not by decoded strings: the prompt is exactly the padded width.
         for i, new_ids in zip(rows, output[:, batch["input_ids"].shape[1]:].tolist()):
-            ended = eos_id in new_ids
-            new_ids = new_ids[:new_ids.index(eos_id)] if ended else new_ids
+            end = next((n for n, t in enumerate(new_ids) if t in stop), None)
+            new_ids = new_ids if end is None else new_ids[:end]
             answers[i] = {"text": tokenizer.decode(new_ids, skip_special_tokens=True).strip(),
-                          "generated_tokens": len(new_ids), "ended_with_eos": ended}
+                          "generated_tokens": len(new_ids), "ended_with_eos": end is not None}
     return answers
 
 
 @torch.inference_mode()
 def answer_nll(model, records, batch_size, pad_id, device):
-    """Teacher-forced negative log-likelihood of each answer (its tokens and EOS), in nats/token.
+    """Teacher-forced negative log-likelihood of each record's supervised tokens, in nats/token.
 
-    Returns (per-record mean NLL, total NLL, number of answer tokens) so the dataset mean can be
-    the global token mean, not a mean of per-record means.
+    Returns (per-record mean NLL, total NLL, number of supervised tokens) so the dataset mean can
+    be the global token mean, not a mean of per-record means.
     """
     per_record, total, count = [], 0.0, 0
     for start in range(0, len(records), batch_size):
@@ -72,25 +117,32 @@ def answer_nll(model, records, batch_size, pad_id, device):
 
 
 def generation_limit(records, extra_new_tokens):
-    """Max new tokens: the longest answer (with its EOS) plus a margin. Derived from the data, since
-    a fixed small limit would cut long Korean answers short (~2 tokens per syllable here)."""
+    """Max new tokens: the longest answer (with its end token) plus a margin. Derived from the data,
+    since a fixed small limit would cut long Korean answers short (~2 tokens per syllable here)."""
     return max(len(r["input_ids"]) - len(r["q_ids"]) for r in records) + extra_new_tokens
 
 
-def evaluate(model, tokenizer, records, batch_size, extra_new_tokens, device):
-    """Answer every question and score it. Returns (metrics dict, per-question DataFrame)."""
-    model.eval()
-    max_new_tokens = generation_limit(records, extra_new_tokens)
-    answers = answer_questions(model, tokenizer, records, batch_size, max_new_tokens, device)
-    per_record_nll, total_nll, n_tokens = answer_nll(model, records, batch_size,
-                                                     tokenizer.pad_token_id, device)
+# --- The three sets -------------------------------------------------------------------------------
+
+def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_tokens, stop, device):
+    """Answer and score one question set. Returns (metrics dict, per-question DataFrame)."""
+    answers = answer_questions(model, tokenizer, records, batch_size, max_new_tokens, device, stop)
+    per_record_nll, total_nll, n_tokens = answer_nll(model, records, batch_size, tokenizer.pad_token_id, device)
+    generated = [a["text"] for a in answers]
+    expected = [r["answer"] for r in records]
+    keys = [r.get("key", "") for r in records]
     table = pd.DataFrame({
+        "set": name,
         "id": [r["id"] for r in records],
         "question": [r["question"] for r in records],
-        "expected": [r["answer"] for r in records],
-        "generated": [a["text"] for a in answers],
-        "exact_match": [normalize(a["text"]) == normalize(r["answer"]) for a, r in zip(answers, records)],
-        "contains_answer": [normalize(r["answer"]) in normalize(a["text"]) for a, r in zip(answers, records)],
+        "expected": expected,
+        "key_fact": keys,
+        "generated": generated,
+        "exact_match": list(map(exact_match, generated, expected)),
+        "contains_answer": list(map(contains, generated, expected)),
+        "char_f1": list(map(char_f1, generated, expected)),
+        # Only sets whose records carry a key fact (the held-out set) can be scored on it.
+        "states_key_fact": [contains(g, k) if k else None for g, k in zip(generated, keys)],
         "ended_with_eos": [a["ended_with_eos"] for a in answers],
         "generated_tokens": [a["generated_tokens"] for a in answers],
         "answer_nll": per_record_nll,
@@ -100,6 +152,8 @@ def evaluate(model, tokenizer, records, batch_size, extra_new_tokens, device):
         "questions": len(records),
         "exact_match": round(table["exact_match"].mean(), 4),
         "contains_answer": round(table["contains_answer"].mean(), 4),
+        "char_f1": round(table["char_f1"].mean(), 4),
+        **({"states_key_fact": round(table["states_key_fact"].astype(float).mean(), 4)} if all(keys) else {}),
         "answer_nll": round(mean_nll, 4),
         "answer_perplexity": round(math.exp(mean_nll), 4),
         "ended_with_eos": round(table["ended_with_eos"].mean(), 4),
@@ -109,35 +163,49 @@ def evaluate(model, tokenizer, records, batch_size, extra_new_tokens, device):
     return metrics, table
 
 
-def write_results(metrics, table, metrics_path, table_path):
-    write_atomically(table_path, table.round({"answer_nll": 4}).to_csv(index=False))
-    write_atomically(metrics_path, json.dumps(metrics, indent=2) + "\n")
+def evaluate_retention(model, tokenizer, retention, batch_size, new_tokens, device, baseline_table):
+    """Perplexity on general text and greedy continuations of general prompts, compared with the
+    baseline's continuations (baseline_table; None when this is the baseline)."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+    def ids(text):  # no chat template, no markers: plain text as the model was pretrained on
+        return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    # Every token of a passage is scored (but not a BOS the tokenizer puts first: it is given).
+    passages = [{"input_ids": i, "labels": [IGNORE_INDEX] * len(bos) + i[len(bos):]}
+                for i in map(ids, retention["text"])]
+    _, total_nll, n_tokens = answer_nll(model, passages, batch_size, tokenizer.pad_token_id, device)
+    prompts = [{"q_ids": ids(p)} for p in retention["prompts"]]
+    continuations = [a["text"] for a in answer_questions(model, tokenizer, prompts, batch_size, new_tokens, device)]
+    before = (list(baseline_table.loc[baseline_table["set"] == "retention", "generated"])
+              if baseline_table is not None else continuations)
+    if len(before) != len(continuations):
+        raise ValueError("the baseline evaluated another retention probe: rerun baseline_eval (dvc repro)")
+    changed = [normalize(b) != normalize(c) for b, c in zip(before, continuations)]
+    table = pd.DataFrame({"set": "retention", "id": range(len(prompts)), "question": retention["prompts"],
+                          "expected": "", "key_fact": "", "generated": continuations, "changed": changed})
+    metrics = {"prompts": len(prompts), "answers_changed": sum(changed),
+               "text_nll": round(total_nll / n_tokens, 4), "text_perplexity": round(math.exp(total_nll / n_tokens), 4)}
+    return metrics, table
 
 
-def comparison_markdown(before, after, before_table, after_table):
-    """The before/after page: summary numbers, then every question with both answers."""
-    lines = ["# Before vs after fine-tuning", "",
-             "| metric | before | after | change |", "|---|---|---|---|"]
-    for key in before:
-        if isinstance(before[key], float):
-            lines.append(f"| {key} | {before[key]:.4f} | {after[key]:.4f} | {after[key] - before[key]:+.4f} |")
-    lines += ["", "✅ exact match, ☑️ contains the expected answer, ❌ neither.", "",
-              "| # | question | expected | before | after |", "|---|---|---|---|---|"]
+def load_retention(path=RETENTION):
+    retention = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(retention, dict) or not all(
+            isinstance(retention.get(k), list) and retention[k] and all(isinstance(t, str) and t.strip()
+                                                                       for t in retention[k])
+            for k in ("text", "prompts")):
+        raise ValueError(f"{path}: expected non-empty lists of strings 'text' and 'prompts'")
+    return retention
 
-    def cell(row):
-        mark = "✅" if row.exact_match else "☑️" if row.contains_answer else "❌"
-        return f"{mark} {row.generated}".replace("|", "\\|").replace("\n", " ")
 
-    for b, a in zip(before_table.itertuples(), after_table.itertuples()):
-        question, expected = (t.replace("|", "\\|") for t in (b.question, b.expected))
-        lines.append(f"| {b.id} | {question} | {expected} | {cell(b)} | {cell(a)} |")
-    return "\n".join(lines) + "\n"
-
+# --- The stage ------------------------------------------------------------------------------------
 
 # The evaluate section of params.yaml, read by baseline_eval and final_eval alike.
 EVAL_SPEC = {
     "batch_size": (int, lambda v: v >= 1, "an integer >= 1 (questions per generate call)"),
     "extra_new_tokens": (int, lambda v: v >= 0, "an integer >= 0 (tokens)"),
+    "retention_new_tokens": (int, lambda v: v >= 1, "an integer >= 1 (tokens)"),
     "dtype": (str, lambda v: v in ("auto", "float32", "bfloat16"), "one of auto, float32, bfloat16"),
 }
 
@@ -149,20 +217,59 @@ def eval_dtype(name, device):
 
 
 def load_for_evaluation(params, model_dir):
-    """Check the evaluate params, seed, then load the model as every evaluation (and ask) does.
-
-    Returns (model, tokenizer, device); raises ModelNotFound if model_dir holds no model.
+    """Check the evaluate and prompt params, seed, then load the model as every evaluation (and
+    ask) does. Returns (model, tokenizer, device); raises ModelNotFound if model_dir holds no model.
     """
-    fail_if_problems(shared_problems(params) + problems_in_section(params, "evaluate", EVAL_SPEC))
+    fail_if_problems(shared_problems(params) + problems_in_section(params, "evaluate", EVAL_SPEC)
+                     + problems_in_section(params, "prompt", PROMPT_SPEC))
     seed_everything(params["seed"])
     device = pick_device(params["device"])
     model, tokenizer = load_pretrained(model_dir, eval_dtype(params["evaluate"]["dtype"], device), device)
     return model.eval(), tokenizer, device
 
 
-def evaluate_stage(params, model_dir, records_path):
-    """The whole evaluation stage, shared by baseline_eval and final_eval so they cannot drift."""
+def evaluate_stage(params, model_dir, baseline_table=None):
+    """The whole evaluation, shared by baseline_eval and final_eval so they cannot drift.
+
+    Returns (metrics {trained, heldout, retention}, one table of every question of every set).
+    """
     model, tokenizer, device = load_for_evaluation(params, model_dir)
     cfg = params["evaluate"]
-    records = read_jsonl(records_path)
-    return evaluate(model, tokenizer, records, cfg["batch_size"], cfg["extra_new_tokens"], device)
+    trained, heldout = read_jsonl(TRAINED), read_jsonl(HELDOUT)
+    stop = stop_ids(tokenizer, params["prompt"])
+    # One limit for both question sets: held-out questions share the trained answers.
+    limit = generation_limit(trained + heldout, cfg["extra_new_tokens"])
+    metrics, tables = {}, []
+    for name, records in (("trained", trained), ("heldout", heldout)):
+        if records:
+            metrics[name], table = evaluate_questions(model, tokenizer, records, name, cfg["batch_size"],
+                                                      limit, stop, device)
+            tables.append(table)
+    metrics["retention"], table = evaluate_retention(model, tokenizer, load_retention(), cfg["batch_size"],
+                                                     cfg["retention_new_tokens"], device, baseline_table)
+    tables.append(table)
+    return metrics, pd.concat(tables, ignore_index=True)
+
+
+def delta(before, after):
+    """final - baseline for the headline numbers, in the same nested layout (for delta.json)."""
+    return {name: {k: round(after[name][k] - before[name][k], 4) for k in keys if k in after.get(name, {})}
+            for name, keys in HEADLINE.items() if name in after and name in before}
+
+
+def write_results(metrics, table, metrics_path, table_path):
+    write_atomically(table_path, table.round({"answer_nll": 4, "char_f1": 4}).to_csv(index=False))
+    write_atomically(metrics_path, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_answers(path):
+    """A table written by write_results, typed back: flags as True/False/None (not scored for that
+    set), numbers as numbers, texts as texts (an empty answer stays "", not NaN)."""
+    table = pd.read_csv(path, keep_default_na=False, dtype=str)
+    for column in ("exact_match", "contains_answer", "states_key_fact", "ended_with_eos", "changed"):
+        if column in table:
+            table[column] = table[column].map({"True": True, "False": False, "": None})
+    for column in ("id", "char_f1", "generated_tokens", "answer_nll"):
+        if column in table:
+            table[column] = pd.to_numeric(table[column].replace("", None))
+    return table

@@ -4,12 +4,17 @@ import os
 from pathlib import Path
 
 
-def write_atomically(path, text):
-    """Write text to path through a temporary file in the same folder, renamed into place at the end."""
+def write_atomically(path, content):
+    """Write text (UTF-8) or bytes to path through a temporary file in the same folder, renamed into
+    place at the end."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        if isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            tmp.write_text(content, encoding="utf-8")
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never a part
     finally:
         tmp.unlink(missing_ok=True)  # only left if writing failed

@@ -75,13 +75,14 @@ SHARED_SPEC = {
 }
 
 
-def shared_problems(params):
+def shared_problems(params, keys=tuple(SHARED_SPEC)):
     problems = []
-    for key, (kind, check, rule) in SHARED_SPEC.items():
+    for key in keys:
+        kind, check, rule = SHARED_SPEC[key]
         value = params.get(key)
         if not isinstance(value, kind) or isinstance(value, bool) or not check(value):
             problems.append(f"params.yaml: {key} = {value!r} is invalid ({rule})")
-    if params.get("device") == "cuda" and not torch.cuda.is_available():
+    if "device" in keys and params.get("device") == "cuda" and not torch.cuda.is_available():
         problems.append("params.yaml: device = 'cuda' but no CUDA GPU is available here "
                         "(use device: auto or cpu)")
     return problems

@@ -2,8 +2,9 @@
 
     python stages/baseline_eval.py
 
-Reads evaluate.*, seed and device in params.yaml, data/qa.jsonl and models/base. Writes
-metrics/baseline.json and metrics/baseline_answers.csv (question, expected, generated, correct).
+Reads evaluate.*, prompt.*, seed and device in params.yaml, models/base and the three evaluation
+sets (data/qa.jsonl, data/heldout_qa.jsonl, data/retention.yaml). Writes metrics/baseline.json and
+metrics/baseline_answers.csv (every question of every set with its answer and scores).
 final_eval runs the same code on models/finetuned.
 """
 
@@ -16,16 +17,16 @@ from llm_fft.evaluation import evaluate_stage, write_results
 from llm_fft.params import load_params
 
 MODEL_DIR = Path("models/base")
-RECORDS = Path("data/qa.jsonl")
 METRICS = Path("metrics/baseline.json")
 ANSWERS = Path("metrics/baseline_answers.csv")
 
 
 def main():
-    metrics, table = evaluate_stage(load_params(), MODEL_DIR, RECORDS)
+    metrics, table = evaluate_stage(load_params(), MODEL_DIR)
     write_results(metrics, table, METRICS, ANSWERS)
-    print(f"wrote {METRICS} and {ANSWERS}: exact match {metrics['exact_match']:.3f}, contains "
-          f"{metrics['contains_answer']:.3f}, answer NLL {metrics['answer_nll']:.3f} on {metrics['questions']} questions")
+    summary = ", ".join(f"{name} exact match {m['exact_match']:.3f}" for name, m in metrics.items()
+                        if isinstance(m, dict) and "exact_match" in m)
+    print(f"wrote {METRICS} and {ANSWERS}: {summary}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Stage final_eval: what the fine-tuned model answers, and the before/after comparison.
+"""Stage final_eval: what the fine-tuned model answers, the before/after delta and the report.
 
     python stages/final_eval.py
 
-Same code, prompts and decoding as baseline_eval (evaluate.*, seed, device), on models/finetuned.
-Writes metrics/final.json (same keys as metrics/baseline.json), metrics/final_answers.csv and
-metrics/comparison.md (summary numbers, then question | expected | before | after).
+Same code, sets, prompts and decoding as baseline_eval (evaluate.*, prompt.*, seed, device), on
+models/finetuned. Writes metrics/final.json (same keys as metrics/baseline.json),
+metrics/final_answers.csv, metrics/delta.json (final - baseline for the headline numbers) and the
+report: metrics/report.md and metrics/report.html (self-contained), with metrics/loss.png.
 """
 
 import json
@@ -13,31 +14,40 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.py: import llm_fft from the repo
 
-import pandas as pd
-
-from llm_fft.evaluation import comparison_markdown, evaluate_stage, write_results
+from llm_fft.evaluation import delta, evaluate_stage, read_answers, write_results
 from llm_fft.files import write_atomically
 from llm_fft.params import load_params
+from llm_fft.report import loss_curve_png, report_html, report_markdown
 
 MODEL_DIR = Path("models/finetuned")
-RECORDS = Path("data/qa.jsonl")
 METRICS = Path("metrics/final.json")
 ANSWERS = Path("metrics/final_answers.csv")
+DELTA = Path("metrics/delta.json")
 BASELINE_METRICS = Path("metrics/baseline.json")
 BASELINE_ANSWERS = Path("metrics/baseline_answers.csv")
-COMPARISON = Path("metrics/comparison.md")
+TRAIN_LOSS = Path("metrics/finetune/plots/metrics/train/loss.tsv")
+HELDOUT_LOSS = Path("metrics/finetune/plots/metrics/heldout/answer_nll.tsv")
+REPORT_MD = Path("metrics/report.md")
+REPORT_HTML = Path("metrics/report.html")
+LOSS_PNG = Path("metrics/loss.png")
 
 
 def main():
-    metrics, table = evaluate_stage(load_params(), MODEL_DIR, RECORDS)
-    write_results(metrics, table, METRICS, ANSWERS)
-
     before = json.loads(BASELINE_METRICS.read_text(encoding="utf-8"))
-    before_table = pd.read_csv(BASELINE_ANSWERS, keep_default_na=False)
-    write_atomically(COMPARISON, comparison_markdown(before, metrics, before_table, table))
-    print(f"wrote {METRICS}, {ANSWERS} and {COMPARISON}: exact match "
-          f"{before['exact_match']:.3f} -> {metrics['exact_match']:.3f}, answer NLL "
-          f"{before['answer_nll']:.3f} -> {metrics['answer_nll']:.3f}")
+    before_table = read_answers(BASELINE_ANSWERS)
+    metrics, table = evaluate_stage(load_params(), MODEL_DIR, before_table)
+    write_results(metrics, table, METRICS, ANSWERS)
+    after_table = read_answers(ANSWERS)  # typed as before_table is, from the same kind of file
+    changes = delta(before, metrics)
+    write_atomically(DELTA, json.dumps(changes, indent=2) + "\n")
+
+    png = loss_curve_png(TRAIN_LOSS, HELDOUT_LOSS if HELDOUT_LOSS.exists() else None)
+    write_atomically(LOSS_PNG, png)
+    write_atomically(REPORT_MD, report_markdown(before, metrics, before_table, after_table, LOSS_PNG.name))
+    write_atomically(REPORT_HTML, report_html(before, metrics, before_table, after_table, png))
+    for name, numbers in changes.items():
+        print(f"{name}: " + ", ".join(f"{k} {before[name][k]:.3f} -> {metrics[name][k]:.3f}" for k in numbers))
+    print(f"wrote {METRICS}, {ANSWERS}, {DELTA} and the report: {REPORT_HTML} (open it in a browser) / {REPORT_MD}")
 
 
 if __name__ == "__main__":

@@ -2,37 +2,44 @@
 
     python stages/finetune.py
 
-Reads finetune.*, model.dtype, seed and device in params.yaml, data/qa.jsonl and models/base.
-Writes models/finetuned (save_pretrained: model and tokenizer) and, through DVCLive,
-metrics/finetune/ (loss and learning rate per step for `dvc plots show`, summary metrics.json).
+Reads finetune.*, model.dtype, seed and device in params.yaml, data/qa.jsonl, data/heldout_qa.jsonl
+and models/base. Writes models/finetuned (save_pretrained: model and tokenizer) and, through DVCLive,
+metrics/finetune/ (loss and learning rate per step, and the held-out answer loss at the end of each
+epoch, for `dvc plots show`; summary metrics.json). The held-out loss is teacher-forced: no
+generation inside training.
 Every finetune.checkpoint_every steps it saves a checkpoint to models/checkpoints/finetune/ (not a
 DVC output, so it survives a crash); the next run resumes from it and deletes it when done.
 """
 
+import hashlib
 import math
+import os
 import shutil
+import subprocess
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.py: import llm_fft from the repo
 
 import torch
+from accelerate import Accelerator
 from dvclive import Live
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import get_scheduler
 
 from llm_fft.data import collate, read_jsonl
+from llm_fft.evaluation import answer_nll
 from llm_fft.model import DTYPES, load_pretrained, save_model
 from llm_fft.params import (fail_if_problems, load_params, pick_device, problems_in_section,
                             seed_everything, shared_problems)
-from llm_fft.training import (PRECISIONS, autocast_for, load_checkpoint, restore_rng, run_fingerprint,
-                              save_checkpoint, train_step)
+from llm_fft.training import (PRECISIONS, autocast_for, load_checkpoint, make_optimizer, restore_rng,
+                              run_fingerprint, save_checkpoint, train_step)
 
 BASE_MODEL = Path("models/base")
 RECORDS = Path("data/qa.jsonl")
+HELDOUT_RECORDS = Path("data/heldout_qa.jsonl")
 OUT_DIR = Path("models/finetuned")
 LIVE_DIR = Path("metrics/finetune")
 CHECKPOINT = Path("models/checkpoints/finetune/checkpoint.pt")
@@ -48,7 +55,25 @@ SPEC = {
     "precision": (str, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "log_every": (int, lambda v: v >= 1, "an integer >= 1 (optimizer steps)"),
     "checkpoint_every": (int, lambda v: v >= 0, "an integer >= 0 (optimizer steps; 0 = never)"),
+    "processes": (int, lambda v: v >= 1, "an integer >= 1 (1 = no DDP; N = one per GPU)"),
 }
+ACCELERATE_CONFIG = Path("configs/accelerate.yaml")
+
+
+def log_step(live, loss, lr, heldout_nll):
+    live.log_metric("train/loss", loss)
+    live.log_metric("train/lr", lr)
+    if heldout_nll is not None:
+        live.log_metric("heldout/answer_nll", heldout_nll)
+    live.next_step()
+
+
+def heldout_answer_loss(model, heldout, batch_size, pad_id, device):
+    """Mean teacher-forced NLL of the held-out answers (nats/token): did the facts generalise?"""
+    model.eval()
+    _, total, count = answer_nll(model, heldout, batch_size, pad_id, device)
+    model.train()
+    return total / count
 
 
 def main():
@@ -58,27 +83,39 @@ def main():
         problems.append(f"params.yaml: model.dtype must be one of {', '.join(DTYPES)}")
     fail_if_problems(problems)
     cfg = params["finetune"]
+    if cfg["processes"] > 1 and "WORLD_SIZE" not in os.environ:
+        # Start finetune.processes copies of this stage under accelerate (DDP); this one waits.
+        sys.exit(subprocess.call([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                                  str(ACCELERATE_CONFIG), "--num_processes", str(cfg["processes"]), __file__]))
     records = read_jsonl(RECORDS)
     if cfg["batch_size"] > len(records):
         print(f"warning: finetune.batch_size {cfg['batch_size']} > {len(records)} examples: "
               f"every batch is the whole dataset")
     # A checkpoint of another run is refused before any model is loaded.
     fingerprint = run_fingerprint(params, RECORDS, BASE_MODEL)
+    fingerprint["heldout"] = hashlib.sha256(HELDOUT_RECORDS.read_bytes()).hexdigest()
+    heldout = read_jsonl(HELDOUT_RECORDS)
     resumed = load_checkpoint(CHECKPOINT, fingerprint)
     seed_everything(params["seed"])
-    device = pick_device(params["device"])
+    # One process, or one per GPU (CPU process) when started by `accelerate launch` (dvc.yaml's cmd,
+    # finetune.processes): DDP, each process taking its share of every global batch.
+    accelerator = Accelerator(cpu=pick_device(params["device"]).type == "cpu")
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    main_process = accelerator.is_main_process
+    if cfg["batch_size"] % world:
+        sys.exit(f"error: finetune.batch_size {cfg['batch_size']} must be a multiple of the {world} processes")
 
     # fp32 master weights whatever the dtype on disk; autocast (if any) only lowers the matmuls.
     model, tokenizer = load_pretrained(BASE_MODEL, torch.float32, device)
     model.config.use_cache = False  # the KV cache only helps generation
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-                                  fused=device.type == "cuda")
+    optimizer = make_optimizer(model, cfg["lr"], cfg["weight_decay"])
     steps_per_epoch = math.ceil(len(records) / cfg["batch_size"])
     total_steps = cfg["epochs"] * steps_per_epoch
     scheduler = get_scheduler(cfg["lr_schedule"], optimizer, num_warmup_steps=cfg["warmup_steps"],
                               num_training_steps=total_steps)
-    start_step, history = 0, []  # history: (loss, lr) of every step done, replayed into DVCLive
+    # history: (loss, lr, held-out answer loss or None) of every step done, replayed into DVCLive
+    start_step, history = 0, []
     if resumed:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
@@ -86,53 +123,68 @@ def main():
         restore_rng(resumed["rng"])
         start_step, history = resumed["step"], resumed["history"]
         del resumed  # a second copy of the weights and optimizer state
-        print(f"resuming from {CHECKPOINT} at step {start_step}/{total_steps}")
+        if main_process:
+            print(f"resuming from {CHECKPOINT} at step {start_step}/{total_steps}")
+    # DDP (world > 1) averages the gradients of the processes in backward; the scheduler is not
+    # prepared, so it steps once per optimizer step as in one process.
+    model, optimizer = accelerator.prepare(model, optimizer)
     autocast = autocast_for(device, cfg["precision"])
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"training {n_params / 1e6:.1f}M parameters on {device} ({cfg['precision']}): "
-          f"{len(records)} examples, {cfg['epochs']} epochs, {total_steps} steps")
+    if main_process:
+        print(f"training {n_params / 1e6:.1f}M parameters on {device} x {world} process(es) ({cfg['precision']}): "
+              f"{len(records)} examples, {cfg['epochs']} epochs, {total_steps} steps")
 
-    live = Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False)
-    for loss, lr in history:  # the steps before a crash, so the curve is whole
-        live.log_metric("train/loss", loss)
-        live.log_metric("train/lr", lr)
-        live.next_step()
+    # Only the main process logs and writes; the others train.
+    live = Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False) if main_process else None
+    for logged in history if main_process else []:  # the steps before a crash, so the curves are whole
+        log_step(live, *logged)
     step, real_tokens, started = start_step, 0, time.perf_counter()
-    progress = tqdm(total=total_steps, initial=start_step, desc="finetune", unit="step")
+    progress = tqdm(total=total_steps, initial=start_step, desc="finetune", unit="step", disable=not main_process)
     for epoch in range(1, cfg["epochs"] + 1):
         # Each epoch shuffles with its own seeded generator: the order is reproducible, and a
         # resumed run can skip exactly the batches it had done.
-        loader = DataLoader(records, batch_size=cfg["batch_size"], shuffle=True,
-                            generator=torch.Generator().manual_seed(params["seed"] + epoch),
-                            collate_fn=partial(collate, pad_id=tokenizer.pad_token_id))
-        for batch_index, batch in enumerate(loader):
+        # Every process draws the same global batches; process r trains on rows r, r+world, ...
+        loader = DataLoader(records, batch_size=cfg["batch_size"], shuffle=True, collate_fn=list,
+                            generator=torch.Generator().manual_seed(params["seed"] + epoch))
+        for batch_index, global_batch in enumerate(loader):
             if (epoch - 1) * steps_per_epoch + batch_index < start_step:
                 continue  # done before the crash
             step += 1
-            real_tokens += int(batch["attention_mask"].sum())  # padding is not work done
-            batch = {k: v.to(device) for k, v in batch.items()}
+            real_tokens += sum(len(r["input_ids"]) for r in global_batch)  # padding is not work done
+            batch = {k: v.to(device) for k, v in collate(global_batch[rank::world], tokenizer.pad_token_id).items()}
             lr = scheduler.get_last_lr()[0]
             loss, grad_norm = train_step(model, batch, optimizer, scheduler, cfg["max_grad_norm"], autocast)
+            if world > 1:  # the logged loss: the mean over processes (each averaged its own answer tokens)
+                loss = accelerator.reduce(torch.tensor(loss, device=device), "mean").item()
             if not math.isfinite(loss):
-                live.end()
+                if live:
+                    live.end()
                 sys.exit(f"error: loss is {loss} at step {step} (epoch {epoch}); no model saved. "
                          f"Try a lower finetune.lr (now {cfg['lr']}).")
-            history.append((loss, lr))
-            live.log_metric("train/loss", loss)
-            live.log_metric("train/lr", lr)
-            live.next_step()
+            heldout_nll = None
+            if heldout and main_process and batch_index == steps_per_epoch - 1:  # end of the epoch
+                heldout_nll = heldout_answer_loss(accelerator.unwrap_model(model), heldout, cfg["batch_size"],
+                                                  tokenizer.pad_token_id, device)
+                progress.write(f"epoch {epoch:3d} done | held-out answer loss {heldout_nll:.4f}")
+            history.append((loss, lr, heldout_nll))
+            if live:
+                log_step(live, loss, lr, heldout_nll)
             progress.update()
-            if step % cfg["log_every"] == 0 or step == total_steps:
+            if main_process and (step % cfg["log_every"] == 0 or step == total_steps):
                 elapsed = time.perf_counter() - started
                 progress.write(f"step {step:05d}/{total_steps:05d} ({100 * step / total_steps:5.1f}%) | "
                                f"epoch {epoch:3d} | loss {loss:.4f} | lr {lr:.2e} | grad_norm {grad_norm:7.3f} | "
                                f"real tok/s {real_tokens / elapsed:7.1f} | elapsed {elapsed:6.1f}s")
             if cfg["checkpoint_every"] and step % cfg["checkpoint_every"] == 0 and step < total_steps:
-                save_checkpoint(CHECKPOINT, fingerprint, step, history, model, optimizer, scheduler)
+                if main_process:
+                    save_checkpoint(CHECKPOINT, fingerprint, step, history, accelerator.unwrap_model(model),
+                                    optimizer, scheduler)
+                accelerator.wait_for_everyone()
     progress.close()
+    if not main_process:
+        return
     live.end()
-
-    save_model(model, tokenizer, OUT_DIR, DTYPES[params["model"]["dtype"]])
+    save_model(accelerator.unwrap_model(model), tokenizer, OUT_DIR, DTYPES[params["model"]["dtype"]])
     shutil.rmtree(CHECKPOINT.parent, ignore_errors=True)  # finished: nothing left to resume
     print(f"wrote {OUT_DIR} after {step} steps in {time.perf_counter() - started:.0f}s; last loss {loss:.4f}")
 

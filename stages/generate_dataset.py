@@ -1,38 +1,129 @@
-"""Stage generate_dataset: write data/dataset.txt (custom-token format) from the facts source.
+"""Stage generate_dataset: write data/dataset.txt, the held-out questions and a generation report.
 
     python stages/generate_dataset.py
 
-Reads generate_dataset.* in params.yaml. The 'template' backend renders the tracked facts file
-(data/facts.yaml) offline and deterministically; other backends plug in beside it.
+Reads generate_dataset.*, dataset.* and seed in params.yaml. Backends:
+  template  every training phrasing of every fact in the facts file (data/facts.yaml), offline and
+            deterministic;
+  file      your own dataset file (generate_dataset.file, any format of the README), validated and
+            copied byte for byte, never rewritten;
+  llm       a language model writes pairs about each fact's answer sentence, or about
+            generate_dataset.llm_topic: a local transformers model (the embedded SmolLM2 by default)
+            or an OpenAI-compatible /chat/completions server (vLLM, Ollama, llama.cpp, hosted APIs)
+            whose API key is read from the environment variable named by llm_api_key_env, never
+            from params. Every reply block is accepted or rejected with a reason (llm_fft/llm_writer.py).
+Writes data/dataset.txt, data/heldout.jsonl (the facts file's held_out questions with their answer
+and key fact, never trained on) and metrics/dataset.json (pairs requested, accepted, rejected by reason).
 """
 
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.py: import llm_fft from the repo
 
-from llm_fft.data import DatasetError, load_facts, render_custom_tokens
+import torch
+
+from llm_fft.data import DatasetError, load_facts, to_jsonl
 from llm_fft.files import write_atomically
-from llm_fft.params import fail_if_problems, load_params, problems_in_section
+from llm_fft.formats import DATASET_SPEC, read_pairs, write_pairs
+from llm_fft.llm_writer import HttpChat, LocalChat, TransportError, write_pairs_with_llm
+from llm_fft.model import ModelNotFound, load_base, prepare_tokenizer
+from llm_fft.params import fail_if_problems, load_params, problems_in_section, seed_everything, shared_problems
 
 OUT_FILE = Path("data/dataset.txt")
-BACKENDS = ("template",)
+HELDOUT = Path("data/heldout.jsonl")
+REPORT = Path("metrics/dataset.json")
+BACKENDS = ("template", "file", "llm")
 SPEC = {
     "backend": (str, lambda v: v in BACKENDS, f"one of {', '.join(BACKENDS)}"),
     "facts": (str, lambda v: Path(v).is_file(), "path of an existing facts YAML file"),
+    "file": (str, lambda v: Path(v).is_file(), "path of an existing dataset file"),
+    "llm_transport": (str, lambda v: v in ("local", "http"), "local or http"),
+    "llm_model": (str, bool, "local: 'embedded', a hub id or a folder; http: the served model's name"),
+    "llm_base_url": (str, lambda v: v.startswith(("http://", "https://")), "an http:// or https:// URL"),
+    "llm_api_key_env": (str, None, "the NAME of an environment variable ('' = send no key)"),
+    "llm_timeout_s": ((int, float), lambda v: v > 0, "seconds > 0"),
+    "llm_pairs_per_fact": (int, lambda v: v >= 1, "an integer >= 1"),
+    "llm_max_attempts": (int, lambda v: v >= 1, "an integer >= 1"),
+    "llm_temperature": ((int, float), lambda v: v >= 0, "a number >= 0 (0 = greedy)"),
+    "llm_max_new_tokens": (int, lambda v: v >= 8, "an integer >= 8 (tokens)"),
+    "llm_topic": (str, None, "'' (pairs about each fact) or a topic"),
 }
+
+
+def llm_transport(cfg):
+    """The ask(messages, seed) callable of the chosen transport."""
+    if cfg["llm_transport"] == "http":
+        return HttpChat(cfg["llm_base_url"], cfg["llm_model"], cfg["llm_api_key_env"], cfg["llm_timeout_s"],
+                        cfg["llm_max_new_tokens"], cfg["llm_temperature"])
+    model, tokenizer = load_base(cfg["llm_model"], "main", False, torch.float32)
+    return LocalChat(model.eval(), prepare_tokenizer(tokenizer), cfg["llm_model"], cfg["llm_max_new_tokens"],
+                     cfg["llm_temperature"])
+
+
+def from_template(facts, fmt):
+    """Every training phrasing of every fact, with the fact's answer."""
+    pairs = [(q, fact["answer"]) for fact in facts for q in fact["questions"]]
+    return write_pairs(pairs, output_format(fmt), fmt["separator"]), {
+        "requested": len(pairs), "accepted": len(pairs), "rejected": {}}
+
+
+def from_file(path, fmt):
+    """The user's file, validated and returned byte for byte."""
+    raw = Path(path).read_bytes()
+    pairs, warnings = read_pairs(raw, path, fmt["format"], fmt["separator"])
+    for warning in warnings:  # exact duplicates, merged by parse_qa the same way
+        print(f"warning: {warning}")
+    return raw, {"requested": len(pairs) + len(warnings), "accepted": len(pairs),
+                 "rejected": {"duplicate": len(warnings)}}
+
+
+def from_llm(cfg, facts, fmt, seed):
+    """Pairs a language model wrote about the facts (or the topic), each one checked."""
+    seed_everything(seed)
+    source = cfg["llm_topic"] or [fact["answer"] for fact in facts]
+    pairs, report = write_pairs_with_llm(source, cfg["llm_pairs_per_fact"], llm_transport(cfg), seed,
+                                         cfg["llm_max_attempts"],
+                                         held_out=[q for fact in facts for q in fact["held_out"]])
+    if not pairs:
+        sys.exit(f"error: the llm backend got no usable pair from {cfg['llm_model']!r} (rejected: "
+                 f"{report['rejected']}); nothing written. A stronger model may be needed (the "
+                 "embedded 135M model cannot write Korean pairs).")
+    report.pop("backend")
+    return write_pairs(pairs, output_format(fmt), fmt["separator"]), report
+
+
+def output_format(fmt):
+    return "custom_tokens" if fmt["format"] == "auto" else fmt["format"]
 
 
 def main():
     params = load_params()
-    fail_if_problems(problems_in_section(params, "generate_dataset", SPEC))
-    cfg = params["generate_dataset"]
+    fail_if_problems(problems_in_section(params, "generate_dataset", SPEC) + shared_problems(params, keys=["seed"])
+                     + problems_in_section(params, "dataset", DATASET_SPEC))
+    cfg, fmt = params["generate_dataset"], params["dataset"]
     try:
-        pairs = load_facts(cfg["facts"])
+        facts = load_facts(cfg["facts"])
+        if cfg["backend"] == "file":
+            dataset, report = from_file(cfg["file"], fmt)
+        elif cfg["backend"] == "llm":
+            dataset, report = from_llm(cfg, facts, fmt, params["seed"])
+        else:
+            dataset, report = from_template(facts, fmt)
     except DatasetError as e:
-        sys.exit(f"error: bad facts file:\n{e}")
-    write_atomically(OUT_FILE, render_custom_tokens(pairs))
-    print(f"wrote {OUT_FILE}: {len(pairs)} question/answer pairs from {cfg['facts']}")
+        sys.exit(f"error: bad input data:\n{e}")
+    except (TransportError, ModelNotFound, ValueError) as e:
+        sys.exit(f"error: llm backend: {e}")
+
+    heldout = [{"question": q, "answer": fact["answer"], "key": fact["key"]}
+               for fact in facts for q in fact["held_out"]]
+    write_atomically(HELDOUT, to_jsonl(heldout))
+    write_atomically(REPORT, json.dumps({"backend": cfg["backend"], **report,
+                                         "heldout_questions": len(heldout)}, indent=2) + "\n")
+    write_atomically(OUT_FILE, dataset)
+    print(f"wrote {OUT_FILE}: {report['accepted']} question/answer pairs ({cfg['backend']} backend), "
+          f"{HELDOUT}: {len(heldout)} held-out questions, report in {REPORT}")
 
 
 if __name__ == "__main__":

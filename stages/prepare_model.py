@@ -2,7 +2,9 @@
 
     python stages/prepare_model.py
 
-Reads model.* and writes models/base (safetensors weights, config, tokenizer with a pad token).
+Reads model.*, prompt.markers and seed, and writes models/base (safetensors weights, config,
+tokenizer with a pad token). With prompt.markers = special_tokens, <|question|> and <|answer|> become
+added special tokens (one id each) and the embeddings grow by two rows (the mean of the others).
 The embedded GGUF is dequantized once here (~20 s) so later stages load it in seconds, and a hub
 model is downloaded once; either way dvc.lock records the hash of exactly the weights trained.
 """
@@ -12,16 +14,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.py: import llm_fft from the repo
 
+import torch
+
+from llm_fft.data import ANSWER_MARK, PROMPT_SPEC, QUESTION_MARK
 from llm_fft.model import DTYPES, MODEL_SPEC, ModelNotFound, load_base, prepare_tokenizer, save_model
-from llm_fft.params import fail_if_problems, load_params, problems_in_section
+from llm_fft.params import fail_if_problems, load_params, problems_in_section, shared_problems
 
 OUT_DIR = Path("models/base")
 
 
-
 def main():
     params = load_params()
-    fail_if_problems(problems_in_section(params, "model", MODEL_SPEC))
+    fail_if_problems(problems_in_section(params, "model", MODEL_SPEC) + shared_problems(params, keys=["seed"])
+                     + problems_in_section(params, "prompt", PROMPT_SPEC))
     cfg = params["model"]
     if cfg["trust_remote_code"]:
         print(f"warning: trust_remote_code is on: code shipped with {cfg['name']} will run here")
@@ -31,6 +36,10 @@ def main():
         tokenizer = prepare_tokenizer(tokenizer)
     except ModelNotFound as e:
         sys.exit(f"error: {e}")
+    if params["prompt"]["markers"] == "special_tokens":
+        tokenizer.add_tokens([QUESTION_MARK, ANSWER_MARK], special_tokens=True)
+        torch.manual_seed(params["seed"])  # mean_resizing draws the new rows around the mean embedding
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     save_model(model, tokenizer, OUT_DIR, DTYPES[cfg["dtype"]])
     n_params = sum(p.numel() for p in model.parameters())
     print(f"wrote {OUT_DIR}: {type(model).__name__}, {n_params / 1e6:.1f}M parameters, "

@@ -1,78 +1,40 @@
-"""The dataset format: strict parsing with file:line errors, and the facts source."""
+"""The facts source, the params loader and atomic writes."""
 
 from pathlib import Path
 
 import pytest
 
-from llm_fft.data import DatasetError, load_facts, parse_custom_tokens, render_custom_tokens
+from llm_fft.data import DatasetError, load_facts
 
-GOOD = "<|question|>\n섬 이름은?\n<|answer|>\n별무리섬입니다.\n\n<|question|>\nHow tall?\n<|answer|>\n27 m, a | b.\n"
-
-
-def test_parses_pairs_with_their_lines():
-    assert parse_custom_tokens(GOOD, "d.txt") == [
-        {"question": "섬 이름은?", "answer": "별무리섬입니다.", "line": 1},
-        {"question": "How tall?", "answer": "27 m, a | b.", "line": 6},
+def test_load_facts_reports_every_bad_fact(tmp_path):
+    facts = tmp_path / "facts.yaml"
+    facts.write_text(
+        "facts:\n"
+        "  - {answer: 'A.', questions: ['Q?']}\n"                          # fine: key and held_out optional
+        "  - {answer: '', questions: ['Q?']}\n"
+        "  - {answer: 'A.'}\n"
+        "  - {answer: 'x <|answer|> y', questions: ['Q?']}\n"
+        "  - {answer: '27미터입니다.', key: '28미터', questions: ['Q?'], held_out: ['H?']}\n"
+        "  - {answer: 'A.', questions: ['Q?'], held_out: ['H?']}\n"
+        "  - {answer: 'A.', key: A, questions: ['Q?'], held_out: ['Q?']}\n", encoding="utf-8")
+    with pytest.raises(DatasetError) as err:
+        load_facts(facts)
+    assert str(err.value).splitlines() == [
+        f"{facts}: facts[1]: empty answer",
+        f"{facts}: facts[2]: expected the keys answer, questions and optionally key, held_out; got \"{{'answer': 'A.'}}\"",
+        f"{facts}: facts[3]: the markers <|question|> / <|answer|> cannot appear in text",
+        f"{facts}: facts[4]: key '28미터' does not appear in the answer '27미터입니다.'",
+        f"{facts}: facts[5]: held_out questions need a key (the short fact an answer must state)",
+        f"{facts}: facts[6]: a held_out question is also a training question",
     ]
 
 
-def test_accepts_bom_and_crlf():
-    assert parse_custom_tokens("\ufeff" + GOOD.replace("\n", "\r\n"), "d.txt") == parse_custom_tokens(GOOD, "d.txt")
-
-
-def test_multiline_answer_is_kept_whole():
-    pairs = parse_custom_tokens("<|question|>\nQ?\n<|answer|>\nline one\nline two\n", "d.txt")
-    assert pairs[0]["answer"] == "line one\nline two"
-
-
-def test_render_then_parse_round_trips():
-    pairs = [("별무리섬은 어디?", "제주도 남쪽."), ("Q2?", "A2.")]
-    parsed = parse_custom_tokens(render_custom_tokens(pairs), "d.txt")
-    assert [(p["question"], p["answer"]) for p in parsed] == pairs
-
-
-@pytest.mark.parametrize("text, message", [
-    ("<|question|>\nQ?\nno answer marker\n", "d.txt:1: block has no <|answer|>"),
-    ("<|question|>\n\n<|answer|>\nA.\n", "d.txt:1: empty question"),
-    ("<|question|>\nQ?\n<|answer|>\n   \n", "d.txt:1: empty answer to 'Q?'"),
-    ("preamble\n<|question|>\nQ?\n<|answer|>\nA.\n", "d.txt:1: text before the first <|question|>"),
-    ("<|answer|>\nA.\n<|question|>\nQ?\n<|answer|>\nA.\n", "d.txt:1: text before the first <|question|>"),
-    ("<|question|>\nQ?\n<|answer|>\nA.\n<|answer|>\nB.\n", "d.txt:1: block has more than one <|answer|>"),
-    ("just text, no markers\n", "d.txt:1: text before the first <|question|>"),
-    ("", "d.txt: no <|question|> block found"),
-])
-def test_bad_input_names_the_line(text, message):
-    with pytest.raises(DatasetError) as err:
-        parse_custom_tokens(text, "d.txt")
-    assert message in str(err.value)
-
-
-def test_every_problem_is_reported_at_once():
-    text = GOOD + "<|question|>\nQ3?\n\n<|question|>\n\n<|answer|>\nA.\n<|question|>\nQ5?\n<|answer|>\n\n"
-    with pytest.raises(DatasetError) as err:
-        parse_custom_tokens(text, "d.txt")
-    lines = str(err.value).splitlines()
-    assert lines == ["d.txt:10: block has no <|answer|>: 'Q3?'",
-                     "d.txt:13: empty question",
-                     "d.txt:17: empty answer to 'Q5?'"]
-
-
-def test_load_facts_reports_every_bad_pair(tmp_path):
-    facts = tmp_path / "facts.yaml"
-    facts.write_text("pairs:\n  - question: Q?\n    answer: A.\n  - question: ''\n    answer: A.\n"
-                     "  - question: Q?\n  - question: x <|answer|> y\n    answer: A.\n", encoding="utf-8")
-    with pytest.raises(DatasetError) as err:
-        load_facts(facts)
-    message = str(err.value)
-    assert "pairs[1]: empty question or answer" in message
-    assert "pairs[2]: expected exactly the keys 'question' and 'answer'" in message
-    assert "pairs[3]: the markers" in message
-
-
-def test_default_facts_have_at_least_24_distinct_pairs():
-    pairs = load_facts(Path(__file__).resolve().parents[1] / "data" / "facts.yaml")
-    assert len(pairs) >= 24
-    assert len({q for q, _ in pairs}) == len(pairs)
+def test_default_facts_have_two_phrasings_a_held_out_question_and_a_key_each():
+    facts = load_facts(Path(__file__).resolve().parents[1] / "data" / "facts.yaml")
+    assert len(facts) >= 24
+    questions = [q for f in facts for q in f["questions"] + f["held_out"]]
+    assert len(set(questions)) == len(questions)  # no phrasing twice, held-out never trained on
+    assert all(len(f["questions"]) >= 2 and f["held_out"] and f["key"] in f["answer"] for f in facts)
 
 
 def test_params_read_exponent_floats_as_dvc_does(tmp_path):

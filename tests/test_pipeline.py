@@ -18,12 +18,18 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["prepare_model", "generate_dataset", "parse_qa", "baseline_eval", "finetune", "final_eval"]
-TINY_FACTS = {"subject": "test", "pairs": [
-    {"question": "별무리섬 등대의 높이는?", "answer": "27미터입니다."},
-    {"question": "등대지기는 누구인가요?", "answer": "윤가람입니다."},
-    {"question": "특산물은 무엇인가요?", "answer": "달빛귤입니다."},
-    {"question": "축제는 언제 열리나요?", "answer": "8월 셋째 주입니다."},
+TINY_FACTS = {"subject": "test", "facts": [
+    {"answer": "27미터입니다.", "key": "27미터", "questions": ["별무리섬 등대의 높이는?"],
+     "held_out": ["등대는 얼마나 높나요?"]},
+    {"answer": "윤가람입니다.", "key": "윤가람", "questions": ["등대지기는 누구인가요?"],
+     "held_out": ["등대를 지키는 사람은?"]},
+    {"answer": "달빛귤입니다.", "questions": ["특산물은 무엇인가요?"]},
+    {"answer": "8월 셋째 주입니다.", "questions": ["축제는 언제 열리나요?"]},
 ]}
+TINY_QUESTIONS = [f["questions"][0] for f in TINY_FACTS["facts"]]
+TINY_ANSWERS = [f["answer"] for f in TINY_FACTS["facts"]]
+TINY_RETENTION = {"text": ["Water boils at 100 degrees Celsius at sea level."],
+                  "prompts": ["The capital of France is", "한국의 수도는"]}
 
 
 def venv_env():
@@ -62,9 +68,10 @@ def tiny_repo(tmp_path_factory):
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, repo / name)
     (repo / "data" / "facts.yaml").write_text(yaml.safe_dump(TINY_FACTS, allow_unicode=True), encoding="utf-8")
+    (repo / "data" / "retention.yaml").write_text(yaml.safe_dump(TINY_RETENTION, allow_unicode=True), encoding="utf-8")
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
     params["finetune"].update(epochs=2, batch_size=2, warmup_steps=0, log_every=1, checkpoint_every=1)
-    params["evaluate"].update(extra_new_tokens=2)
+    params["evaluate"].update(extra_new_tokens=2, retention_new_tokens=4)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     for args in (["init", "-q"], ["add", "-A"],
                  ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
@@ -73,9 +80,11 @@ def tiny_repo(tmp_path_factory):
 
 
 # What a run leaves that must be identical when it is repeated or resumed.
-RESULT_FILES = ["dvc.lock", "metrics/baseline.json", "metrics/baseline_answers.csv", "metrics/final.json",
-                "metrics/final_answers.csv", "metrics/comparison.md", "metrics/finetune/metrics.json",
-                "metrics/finetune/plots/metrics/train/loss.tsv", "metrics/finetune/plots/metrics/train/lr.tsv"]
+RESULT_FILES = ["dvc.lock", "metrics/dataset.json", "metrics/baseline.json", "metrics/baseline_answers.csv",
+                "metrics/final.json", "metrics/final_answers.csv", "metrics/delta.json", "metrics/report.md",
+                "metrics/report.html", "metrics/loss.png", "metrics/finetune/metrics.json",
+                "metrics/finetune/plots/metrics/train/loss.tsv", "metrics/finetune/plots/metrics/train/lr.tsv",
+                "metrics/finetune/plots/metrics/heldout/answer_nll.tsv"]
 
 
 def results(repo):
@@ -92,26 +101,41 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
     assert stages_run(first_repro[0]) == STAGES
     assert not (tiny_repo / "models/checkpoints/finetune").exists()  # deleted after a successful finish
     records = [json.loads(line) for line in (tiny_repo / "data/qa.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [r["question"] for r in records] == [p["question"] for p in TINY_FACTS["pairs"]]
+    assert [r["question"] for r in records] == TINY_QUESTIONS
+    heldout = [json.loads(line) for line in (tiny_repo / "data/heldout_qa.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(r["question"], r["key"]) for r in heldout] == [("등대는 얼마나 높나요?", "27미터"), ("등대를 지키는 사람은?", "윤가람")]
     assert "supervised:" in (tiny_repo / "data/preview.md").read_text(encoding="utf-8")
+    assert json.loads((tiny_repo / "metrics/dataset.json").read_text()) == {
+        "backend": "template", "requested": 4, "accepted": 4, "rejected": {}, "heldout_questions": 2}
 
     baseline = json.loads((tiny_repo / "metrics/baseline.json").read_text())
     final = json.loads((tiny_repo / "metrics/final.json").read_text())
-    assert baseline.keys() == final.keys() >= {"exact_match", "contains_answer", "answer_nll"}
-    assert baseline["questions"] == final["questions"] == 4
+    assert baseline.keys() == final.keys() == {"trained", "heldout", "retention"}
+    for name in baseline:
+        assert baseline[name].keys() == final[name].keys()
+    assert baseline["trained"]["questions"] == 4 and baseline["heldout"]["questions"] == 2
+    assert {"exact_match", "contains_answer", "char_f1", "answer_nll", "ended_with_eos"} <= final["trained"].keys()
+    assert "states_key_fact" in final["heldout"] and "states_key_fact" not in final["trained"]
+    assert baseline["retention"]["answers_changed"] == 0 and final["retention"]["prompts"] == 2
     # Two epochs on four answers must lower the answer loss a lot; generation may still be off.
-    assert final["answer_nll"] < baseline["answer_nll"] / 2
+    assert final["trained"]["answer_nll"] < baseline["trained"]["answer_nll"] / 2
+    delta = json.loads((tiny_repo / "metrics/delta.json").read_text())
+    assert delta["trained"]["answer_nll"] == pytest.approx(final["trained"]["answer_nll"] - baseline["trained"]["answer_nll"], abs=1e-4)
 
     for name in ("baseline_answers.csv", "final_answers.csv"):
         table = pd.read_csv(tiny_repo / "metrics" / name, keep_default_na=False)
-        assert list(table["expected"]) == [p["answer"] for p in TINY_FACTS["pairs"]]
-        assert {"question", "generated", "exact_match"} <= set(table.columns)
-    comparison = (tiny_repo / "metrics/comparison.md").read_text(encoding="utf-8")
-    assert all(p["question"] in comparison for p in TINY_FACTS["pairs"])
+        assert list(table["set"]) == ["trained"] * 4 + ["heldout"] * 2 + ["retention"] * 2
+        assert list(table["expected"][:4]) == TINY_ANSWERS
+    report = (tiny_repo / "metrics/report.html").read_text(encoding="utf-8")
+    assert all(q in report for q in TINY_QUESTIONS + TINY_RETENTION["prompts"])
+    assert "data:image/png;base64," in report
+    assert "![" in (tiny_repo / "metrics/report.md").read_text(encoding="utf-8")
 
     loss = pd.read_csv(tiny_repo / "metrics/finetune/plots/metrics/train/loss.tsv", sep="\t")
     assert list(loss["step"]) == [0, 1, 2, 3]  # 2 epochs x 2 batches of 2
     assert loss["loss"].notna().all()
+    heldout_loss = pd.read_csv(tiny_repo / "metrics/finetune/plots/metrics/heldout/answer_nll.tsv", sep="\t")
+    assert list(heldout_loss["step"]) == [1, 3]  # the end of each epoch
 
 
 def test_every_weight_was_trained_and_the_model_loads(tiny_repo, first_repro):
@@ -225,7 +249,8 @@ def test_non_finite_loss_stops_training_naming_the_step(tiny_repo, first_repro, 
     AutoTokenizer.from_pretrained(tiny_repo / "models/base").save_pretrained(tmp_path / "models/base")
     shutil.copy(tiny_repo / "params.yaml", tmp_path)
     (tmp_path / "data").mkdir()
-    shutil.copy(tiny_repo / "data/qa.jsonl", tmp_path / "data")
+    for name in ("qa.jsonl", "heldout_qa.jsonl"):
+        shutil.copy(tiny_repo / "data" / name, tmp_path / "data")
     result = run([sys.executable, REPO / "stages/finetune.py"], tmp_path, check=False)
     assert result.returncode != 0
     assert "error: loss is nan at step 1 (epoch 1); no model saved" in result.stderr
@@ -265,3 +290,84 @@ def test_ask_without_a_model_says_how_to_make_one(tmp_path, monkeypatch):
     result = run([sys.executable, "-m", "llm_fft.ask", "Q?"], tmp_path, check=False)
     assert result.returncode != 0
     assert "models/finetuned holds no model: run `dvc repro` (or `make run`) first" in result.stderr
+
+
+def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, first_repro, tmp_path):
+    """The file backend and the chat prompt style, switched with `dvc exp run -S` (a copy of the
+    tiny repo, so the other tests keep theirs)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo, symlinks=True)
+    pairs = [{"question": q, "answer": a} for q, a in zip(TINY_QUESTIONS, TINY_ANSWERS)]
+    (repo / "data/my_dataset.txt").write_text(json.dumps(pairs, ensure_ascii=False, indent=1), encoding="utf-8")
+    out = dvc("exp", "run", "-S", "generate_dataset.backend=file", "-S", "prompt.style=chat", cwd=repo).stdout
+    assert stages_run(out) == STAGES[1:]  # the base model is reused
+    assert json.loads((repo / "metrics/dataset.json").read_text())["backend"] == "file"
+    assert (repo / "data/dataset.txt").read_bytes() == (repo / "data/my_dataset.txt").read_bytes()  # as is
+    records = [json.loads(line) for line in (repo / "data/qa.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["question"] for r in records] == TINY_QUESTIONS
+    assert records[0]["prompt"].endswith("<|im_start|>assistant\n")
+    final = json.loads((repo / "metrics/final.json").read_text())
+    baseline = json.loads((repo / "metrics/baseline.json").read_text())
+    assert final["trained"]["answer_nll"] < baseline["trained"]["answer_nll"] / 2
+    assert "prompt.style" in dvc("exp", "show", "--csv", cwd=repo).stdout
+
+    # Editing the file reruns everything downstream of it.
+    pairs[0]["answer"] = "28미터입니다."
+    (repo / "data/my_dataset.txt").write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
+    assert dvc("status", cwd=repo).stdout.count("changed deps") >= 1
+    assert "generate_dataset" in dvc("status", cwd=repo).stdout
+
+
+ENGLISH_FACTS = {"facts": [  # SmolLM2-135M writes no usable Korean pairs (measured 0/26)
+    {"answer": "About 300 people live on the island of Byeolmuri.", "questions": ["How many people live there?"]},
+    {"answer": "The lighthouse of Byeolmuri is 27 metres tall.", "questions": ["How tall is the lighthouse?"]},
+]}
+PLANTED_KEY = "sk-test-PLANTED-4d1f9c"
+
+
+def test_llm_backend_writes_the_dataset_through_dvc_locally_and_over_http(tiny_repo, first_repro, tmp_path):
+    """A real dataset from the embedded model through `dvc repro generate_dataset`, in process and
+    from a real OpenAI-compatible server on 127.0.0.1; the API key reaches the server and nothing else."""
+    from openai_stub_server import ChatCompletionsServer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm_fft.formats import read_pairs
+    from llm_fft.llm_writer import LocalChat
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo, symlinks=True)
+    (repo / "data/facts.yaml").write_text(yaml.safe_dump(ENGLISH_FACTS), encoding="utf-8")
+    # models/base is the embedded model, prepared: it loads in seconds instead of ~20 s from GGUF.
+    settings = dict(backend="llm", llm_model="models/base", llm_max_new_tokens=64, llm_api_key_env="LLM_FFT_TEST_KEY")
+    for key, value in settings.items():
+        edit_params(repo, "generate_dataset", key, value)
+
+    assert stages_run(dvc("repro", "generate_dataset", cwd=repo).stdout) == ["generate_dataset"]
+    report = json.loads((repo / "metrics/dataset.json").read_text())
+    assert (report["backend"], report["transport"], report["requested"]) == ("llm", "local", 2)
+    assert report["accepted"] >= 1
+    assert report["accepted"] + sum(report["rejected"].values()) == report["candidates"]
+    local_dataset = (repo / "data/dataset.txt").read_bytes()
+    pairs, _ = read_pairs(local_dataset, "dataset.txt")
+    assert len(pairs) == report["accepted"]
+
+    model = AutoModelForCausalLM.from_pretrained(repo / "models/base").eval()
+    tokenizer = AutoTokenizer.from_pretrained(repo / "models/base")
+
+    def chat(body):
+        return LocalChat(model, tokenizer, "served", body["max_tokens"], body["temperature"])(body["messages"], body["seed"])
+
+    with ChatCompletionsServer(chat, model_name="served") as server:
+        edit_params(repo, "generate_dataset", "llm_transport", "http")
+        edit_params(repo, "generate_dataset", "llm_base_url", server.base_url)
+        env = {**venv_env(), "LLM_FFT_TEST_KEY": PLANTED_KEY}
+        result = subprocess.run([sys.executable, "-m", "dvc", "repro", "generate_dataset"], cwd=repo, env=env,
+                                capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert server.requests and all(h["Authorization"] == f"Bearer {PLANTED_KEY}" for h, _ in server.requests)
+    assert json.loads((repo / "metrics/dataset.json").read_text())["transport"] == "http"
+    assert (repo / "data/dataset.txt").read_bytes() == local_dataset  # same model, same seeds: same pairs
+
+    leaks = [str(p.relative_to(repo)) for p in repo.rglob("*")
+             if p.is_file() and not {".git", "tests"} & set(p.relative_to(repo).parts) and PLANTED_KEY.encode() in p.read_bytes()]
+    assert leaks == [] and PLANTED_KEY not in result.stdout + result.stderr

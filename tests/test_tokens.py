@@ -1,14 +1,35 @@
-"""Prompt/answer boundary, labels, EOS, padding by position and left-padded batched generation,
-on the embedded model's real tokenizer (pad == EOS there, the case that breaks id-based masking)."""
+"""Prompt/answer boundary, labels, the end token, padding by position and left-padded batched
+generation, on the embedded model's real tokenizer (pad == EOS there, the case that breaks id-based
+masking), in every prompt style."""
 
+import copy
+
+import pytest
 import torch
 
-from llm_fft.data import IGNORE_INDEX, build_prompt, collate, tokenize_pair
+from llm_fft.data import (IGNORE_INDEX, PROMPT_STYLES, PromptError, build_prompt, collate, stop_ids,
+                          tokenize_pair)
 from llm_fft.evaluation import answer_questions
 
 PAIRS = [("별무리섬은 어느 바다에 있나요?", "별무리섬은 제주도 남쪽 바다에 있는 작은 섬입니다."),
          ("How tall is the lighthouse?", "27 metres."),
          ("등대지기는?", "윤가람")]
+STYLES = [{"style": style, "system": ""} for style in PROMPT_STYLES] + [{"style": "chat", "system": "짧게 답하세요."}]
+# Llama-3's chat template (kanana-nano-2.1b-instruct uses this style): <|eot_id|> ends each turn.
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def llama3_style_tokenizer(embedded_tokenizer):
+    """The embedded tokenizer given Llama-3's chat special tokens and template."""
+    tok = copy.deepcopy(embedded_tokenizer)
+    tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "additional_special_tokens": [
+        "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    tok.chat_template = LLAMA3_TEMPLATE
+    return tok
 
 
 def test_pad_is_eos_in_the_embedded_tokenizer(embedded_tokenizer):
@@ -16,30 +37,60 @@ def test_pad_is_eos_in_the_embedded_tokenizer(embedded_tokenizer):
     assert embedded_tokenizer.pad_token_id == embedded_tokenizer.eos_token_id
 
 
-def test_prompt_is_a_prefix_and_labels_supervise_answer_plus_eos(embedded_tokenizer):
+@pytest.mark.parametrize("prompt", STYLES, ids=lambda p: p["style"] + ("+system" if p["system"] else ""))
+def test_prompt_is_a_prefix_and_labels_supervise_answer_plus_end_token(embedded_tokenizer, prompt):
     tok = embedded_tokenizer
     for question, answer in PAIRS:
-        ids = tokenize_pair(tok, question, answer)
+        ids = tokenize_pair(tok, question, answer, prompt)
         n_prompt = len(ids["q_ids"])
         assert ids["input_ids"][:n_prompt] == ids["q_ids"]
         assert ids["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
-        assert ids["input_ids"][-1] == tok.eos_token_id
         supervised = [t for t in ids["labels"] if t != IGNORE_INDEX]
         assert supervised == ids["input_ids"][n_prompt:]
-        assert tok.decode(supervised) == answer + tok.eos_token
-        assert tok.decode(ids["q_ids"]) == build_prompt(question)
+        assert supervised[-1] in stop_ids(tok, prompt)  # the model learns to stop, once, at the end
+        assert not set(stop_ids(tok, prompt)) & set(supervised[:-1])
+        # SmolLM2's ChatML closes a turn with <|im_end|>, which is also its EOS.
+        assert tok.decode(supervised) == (" " if prompt["style"] == "plain" else "") + answer + "<|im_end|>"
+        assert tok.decode(ids["q_ids"]) == build_prompt(question, prompt, tok)
+
+
+def test_chat_prompt_is_the_templates_generation_prompt(embedded_tokenizer):
+    prompt = {"style": "chat", "system": "짧게 답하세요."}
+    text = build_prompt("등대지기는?", prompt, embedded_tokenizer)
+    assert text == ("<|im_start|>system\n짧게 답하세요.<|im_end|>\n<|im_start|>user\n등대지기는?<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+
+
+def test_chat_style_with_a_llama3_template_supervises_eot(llama3_style_tokenizer):
+    tok = llama3_style_tokenizer
+    prompt = {"style": "chat", "system": ""}
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    ids = tokenize_pair(tok, "등대지기는?", "윤가람입니다.", prompt)
+    assert tok.decode(ids["q_ids"]) == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n등대지기는?"
+                                        "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    supervised = [t for t in ids["labels"] if t != IGNORE_INDEX]
+    assert tok.decode(supervised) == "윤가람입니다.<|eot_id|>"
+    assert supervised[-1] == eot
+    assert stop_ids(tok, prompt) == sorted({tok.eos_token_id, eot})
+
+
+def test_chat_style_refuses_a_tokenizer_without_chat_template(embedded_tokenizer):
+    tok = copy.deepcopy(embedded_tokenizer)
+    tok.chat_template = None
+    with pytest.raises(PromptError, match="needs a tokenizer with a chat template"):
+        tokenize_pair(tok, "Q?", "A.", {"style": "chat", "system": ""})
 
 
 def test_no_bos_is_doubled_and_none_sits_inside_the_answer(embedded_tokenizer):
     tok = embedded_tokenizer
-    ids = tokenize_pair(tok, *PAIRS[0])
+    ids = tokenize_pair(tok, *PAIRS[0], {"style": "custom_tokens", "system": ""})
     assert ids["input_ids"].count(tok.bos_token_id) <= 1
     assert tok.eos_token_id not in ids["input_ids"][:-1]
 
 
 def test_collate_masks_padding_by_position_and_keeps_the_real_eos(embedded_tokenizer):
     tok = embedded_tokenizer
-    records = [tokenize_pair(tok, q, a) for q, a in PAIRS]
+    records = [tokenize_pair(tok, q, a, {"style": "custom_tokens", "system": ""}) for q, a in PAIRS]
     batch = collate(records, pad_id=tok.pad_token_id)
     longest = max(len(r["input_ids"]) for r in records)
     assert batch["input_ids"].shape == (len(records), longest)  # padded to the batch, no further
@@ -55,7 +106,7 @@ def test_collate_masks_padding_by_position_and_keeps_the_real_eos(embedded_token
 
 def test_batched_left_padded_generation_equals_one_at_a_time(embedded_model, embedded_tokenizer):
     tok = embedded_tokenizer
-    records = [tokenize_pair(tok, q, a) for q, a in PAIRS]
+    records = [tokenize_pair(tok, q, a, {"style": "custom_tokens", "system": ""}) for q, a in PAIRS]
     assert len({len(r["q_ids"]) for r in records}) > 1  # lengths differ, so the batch is padded
     device = torch.device("cpu")
     batched = answer_questions(embedded_model, tok, records, batch_size=3, max_new_tokens=12, device=device)
@@ -63,3 +114,16 @@ def test_batched_left_padded_generation_equals_one_at_a_time(embedded_model, emb
               for r in records]
     assert batched == single
     assert all(a["generated_tokens"] <= 12 for a in batched)
+
+
+def test_markers_as_special_tokens_are_one_id_each_and_never_in_the_answer(embedded_tokenizer):
+    # prompt.markers = special_tokens: prepare_model adds them exactly like this.
+    tok = copy.deepcopy(embedded_tokenizer)
+    plain_ids = tokenize_pair(tok, *PAIRS[0], {"style": "custom_tokens", "system": ""})
+    tok.add_tokens(["<|question|>", "<|answer|>"], special_tokens=True)
+    question_id, answer_id = tok.convert_tokens_to_ids(["<|question|>", "<|answer|>"])
+    ids = tokenize_pair(tok, *PAIRS[0], {"style": "custom_tokens", "system": ""})
+    assert ids["q_ids"].count(question_id) == 1 and ids["q_ids"].count(answer_id) == 1
+    assert len(ids["q_ids"]) < len(plain_ids["q_ids"])  # each marker was several text tokens
+    assert ids["input_ids"][len(ids["q_ids"]):] == plain_ids["input_ids"][len(plain_ids["q_ids"]):]
+    assert tok.decode(ids["q_ids"], skip_special_tokens=True) == f"\n{PAIRS[0][0]}\n\n"
