@@ -1,0 +1,468 @@
+"""make bench: time the finetune stage's own training step on fixed work; writes metrics/bench.json.
+
+    python -m llm_fft.bench              # the cases below; prints a table
+    python -m llm_fft.bench --smoke      # CI: a tiny random Llama, 2 steps, same code paths and fields
+
+Cases, each on a fresh copy of its model, with the same examples in the same order:
+  cpu/notebook   the embedded model, the seed notebook's method: every example padded with EOS to
+                 the dataset's longest, padding learned, no attention mask, plain torch AdamW
+  cpu/ours       the same model and examples through stages/finetune.py's code: collate (dynamic
+                 padding, masked by position) and train_step
+  cuda/kanana-dataset, cuda/kanana-packed
+                 a randomly initialised LlamaForCausalLM shaped like kanana-nano-2.1b-base (nothing
+                 is downloaded), ours with bf16 autocast over fp32 weights, fused AdamW and SDPA, at
+                 the dataset's shape and at rows of bench.packed_length tokens; skipped, with the
+                 reason in the JSON, where there is no CUDA GPU
+
+  evaluation     answering questions as baseline_eval/final_eval do (batches of evaluate.batch_size,
+                 left-padded, sorted by length) against one question at a time, on the same
+                 questions, model (models/finetuned if it exists, else models/base) and limit
+
+Throughput counts real tokens only: padding is not work done. The ratio ours/notebook is printed
+and written as ours_vs_notebook. Timings on a shared CPU are noisy: compare medians of runs.
+The benchmark is a tool, not a test; CI runs only --smoke.
+"""
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, get_scheduler
+
+from llm_fft.data import IGNORE_INDEX, PROMPT_SPEC, collate, read_jsonl, stop_ids
+from llm_fft.evaluation import EVAL_SPEC, answer_questions, generation_limit
+from llm_fft.files import write_atomically
+from llm_fft.model import embedded_gguf, load_base, load_pretrained, prepare_tokenizer
+from llm_fft.params import SHARED_SPEC, fail_if_problems, load_params, problems_in_section, seed_everything
+from llm_fft.training import PRECISIONS, autocast_for, make_optimizer, train_step
+
+RECORDS = Path("data/qa.jsonl")
+BASE_MODEL = Path("models/base")
+FINETUNED_MODEL = Path("models/finetuned")
+OUT = Path("metrics/bench.json")
+SMOKE_OUT = Path("metrics/bench_smoke.json")  # never overwrites the real benchmark's numbers
+
+# The bench section of params.yaml (see llm_fft.params.problems_in_section).
+BENCH_SPEC = {
+    "steps": (int, lambda v: v >= 1, "an integer >= 1 (timed optimizer steps per case)"),
+    "warmup_steps": (int, lambda v: v >= 0, "an integer >= 0 (untimed steps before timing)"),
+    "gpu_peak_tflops": ((int, float), lambda v: v > 0, "a number > 0 (the GPU's dense bf16 TFLOP/s)"),
+    "packed_length": (int, lambda v: v >= 2, "an integer >= 2 (tokens per packed row)"),
+    "packed_batch_size": (int, lambda v: v >= 1, "an integer >= 1 (packed rows per step)"),
+}
+# The finetune keys the benchmark trains with; stages/finetune.py checks the whole section.
+FINETUNE_KEYS_READ = {
+    "lr": (float, lambda v: 0 < v < 1, "a float in (0, 1)"),
+    "batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
+    "weight_decay": ((int, float), lambda v: v >= 0, "a number >= 0"),
+    "warmup_steps": (int, lambda v: v >= 0, "an integer >= 0 (optimizer steps)"),
+    "lr_schedule": (str, None, "a transformers.get_scheduler name"),
+    "max_grad_norm": ((int, float), lambda v: v > 0, "a number > 0"),
+    "precision": (str, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+}
+
+# kakaocorp/kanana-nano-2.1b-base's shape: every config field that sets the cost of a step.
+KANANA_SHAPE = dict(hidden_size=1792, intermediate_size=8064, num_hidden_layers=32, num_attention_heads=24,
+                    head_dim=128, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False,
+                    max_position_embeddings=8192)
+# A Llama small enough for CI: the same code paths in seconds.
+SMOKE_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   head_dim=16, num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True,
+                   max_position_embeddings=512)
+SMOKE_STEPS, SMOKE_WARMUP, SMOKE_PACKED_LENGTH = 2, 1, 64
+
+
+# --- The work: fixed batches, the same for every case ----------------------------------------------
+
+def fixed_examples(records, batch_size, count):
+    """`count` batches of examples: the records in file order, cycled. Every case gets these."""
+    return [[records[(i * batch_size + j) % len(records)] for j in range(batch_size)] for i in range(count)]
+
+
+def notebook_batch(examples, pad_to, eos_id):
+    """The seed notebook's batch: every example padded with EOS to the dataset's longest.
+
+    Labels are input_ids with the prompt masked, so the padding EOS are learned as well, and no
+    attention mask is passed: the model attends to the padding too. Reproduced as it was, to compare.
+    """
+    input_ids = torch.tensor([e["input_ids"] + [eos_id] * (pad_to - len(e["input_ids"])) for e in examples])
+    labels = input_ids.clone()
+    for row, e in enumerate(examples):
+        labels[row, :len(e["q_ids"])] = IGNORE_INDEX
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def packed_batches(records, rows, length, count):
+    """Batches of `rows` rows of exactly `length` tokens: the examples laid end to end, cycled.
+
+    A throughput shape only: examples sharing a row can attend to each other, which is fine for
+    timing and wrong for training (that needs boundary-aware attention).
+    """
+    need = rows * length * count
+    input_ids, labels, i = [], [], 0
+    while len(input_ids) < need:
+        record = records[i % len(records)]
+        input_ids += record["input_ids"]
+        labels += record["labels"]
+        i += 1
+    input_ids = torch.tensor(input_ids[:need]).view(count, rows, length)
+    labels = torch.tensor(labels[:need]).view(count, rows, length)
+    return [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": lab}
+            for ids, lab in zip(input_ids, labels)]
+
+
+def synthetic_records(count, vocab_size, seed):
+    """Records shaped like data/qa.jsonl (a prompt, then an answer and EOS), from seeded random ids."""
+    generator = torch.Generator().manual_seed(seed)
+    records = []
+    for _ in range(count):
+        prompt_len, answer_len = (int(n) for n in torch.randint(6, 24, (2,), generator=generator))
+        ids = torch.randint(3, vocab_size, (prompt_len + answer_len,), generator=generator).tolist() + [2]
+        records.append({"q_ids": ids[:prompt_len], "input_ids": ids,
+                        "labels": [IGNORE_INDEX] * prompt_len + ids[prompt_len:]})
+    return records
+
+
+def real_tokens(examples):
+    """Tokens of the examples themselves, whatever padding a method adds: the work to be done."""
+    return sum(len(e["input_ids"]) for e in examples)
+
+
+# --- The steps: the notebook's, and ours (stages/finetune.py's own code) ----------------------------
+
+def notebook_step(model, batch, optimizer):
+    """The seed notebook's loop body: forward with labels, backward, step, zero_grad (no clipping,
+    no learning-rate schedule)."""
+    loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss.item()
+
+
+def notebook_stepper(model, cfg, total_steps, device):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    return lambda batch: notebook_step(model, batch, optimizer)
+
+
+def ours_stepper(model, cfg, total_steps, device):
+    """train_step with the optimizer, schedule and precision stages/finetune.py sets up."""
+    optimizer = make_optimizer(model, cfg["lr"], cfg["weight_decay"])
+    scheduler = get_scheduler(cfg["lr_schedule"], optimizer, num_warmup_steps=cfg["warmup_steps"],
+                              num_training_steps=total_steps)
+    autocast = autocast_for(device, cfg["precision"])
+    return lambda batch: train_step(model, batch, optimizer, scheduler, cfg["max_grad_norm"], autocast)[0]
+
+
+# --- Measuring -----------------------------------------------------------------------------------
+
+def reset_peak_memory(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 resets VmHWM, the process's peak resident memory
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak is the process's since it started (see memory_measure)
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    status = Path("/proc/self/status")
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.M) if status.exists() else None
+    if found:
+        return int(found.group(1)) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024
+
+
+def memory_measure():
+    if Path("/proc/self/clear_refs").exists():
+        return "cpu: peak process RSS during the case (VmHWM, reset per case); cuda: torch.cuda.max_memory_allocated"
+    return "cpu: peak process RSS since the process started (ru_maxrss); cuda: torch.cuda.max_memory_allocated"
+
+
+def matmul_parameters(model):
+    """Parameters that cost 6 FLOPs per token in a training step (forward 2, backward 4).
+
+    The input embedding is a table lookup, not a matmul, so it is left out, unless the output
+    head shares its matrix (tied weights), where it is a matmul after all.
+    """
+    total = sum(p.numel() for p in model.parameters())
+    embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    return total - (0 if head is embedding else embedding.numel())
+
+
+def mfu(model, real_tokens, seconds, peak_tflops):
+    """Model FLOPs utilisation: 6 x parameters x real tokens / elapsed / peak bf16 FLOP/s."""
+    return 6 * matmul_parameters(model) * real_tokens / seconds / (peak_tflops * 1e12)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_case(name, method, model, model_label, step_for, batches, real_counts, warmup, cfg, device, peak_tflops):
+    """Time one case on `batches` (the first `warmup` untimed) and return its row for the JSON.
+
+    real_counts[i] is the number of real (non-padding) tokens in batches[i].
+
+    `model` must be a fresh copy: training changes it. Each step's time includes moving its
+    batch to the device, as the finetune loop does.
+    """
+    model.to(device)
+    model.config.use_cache = False  # as in stages/finetune.py: the KV cache only helps generation
+    model.train()
+    reset_peak_memory(device)  # the optimizer state, made in the first step, belongs to the case
+    step = step_for(model, cfg, len(batches), device)
+    step_seconds, real, padded = [], 0, 0
+    for i, (batch, real_count) in enumerate(zip(batches, real_counts, strict=True)):
+        sync(device)
+        started = time.perf_counter()
+        loss = step({k: v.to(device) for k, v in batch.items()})
+        sync(device)
+        if i < warmup:
+            continue
+        step_seconds.append(time.perf_counter() - started)
+        real, padded = real + real_count, padded + batch["input_ids"].numel()
+    seconds = sum(step_seconds)
+    return {
+        "name": name, "method": method, "device": str(device), "model": model_label,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "batch_size": len(batches[0]["input_ids"]), "steps": len(step_seconds),
+        "real_tokens": real, "padded_tokens": padded,
+        "seconds": round(seconds, 4),
+        "real_tokens_per_s": round(real / seconds, 1),
+        "step_s": round(statistics.median(step_seconds), 4),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "mfu": round(mfu(model, real, seconds, peak_tflops), 4) if device.type == "cuda" else None,
+        "last_loss": round(loss, 4),
+    }
+
+
+# --- The cases -----------------------------------------------------------------------------------
+
+def load_cpu_model(params, smoke):
+    """(model, pad/EOS id, label): the model stages/finetune.py trains, or a tiny one for --smoke."""
+    if smoke:
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**SMOKE_SHAPE), dtype=torch.float32)
+        return model, 2, "random tiny LlamaForCausalLM (smoke)"
+    if (BASE_MODEL / "config.json").is_file():  # what finetune trains, written by prepare_model
+        model, tokenizer = load_pretrained(BASE_MODEL, torch.float32, torch.device("cpu"))
+        label = f"{params['model']['name']} ({BASE_MODEL})"
+    else:
+        m = params["model"]
+        model, tokenizer = load_base(m["name"], m["revision"], m["trust_remote_code"], torch.float32)
+        label = m["name"]
+    return model, prepare_tokenizer(tokenizer).pad_token_id, label
+
+
+def cpu_cases(params, records, batch_size, steps, warmup, smoke):
+    """cpu/notebook and cpu/ours: one model loaded once, a fresh deep copy per case."""
+    cfg, cpu = params["finetune"], torch.device("cpu")
+    template, pad_id, label = load_cpu_model(params, smoke)
+    examples = fixed_examples(records, batch_size, warmup + steps)
+    longest = max(len(r["input_ids"]) for r in records)
+    real_counts = [real_tokens(e) for e in examples]
+    cases = [("cpu/notebook", "notebook", notebook_stepper, [notebook_batch(e, longest, pad_id) for e in examples]),
+             ("cpu/ours", "ours", ours_stepper, [collate(e, pad_id) for e in examples])]
+    rows = []
+    for name, method, step_for, batches in cases:
+        seed_everything(params["seed"])
+        model = copy.deepcopy(template)
+        rows.append(run_case(name, method, model, label, step_for, batches, real_counts, warmup, cfg, cpu, None))
+        del model
+        gc.collect()
+    return rows
+
+
+def evaluation_case(params, records, smoke):
+    """Batched answering (the evaluation stages' code and evaluate.batch_size) against one question
+    at a time, on the same questions, model and generation limit; the ratio is what batching buys."""
+    cpu, batch_size = torch.device("cpu"), params["evaluate"]["batch_size"]
+    model_dir = FINETUNED_MODEL if (FINETUNED_MODEL / "config.json").is_file() else BASE_MODEL
+    if smoke:
+        # The tiny random Llama; the embedded tokenizer only pads and decodes its small ids.
+        folder, gguf_file = embedded_gguf()
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file))
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**SMOKE_SHAPE), dtype=torch.float32)
+        label, records, limit, stop = "random tiny LlamaForCausalLM (smoke)", records[:6], 8, [2]
+    else:
+        model, tokenizer = load_pretrained(model_dir, torch.float32, cpu)
+        label, stop = str(model_dir), stop_ids(tokenizer, params["prompt"])
+        limit = generation_limit(records, params["evaluate"]["extra_new_tokens"])
+    model.eval()
+    started = time.perf_counter()
+    batched = answer_questions(model, tokenizer, records, batch_size, limit, cpu, stop)
+    batched_s = time.perf_counter() - started
+    started = time.perf_counter()
+    one_by_one = [answer_questions(model, tokenizer, [r], 1, limit, cpu, stop)[0] for r in records]
+    sequential_s = time.perf_counter() - started
+    return {"name": "cpu/evaluation", "model": label, "questions": len(records), "batch_size": batch_size,
+            "max_new_tokens": limit, "generated_tokens": sum(a["generated_tokens"] for a in batched),
+            "batched_s": round(batched_s, 3), "sequential_s": round(sequential_s, 3),
+            "batched_vs_sequential": round(sequential_s / batched_s, 2),
+            "same_answers": batched == one_by_one}
+
+
+KANANA_CASES = ("cuda/kanana-dataset", "cuda/kanana-packed")
+
+
+def kanana_cases(params, records, batch_size, steps, warmup, smoke, device):
+    """The kanana-shaped cases, ours only, each on a freshly initialised model: (rows, skipped).
+
+    Run on CUDA; `device` is a parameter so that everything but the GPU itself can be tested on a
+    CPU. A case that runs out of GPU memory is recorded as skipped, with the reason.
+    """
+    bench, cfg = params["bench"], params["finetune"]
+    shape = SMOKE_SHAPE if smoke else KANANA_SHAPE
+    label = ("random tiny LlamaForCausalLM (smoke)" if smoke
+             else "random LlamaForCausalLM, kanana-nano-2.1b-base shape")
+    packed_length = SMOKE_PACKED_LENGTH if smoke else bench["packed_length"]
+    longest = max(max(len(r["input_ids"]) for r in records), packed_length)
+    if longest > shape["max_position_embeddings"]:
+        raise ValueError(f"bench: sequences of {longest} tokens exceed the model's "
+                         f"{shape['max_position_embeddings']} positions")
+    vocab = shape["vocab_size"]  # only the shape matters: ids of a larger vocabulary are folded into this one
+    records = [{**r, "input_ids": [t % vocab for t in r["input_ids"]],
+                "labels": [t if t == IGNORE_INDEX else t % vocab for t in r["labels"]]} for r in records]
+    examples = fixed_examples(records, batch_size, warmup + steps)
+    packed = packed_batches(records, bench["packed_batch_size"], packed_length, warmup + steps)
+    work = {  # (batches, real tokens per batch); any pad id works: padding is masked by position
+        KANANA_CASES[0]: ([collate(e, 0) for e in examples], [real_tokens(e) for e in examples]),
+        KANANA_CASES[1]: (packed, [b["input_ids"].numel() for b in packed]),
+    }
+    peak_tflops = bench["gpu_peak_tflops"] if device.type == "cuda" else None
+    rows, skipped = [], []
+    for name in KANANA_CASES:
+        seed_everything(params["seed"])
+        model = None
+        try:
+            with device:  # initialise on the device: 2.1B parameters are slow to fill on a CPU
+                model = AutoModelForCausalLM.from_config(LlamaConfig(**shape), dtype=torch.float32,
+                                                         attn_implementation="sdpa")
+            rows.append(run_case(name, "ours", model, label, ours_stepper, *work[name], warmup, cfg, device,
+                                 peak_tflops))
+        except torch.cuda.OutOfMemoryError as e:
+            skipped.append({"name": name, "reason": f"out of GPU memory: {str(e).splitlines()[0]}"})
+        finally:
+            model = None
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows, skipped
+
+
+# --- Report --------------------------------------------------------------------------------------
+
+def machine():
+    cpu_name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M)
+        cpu_name = found.group(1).strip() if found else cpu_name
+    return {
+        "cpu": cpu_name, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def report(cases, skipped, settings, evaluation):
+    """The JSON document: fixed keys in a fixed order, whatever ran."""
+    by_name = {c["name"]: c for c in cases}
+    ratio = None
+    if "cpu/notebook" in by_name and "cpu/ours" in by_name:
+        ratio = round(by_name["cpu/ours"]["real_tokens_per_s"] / by_name["cpu/notebook"]["real_tokens_per_s"], 3)
+    return {"machine": machine(), "settings": settings, "memory_measure": memory_measure(),
+            "cases": cases, "ours_vs_notebook": ratio, "skipped": skipped, "evaluation": evaluation}
+
+
+def table(doc):
+    """A short aligned table of the cases, the ratio and the skipped cases."""
+    header = ("case", "device", "real tok/s", "step s", "peak MB", "MFU", "real/padded tokens")
+    rows = [(c["name"], c["device"], f"{c['real_tokens_per_s']:.1f}", f"{c['step_s']:.3f}",
+             f"{c['peak_memory_mb']:.0f}", "-" if c["mfu"] is None else f"{c['mfu']:.1%}",
+             f"{c['real_tokens']}/{c['padded_tokens']}") for c in doc["cases"]]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+             for r in [header, *rows]]
+    if doc["ours_vs_notebook"] is not None:
+        lines.append(f"ours vs notebook (real tokens/s): {doc['ours_vs_notebook']:.2f}x")
+    lines += [f"skipped {s['name']}: {s['reason']}" for s in doc["skipped"]]
+    e = doc["evaluation"]
+    lines.append(f"evaluation, {e['questions']} questions ({e['model']}): batched (batch {e['batch_size']}) "
+                 f"{e['batched_s']:.1f} s, one at a time {e['sequential_s']:.1f} s: "
+                 f"{e['batched_vs_sequential']:.2f}x; same answers: {e['same_answers']}")
+    return "\n".join(lines)
+
+
+def check_params(params):
+    """Every problem with the sections the benchmark reads, before any model is loaded."""
+    finetune = params.get("finetune")
+    read = {k: v for k, v in finetune.items() if k in FINETUNE_KEYS_READ} if isinstance(finetune, dict) else finetune
+    problems = (problems_in_section(params, "bench", BENCH_SPEC)
+                + problems_in_section({"finetune": read}, "finetune", FINETUNE_KEYS_READ)
+                + problems_in_section(params, "evaluate", EVAL_SPEC) + problems_in_section(params, "prompt", PROMPT_SPEC))
+    kind, check, rule = SHARED_SPEC["seed"]
+    seed = params.get("seed")
+    if not isinstance(seed, kind) or isinstance(seed, bool) or not check(seed):
+        problems.append(f"params.yaml: seed = {seed!r} is invalid ({rule})")
+    fail_if_problems(problems)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m llm_fft.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"CI mode: a tiny random Llama on synthetic data, {SMOKE_STEPS} steps per case")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"where to write the JSON (default {OUT}; with --smoke {SMOKE_OUT})")
+    args = parser.parse_args(argv)
+    params = load_params()
+    check_params(params)
+    bench, batch_size = params["bench"], params["finetune"]["batch_size"]
+    steps, warmup = (SMOKE_STEPS, SMOKE_WARMUP) if args.smoke else (bench["steps"], bench["warmup_steps"])
+    if args.smoke:
+        records = synthetic_records(16, SMOKE_SHAPE["vocab_size"], params["seed"])
+    elif RECORDS.is_file():
+        records = read_jsonl(RECORDS)
+    else:
+        sys.exit(f"error: {RECORDS} is missing: run `dvc repro parse_qa` first (it tokenizes data/dataset.txt)")
+    settings = {"smoke": args.smoke, "steps": steps, "warmup_steps": warmup, "batch_size": batch_size,
+                "examples": len(records), "seed": params["seed"], "gpu_peak_tflops": bench["gpu_peak_tflops"],
+                "packed_length": SMOKE_PACKED_LENGTH if args.smoke else bench["packed_length"],
+                "packed_batch_size": bench["packed_batch_size"]}
+
+    cases = cpu_cases(params, records, batch_size, steps, warmup, args.smoke)
+    if torch.cuda.is_available():
+        cuda_rows, skipped = kanana_cases(params, records, batch_size, steps, warmup, args.smoke,
+                                          torch.device("cuda"))
+    else:
+        cuda_rows = []
+        skipped = [{"name": n, "reason": "no CUDA GPU here (torch.cuda.is_available() is False)"}
+                   for n in KANANA_CASES]
+    evaluation = evaluation_case(params, records, args.smoke)
+    doc = report(cases + cuda_rows, skipped, settings, evaluation)
+    out = args.out or (SMOKE_OUT if args.smoke else OUT)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(out, json.dumps(doc, indent=2) + "\n")
+    print(table(doc))
+    print(f"wrote {out}")
+    return doc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""The benchmark (llm_fft.bench) and the loss that skips unsupervised positions (llm_fft.training).
+
+Nothing here is timed: the smoke run only has to produce every field, and the fast loss has to
+equal transformers' own loss, gradients included.
+"""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, CohereConfig, Gemma3TextConfig, LlamaConfig
+
+from conftest import REPO
+from llm_fft import bench
+from llm_fft.data import IGNORE_INDEX, collate
+from llm_fft.params import load_params
+from llm_fft.training import supervised_token_loss
+
+CASE_FIELDS = {"name", "method", "device", "model", "parameters", "batch_size", "steps", "real_tokens",
+               "padded_tokens", "seconds", "real_tokens_per_s", "step_s", "peak_memory_mb", "mfu", "last_loss"}
+
+
+def record(prompt_len, answer_len, first_id=10):
+    ids = list(range(first_id, first_id + prompt_len + answer_len))
+    return {"q_ids": ids[:prompt_len], "input_ids": ids, "labels": [IGNORE_INDEX] * prompt_len + ids[prompt_len:]}
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    """Run from the repository root (params.yaml is read from there, as `make bench` does), and undo
+    the deterministic-algorithms switch the benchmark sets, as the finetune stage does."""
+    monkeypatch.chdir(REPO)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(deterministic)
+
+
+# --- The smoke run: what CI runs -------------------------------------------------------------------
+
+def test_smoke_run_writes_every_field(tmp_path, in_repo, capsys):
+    out = tmp_path / "bench.json"
+    bench.main(["--smoke", "--out", str(out)])
+    doc = json.loads(out.read_text(encoding="utf-8"))
+
+    assert list(doc) == ["machine", "settings", "memory_measure", "cases", "ours_vs_notebook", "skipped",
+                         "evaluation"]
+    evaluation = doc["evaluation"]
+    assert evaluation["name"] == "cpu/evaluation" and evaluation["questions"] == 6
+    assert evaluation["batched_s"] > 0 and evaluation["sequential_s"] > 0
+    assert evaluation["batched_vs_sequential"] == pytest.approx(
+        evaluation["sequential_s"] / evaluation["batched_s"], rel=0.02)
+    assert evaluation["same_answers"] is True  # left padding + attention mask: batching changes nothing
+    assert {"cpu", "cpu_count", "torch_threads", "torch", "transformers", "cuda_device"} <= set(doc["machine"])
+    names = [c["name"] for c in doc["cases"]] + [s["name"] for s in doc["skipped"]]
+    assert names == ["cpu/notebook", "cpu/ours", "cuda/kanana-dataset", "cuda/kanana-packed"]
+    notebook, ours = doc["cases"][:2]
+    for case in doc["cases"]:
+        assert set(case) == CASE_FIELDS
+        assert case["steps"] == bench.SMOKE_STEPS and case["batch_size"] == doc["settings"]["batch_size"]
+        assert case["seconds"] > 0 and case["step_s"] > 0 and case["peak_memory_mb"] > 0
+        assert case["real_tokens_per_s"] == pytest.approx(case["real_tokens"] / case["seconds"], rel=0.01)
+    for cpu_case in (notebook, ours):
+        assert cpu_case["device"] == "cpu" and cpu_case["mfu"] is None
+
+    # The same examples in both cases: the same real tokens, padded differently. The synthetic
+    # records are 13 to 47 tokens long; the notebook pads every row to the dataset's longest.
+    records = bench.synthetic_records(16, bench.SMOKE_SHAPE["vocab_size"], doc["settings"]["seed"])
+    timed = bench.fixed_examples(records, ours["batch_size"], bench.SMOKE_WARMUP + bench.SMOKE_STEPS)[
+        bench.SMOKE_WARMUP:]
+    longest = max(len(r["input_ids"]) for r in records)
+    assert notebook["real_tokens"] == ours["real_tokens"] == sum(len(r["input_ids"]) for b in timed for r in b)
+    assert notebook["padded_tokens"] == bench.SMOKE_STEPS * ours["batch_size"] * longest
+    assert ours["padded_tokens"] == sum(len(b) * max(len(r["input_ids"]) for r in b) for b in timed)
+    assert doc["ours_vs_notebook"] == pytest.approx(ours["real_tokens_per_s"] / notebook["real_tokens_per_s"],
+                                                    abs=1e-3)
+    if not torch.cuda.is_available():
+        assert all("no CUDA GPU" in s["reason"] for s in doc["skipped"])
+    printed = capsys.readouterr().out
+    assert "ours vs notebook (real tokens/s)" in printed and "cpu/notebook" in printed
+    assert "evaluation, 6 questions" in printed
+
+
+def test_kanana_cases_run_on_any_device_and_fill_every_packed_row(in_repo):
+    # On CUDA these run kanana's shape; here the smoke shape on the CPU takes the same path.
+    params = load_params()
+    records = bench.synthetic_records(16, bench.SMOKE_SHAPE["vocab_size"], params["seed"])
+    rows, skipped = bench.kanana_cases(params, records, batch_size=2, steps=2, warmup=1, smoke=True,
+                                       device=torch.device("cpu"))
+    assert skipped == [] and [r["name"] for r in rows] == list(bench.KANANA_CASES)
+    dataset, packed = rows
+    rows_per_step = params["bench"]["packed_batch_size"]
+    assert dataset["batch_size"] == 2 and packed["batch_size"] == rows_per_step
+    assert dataset["real_tokens"] < dataset["padded_tokens"]
+    assert packed["real_tokens"] == packed["padded_tokens"] == 2 * rows_per_step * bench.SMOKE_PACKED_LENGTH
+    assert all(r["steps"] == 2 and r["mfu"] is None for r in rows)  # no peak FLOP/s for a CPU
+
+
+# --- The fixed work ------------------------------------------------------------------------------
+
+def test_fixed_examples_cycle_the_records_in_file_order():
+    a, b, c = record(1, 1), record(2, 1), record(3, 1)
+    assert bench.fixed_examples([a, b, c], 2, 3) == [[a, b], [c, a], [b, c]]
+
+
+def test_notebook_batch_pads_with_eos_and_learns_the_padding():
+    batch = bench.notebook_batch([record(2, 1, first_id=10), record(1, 3, first_id=20)], pad_to=5, eos_id=2)
+    assert batch["input_ids"].tolist() == [[10, 11, 12, 2, 2], [20, 21, 22, 23, 2]]
+    assert batch["labels"].tolist() == [[-100, -100, 12, 2, 2], [-100, 21, 22, 23, 2]]
+    assert "attention_mask" not in batch  # the notebook passed none
+
+
+def test_packed_batches_lay_examples_end_to_end_in_full_rows():
+    a, b = record(1, 2, first_id=10), record(2, 1, first_id=20)  # 3 tokens each
+    batches = bench.packed_batches([a, b], rows=2, length=2, count=2)
+    assert [x["input_ids"].tolist() for x in batches] == [[[10, 11], [12, 20]], [[21, 22], [10, 11]]]
+    assert [x["labels"].tolist() for x in batches] == [[[-100, 11], [12, -100]], [[-100, 22], [-100, 11]]]
+    assert all(x["attention_mask"].all() for x in batches)
+
+
+def test_mfu_counts_the_head_but_not_the_embedding_lookup():
+    config = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=4, vocab_size=32)
+    tied = AutoModelForCausalLM.from_config(LlamaConfig(**config, tie_word_embeddings=True))
+    untied = AutoModelForCausalLM.from_config(LlamaConfig(**config, tie_word_embeddings=False))
+    # Layer: q 8x8 + k 8x4 + v 8x4 + o 8x8 + MLP 3 x 8x16 + 2 norms of 8 = 592; final norm 8;
+    # embedding 32x8 = 256, and an untied head another 256.
+    assert sum(p.numel() for p in tied.parameters()) == 592 + 8 + 256
+    assert bench.matmul_parameters(tied) == 592 + 8 + 256
+    assert bench.matmul_parameters(untied) == 592 + 8 + 256  # 1112 in all, minus the 256 lookup
+    # 6 x 856 parameters x 1000 tokens in 2 s on a 1 TFLOP/s peak.
+    assert bench.mfu(tied, real_tokens=1000, seconds=2.0, peak_tflops=1.0) == pytest.approx(6 * 856 * 1000 / 2 / 1e12)
+
+
+# --- The loss that skips unsupervised positions --------------------------------------------------
+
+def standard_and_fast(model, batch):
+    """(loss, gradients) from transformers' own loss and from supervised_token_loss, in fp32."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for loss_fn in (lambda: model(**batch).loss, lambda: supervised_token_loss(model, batch)):
+        loss = loss_fn()
+        results.append((loss.detach(), torch.autograd.grad(loss, params)))
+    return results
+
+
+def assert_same_loss_and_gradients(model, batch, rtol, atol):
+    (loss, grads), (fast_loss, fast_grads) = standard_and_fast(model, batch)
+    torch.testing.assert_close(fast_loss, loss, rtol=rtol, atol=atol)
+    for (name, _), g, fast_g in zip(model.named_parameters(), grads, fast_grads, strict=True):
+        torch.testing.assert_close(fast_g, g, rtol=rtol, atol=atol, msg=lambda m: f"gradient of {name}: {m}")
+    return loss
+
+
+def test_fast_loss_equals_the_standard_loss_on_an_embedded_model_batch(embedded_model, embedded_tokenizer):
+    tok = embedded_tokenizer
+    pairs = [("별무리섬의 인구는 몇 명인가요?", "별무리섬에는 모두 312명이 살고 있습니다."),
+             ("은하호는 하루에 몇 번 운항하나요?", "두 번입니다."),
+             ("별무리섬 등대의 높이는 얼마인가요?", "별무리섬 등대의 높이는 27미터이고 하얀 몸통에 파란 지붕입니다.")]
+    records = []
+    for question, answer in pairs:
+        q_ids = tok(f"<|question|>\n{question}\n<|answer|>\n")["input_ids"]
+        a_ids = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        records.append({"input_ids": q_ids + a_ids, "labels": [IGNORE_INDEX] * len(q_ids) + a_ids})
+    batch = collate(records, tok.pad_token_id)
+    assert len({len(r["input_ids"]) for r in records}) == 3  # rows of three lengths: real padding
+    assert embedded_model.dtype == torch.float32
+    loss = assert_same_loss_and_gradients(embedded_model, batch, rtol=1e-4, atol=1e-5)
+    assert 0 < loss.item() < 20
+
+
+def tiny(config_class, **extra):
+    torch.manual_seed(0)
+    config = config_class(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=8, vocab_size=64, **extra)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
+
+
+def tiny_batch():
+    return collate([record(3, 4, first_id=1), record(5, 2, first_id=20), record(2, 1, first_id=40)], pad_id=0)
+
+
+def test_fast_loss_applies_gemma_logit_softcapping():
+    model = tiny(Gemma3TextConfig, final_logit_softcapping=0.5)  # small cap: a missed tanh would show
+    assert_same_loss_and_gradients(model, tiny_batch(), rtol=1e-5, atol=1e-6)
+
+
+def test_an_architecture_that_rescales_its_logits_keeps_the_standard_loss():
+    model = tiny(CohereConfig, logit_scale=3.0)  # logits = lm_head(h) * 3: lm_head alone would be wrong
+    assert_same_loss_and_gradients(model, tiny_batch(), rtol=0, atol=0)
