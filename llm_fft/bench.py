@@ -44,7 +44,7 @@ from llm_fft.data import IGNORE_INDEX, PROMPT_SPEC, collate, read_jsonl, stop_id
 from llm_fft.evaluation import EVAL_SPEC, answer_questions, generation_limit
 from llm_fft.files import write_atomically
 from llm_fft.model import embedded_gguf, load_base, load_pretrained, prepare_tokenizer
-from llm_fft.params import SHARED_SPEC, fail_if_problems, load_params, problems_in_section, seed_everything
+from llm_fft.params import fail_if_problems, load_params, problems_in_section, seed_everything, shared_problems
 from llm_fft.training import PRECISIONS, autocast_for, make_optimizer, train_step
 
 RECORDS = Path("data/qa.jsonl")
@@ -417,11 +417,8 @@ def check_params(params):
     read = {k: v for k, v in finetune.items() if k in FINETUNE_KEYS_READ} if isinstance(finetune, dict) else finetune
     problems = (problems_in_section(params, "bench", BENCH_SPEC)
                 + problems_in_section({"finetune": read}, "finetune", FINETUNE_KEYS_READ)
-                + problems_in_section(params, "evaluate", EVAL_SPEC) + problems_in_section(params, "prompt", PROMPT_SPEC))
-    kind, check, rule = SHARED_SPEC["seed"]
-    seed = params.get("seed")
-    if not isinstance(seed, kind) or isinstance(seed, bool) or not check(seed):
-        problems.append(f"params.yaml: seed = {seed!r} is invalid ({rule})")
+                + problems_in_section(params, "evaluate", EVAL_SPEC) + problems_in_section(params, "prompt", PROMPT_SPEC)
+                + shared_problems(params, keys=["seed"]))
     fail_if_problems(problems)
 
 
