@@ -1,6 +1,6 @@
-"""Prompt/answer boundary, labels, the end token, padding by position and left-padded batched
-generation, on the embedded model's real tokenizer (pad == EOS there, the case that breaks id-based
-masking), in every prompt style."""
+"""Prompt/answer boundary, labels, the end token, BOS, padding by position and left-padded batched
+generation, in every prompt style, on both embedded tokenizers: SmolLM2's (pad == EOS, the case that
+breaks id-based masking; no BOS; ChatML) and Gemma 3's (BOS first, EOS 1, pad 0, no chat template)."""
 
 import copy
 
@@ -37,9 +37,17 @@ def test_pad_is_eos_in_the_embedded_tokenizer(embedded_tokenizer):
     assert embedded_tokenizer.pad_token_id == embedded_tokenizer.eos_token_id
 
 
+def without_bos(tok, ids):
+    return ids[1:] if ids[:1] == [tok.bos_token_id] else ids
+
+
 @pytest.mark.parametrize("prompt", STYLES, ids=lambda p: p["style"] + ("+system" if p["system"] else ""))
-def test_prompt_is_a_prefix_and_labels_supervise_answer_plus_end_token(embedded_tokenizer, prompt):
-    tok = embedded_tokenizer
+def test_prompt_is_a_prefix_and_labels_supervise_answer_plus_end_token(any_tokenizer, prompt):
+    tok = any_tokenizer
+    if prompt["style"] == "chat" and not tok.chat_template:  # Gemma 3 base: refused, never guessed
+        with pytest.raises(PromptError, match="needs a tokenizer with a chat template"):
+            tokenize_pair(tok, *PAIRS[0], prompt)
+        return
     for question, answer in PAIRS:
         ids = tokenize_pair(tok, question, answer, prompt)
         n_prompt = len(ids["q_ids"])
@@ -50,8 +58,37 @@ def test_prompt_is_a_prefix_and_labels_supervise_answer_plus_end_token(embedded_
         assert supervised[-1] in stop_ids(tok, prompt)  # the model learns to stop, once, at the end
         assert not set(stop_ids(tok, prompt)) & set(supervised[:-1])
         # SmolLM2's ChatML closes a turn with <|im_end|>, which is also its EOS.
-        assert tok.decode(supervised) == (" " if prompt["style"] == "plain" else "") + answer + "<|im_end|>"
-        assert tok.decode(ids["q_ids"]) == build_prompt(question, prompt, tok)
+        assert tok.decode(supervised) == (" " if prompt["style"] == "plain" else "") + answer + tok.eos_token
+        # A BOS the tokenizer adds (Gemma) comes before the prompt; a chat template writes its own.
+        q_ids = ids["q_ids"] if prompt["style"] == "chat" else without_bos(tok, ids["q_ids"])
+        assert tok.decode(q_ids) == build_prompt(question, prompt, tok)
+
+
+def test_gemma_sequences_start_with_one_bos_and_end_with_eos_not_pad(gemma_tokenizer):
+    tok = gemma_tokenizer
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (2, 1, 0)
+    for style in ("custom_tokens", "plain"):
+        for question, answer in PAIRS:
+            ids = tokenize_pair(tok, question, answer, {"style": style, "system": ""})
+            assert ids["input_ids"][0] == tok.bos_token_id
+            assert ids["input_ids"].count(tok.bos_token_id) == 1
+            assert ids["labels"][-1] == tok.eos_token_id
+            assert tok.pad_token_id not in ids["input_ids"]
+
+
+def test_smollm2_sequences_have_no_bos(embedded_tokenizer):
+    # SmolLM2 was pretrained without one; adding it would be a prompt the model never saw.
+    ids = tokenize_pair(embedded_tokenizer, *PAIRS[0], {"style": "custom_tokens", "system": ""})
+    assert embedded_tokenizer.decode(ids["q_ids"]).startswith("<|question|>")
+
+
+def test_gemma_has_one_token_per_hangul_syllable_or_fewer(embedded_tokenizer, gemma_tokenizer):
+    # Why the Korean profile exists: the same Korean answer in far fewer tokens.
+    answer = PAIRS[0][1]
+    syllables = sum("가" <= ch <= "힣" for ch in answer)
+    gemma = len(gemma_tokenizer(answer, add_special_tokens=False)["input_ids"])
+    smollm2 = len(embedded_tokenizer(answer, add_special_tokens=False)["input_ids"])
+    assert gemma <= syllables < smollm2
 
 
 def test_chat_prompt_is_the_templates_generation_prompt(embedded_tokenizer):
@@ -74,22 +111,23 @@ def test_chat_style_with_a_llama3_template_supervises_eot(llama3_style_tokenizer
     assert stop_ids(tok, prompt) == sorted({tok.eos_token_id, eot})
 
 
-def test_chat_style_refuses_a_tokenizer_without_chat_template(embedded_tokenizer):
-    tok = copy.deepcopy(embedded_tokenizer)
-    tok.chat_template = None
-    with pytest.raises(PromptError, match="needs a tokenizer with a chat template"):
-        tokenize_pair(tok, "Q?", "A.", {"style": "chat", "system": ""})
+def test_chat_style_refuses_a_tokenizer_without_chat_template(gemma_tokenizer):
+    assert gemma_tokenizer.chat_template is None  # Gemma 3 270M base ships none
+    for use in (tokenize_pair, lambda tok, q, a, prompt: stop_ids(tok, prompt)):
+        with pytest.raises(PromptError, match="needs a tokenizer with a chat template"):
+            use(gemma_tokenizer, "Q?", "A.", {"style": "chat", "system": ""})
 
 
-def test_no_bos_is_doubled_and_none_sits_inside_the_answer(embedded_tokenizer):
-    tok = embedded_tokenizer
-    ids = tokenize_pair(tok, *PAIRS[0], {"style": "custom_tokens", "system": ""})
-    assert ids["input_ids"].count(tok.bos_token_id) <= 1
-    assert tok.eos_token_id not in ids["input_ids"][:-1]
+def test_no_bos_is_doubled_and_none_sits_inside_the_answer(any_tokenizer):
+    tok = any_tokenizer
+    for question, answer in PAIRS:
+        ids = tokenize_pair(tok, question, answer, {"style": "custom_tokens", "system": ""})
+        assert ids["input_ids"].count(tok.bos_token_id) <= 1
+        assert tok.eos_token_id not in ids["input_ids"][:-1]
 
 
-def test_collate_masks_padding_by_position_and_keeps_the_real_eos(embedded_tokenizer):
-    tok = embedded_tokenizer
+def test_collate_masks_padding_by_position_and_keeps_the_real_eos(any_tokenizer):
+    tok = any_tokenizer
     records = [tokenize_pair(tok, q, a, {"style": "custom_tokens", "system": ""}) for q, a in PAIRS]
     batch = collate(records, pad_id=tok.pad_token_id)
     longest = max(len(r["input_ids"]) for r in records)
@@ -101,7 +139,7 @@ def test_collate_masks_padding_by_position_and_keeps_the_real_eos(embedded_token
         assert batch["labels"][row, n:].eq(IGNORE_INDEX).all()
         # The supervised EOS survives although the padding after it is the same token id.
         assert batch["labels"][row, n - 1].item() == tok.eos_token_id
-        assert batch["input_ids"][row, n:].eq(tok.eos_token_id).all()
+        assert batch["input_ids"][row, n:].eq(tok.pad_token_id).all()
 
 
 def test_batched_left_padded_generation_equals_one_at_a_time(embedded_model, embedded_tokenizer):
@@ -116,9 +154,9 @@ def test_batched_left_padded_generation_equals_one_at_a_time(embedded_model, emb
     assert all(a["generated_tokens"] <= 12 for a in batched)
 
 
-def test_markers_as_special_tokens_are_one_id_each_and_never_in_the_answer(embedded_tokenizer):
+def test_markers_as_special_tokens_are_one_id_each_and_never_in_the_answer(any_tokenizer):
     # prompt.markers = special_tokens: prepare_model adds them exactly like this.
-    tok = copy.deepcopy(embedded_tokenizer)
+    tok = copy.deepcopy(any_tokenizer)
     plain_ids = tokenize_pair(tok, *PAIRS[0], {"style": "custom_tokens", "system": ""})
     tok.add_tokens(["<|question|>", "<|answer|>"], special_tokens=True)
     question_id, answer_id = tok.convert_tokens_to_ids(["<|question|>", "<|answer|>"])
