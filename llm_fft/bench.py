@@ -8,6 +8,9 @@ Cases, each on a fresh copy of its model, with the same examples in the same ord
                  the dataset's longest, padding learned, no attention mask, plain torch AdamW
   cpu/ours       the same model and examples through stages/finetune.py's code: collate (dynamic
                  padding, masked by position) and train_step
+  cpu/ours-packed
+                 the same again with finetune.packing: each batch one row, no padding, attention
+                 kept within each example (collate_packed)
   cuda/kanana-dataset, cuda/kanana-packed
                  a randomly initialised LlamaForCausalLM shaped like kanana-nano-2.1b-base (nothing
                  is downloaded), ours with bf16 autocast over fp32 weights, fused AdamW and SDPA, at
@@ -40,7 +43,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, get_scheduler
 
-from llm_fft.data import IGNORE_INDEX, PROMPT_SPEC, collate, read_jsonl, stop_ids
+from llm_fft.data import IGNORE_INDEX, PROMPT_SPEC, collate, collate_packed, read_jsonl, stop_ids
 from llm_fft.evaluation import EVAL_SPEC, answer_questions, generation_limit
 from llm_fft.files import write_atomically
 from llm_fft.model import embedded_gguf, load_base, load_pretrained, prepare_tokenizer
@@ -215,10 +218,12 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def run_case(name, method, model, model_label, step_for, batches, real_counts, warmup, cfg, device, peak_tflops):
+def run_case(name, method, model, model_label, step_for, batches, real_counts, warmup, cfg, device, peak_tflops,
+             examples_per_batch=None):
     """Time one case on `batches` (the first `warmup` untimed) and return its row for the JSON.
 
-    real_counts[i] is the number of real (non-padding) tokens in batches[i].
+    real_counts[i] is the number of real (non-padding) tokens in batches[i]; examples_per_batch is
+    the batch size where it is not the number of rows (a packed batch is one row).
 
     `model` must be a fresh copy: training changes it. Each step's time includes moving its
     batch to the device, as the finetune loop does.
@@ -242,7 +247,7 @@ def run_case(name, method, model, model_label, step_for, batches, real_counts, w
     return {
         "name": name, "method": method, "device": str(device), "model": model_label,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "batch_size": len(batches[0]["input_ids"]), "steps": len(step_seconds),
+        "batch_size": examples_per_batch or len(batches[0]["input_ids"]), "steps": len(step_seconds),
         "real_tokens": real, "padded_tokens": padded,
         "seconds": round(seconds, 4),
         "real_tokens_per_s": round(real / seconds, 1),
@@ -271,19 +276,21 @@ def load_cpu_model(params, smoke):
 
 
 def cpu_cases(params, records, batch_size, steps, warmup, smoke):
-    """cpu/notebook and cpu/ours: one model loaded once, a fresh deep copy per case."""
+    """cpu/notebook, cpu/ours and cpu/ours-packed: one model loaded once, a fresh deep copy per case."""
     cfg, cpu = params["finetune"], torch.device("cpu")
     template, pad_id, label = load_cpu_model(params, smoke)
     examples = fixed_examples(records, batch_size, warmup + steps)
     longest = max(len(r["input_ids"]) for r in records)
     real_counts = [real_tokens(e) for e in examples]
     cases = [("cpu/notebook", "notebook", notebook_stepper, [notebook_batch(e, longest, pad_id) for e in examples]),
-             ("cpu/ours", "ours", ours_stepper, [collate(e, pad_id) for e in examples])]
+             ("cpu/ours", "ours", ours_stepper, [collate(e, pad_id) for e in examples]),
+             ("cpu/ours-packed", "ours, packing", ours_stepper, [collate_packed(e) for e in examples])]
     rows = []
     for name, method, step_for, batches in cases:
         seed_everything(params["seed"])
         model = copy.deepcopy(template)
-        rows.append(run_case(name, method, model, label, step_for, batches, real_counts, warmup, cfg, cpu, None))
+        rows.append(run_case(name, method, model, label, step_for, batches, real_counts, warmup, cfg, cpu, None,
+                             examples_per_batch=batch_size))
         del model
         gc.collect()
     return rows

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from transformers import DataCollatorWithFlattening
 
 QUESTION_MARK = "<|question|>"
 ANSWER_MARK = "<|answer|>"
@@ -177,6 +178,20 @@ def collate(records, pad_id):
         labels[row, :n] = torch.tensor(r["labels"])
         attention_mask[row, :n] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def collate_packed(records):
+    """The whole batch as one row, examples end to end, with no padding at all (finetune.packing).
+
+    position_ids restart at 0 with each example and there is no attention_mask: that is how
+    transformers tells the examples apart, and its attention masks (SDPA, eager; FlashAttention's
+    variable-length kernels) keep every token from attending to another example, provided the model
+    runs without a KV cache (finetune sets use_cache = False; with a cache transformers does not look
+    for packed examples and reads the row as one sequence). The first label
+    of each example is -100, so no example learns to predict the next one's first token.
+    """
+    flatten = DataCollatorWithFlattening(return_tensors="pt")
+    return flatten([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in records])
 
 
 def to_jsonl(rows):

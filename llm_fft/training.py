@@ -15,19 +15,43 @@ import torch.nn.functional as F
 
 from llm_fft.data import IGNORE_INDEX
 
-PRECISIONS = ("auto", "fp32", "bf16-autocast")
+PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16-pure")
 
 
 def autocast_for(device, precision):
-    """bf16 autocast over fp32 master weights, or plain fp32.
+    """bf16 autocast over fp32 master weights, or plain fp32 (or nothing to do: bf16-pure).
 
-    Weights and AdamW state stay fp32 either way: in pure bf16 (8 mantissa bits) an update of
-    lr 1e-5 on a weight of ~1e-2 rounds to nothing. 'auto' = bf16 autocast on CUDA, fp32 on CPU,
-    where bf16 matmuls are not faster on most processors.
+    'auto' = bf16 autocast on CUDA, fp32 on CPU, where bf16 matmuls are not faster on most
+    processors. Weights and AdamW state stay fp32 in all of these; see master_dtype for bf16-pure.
     """
     if precision == "bf16-autocast" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def master_dtype(precision):
+    """The dtype of the weights AdamW updates: fp32, except in the opt-in bf16-pure mode.
+
+    bf16-pure halves the memory of weights, gradients and AdamW state (16 -> 8 bytes per
+    parameter), but bf16 keeps 8 mantissa bits: an update smaller than ~1/256 of a weight rounds
+    away (lr 1e-5 on a weight of ~1e-2 changes nothing), so small learning rates may not train.
+    """
+    return torch.bfloat16 if precision == "bf16-pure" else torch.float32
+
+
+def speed_up(model, gradient_checkpointing, compile_decoder):
+    """The two opt-in trade-offs of finetune (params of the same names), applied before training."""
+    if gradient_checkpointing:
+        # Keep only each layer's input and recompute its activations in backward: about a third
+        # more compute, for activation memory of one layer instead of all (long rows, big models).
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if compile_decoder:
+        # torch.compile fuses the decoder's small kernels: faster steps on a GPU after a compile of
+        # tens of seconds to minutes, and a recompile for new shapes (dynamic padding gives many;
+        # torch marks them dynamic after the first). Rarely worth it on a small CPU run.
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+        decoder.compile()
+    return model
 
 
 def make_optimizer(model, lr, weight_decay):

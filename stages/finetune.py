@@ -25,17 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.
 import torch
 from accelerate import Accelerator
 from dvclive import Live
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 from transformers import get_scheduler
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from llm_fft.data import collate, read_jsonl
+from llm_fft.data import collate, collate_packed, read_jsonl
 from llm_fft.evaluation import answer_nll
 from llm_fft.model import DTYPES, load_pretrained, save_model
 from llm_fft.params import (fail_if_problems, load_params, pick_device, problems_in_section,
                             seed_everything, shared_problems)
-from llm_fft.training import (PRECISIONS, autocast_for, load_checkpoint, make_optimizer, restore_rng,
-                              run_fingerprint, save_checkpoint, train_step)
+from llm_fft.training import (PRECISIONS, autocast_for, load_checkpoint, make_optimizer, master_dtype,
+                              restore_rng, run_fingerprint, save_checkpoint, speed_up, train_step)
 
 BASE_MODEL = Path("models/base")
 RECORDS = Path("data/qa.jsonl")
@@ -56,6 +57,10 @@ SPEC = {
     "log_every": (int, lambda v: v >= 1, "an integer >= 1 (optimizer steps)"),
     "checkpoint_every": (int, lambda v: v >= 0, "an integer >= 0 (optimizer steps; 0 = never)"),
     "processes": (int, lambda v: v >= 1, "an integer >= 1 (1 = no DDP; N = one per GPU)"),
+    "group_by_length": (bool, None, "true or false"),
+    "packing": (bool, None, "true or false"),
+    "gradient_checkpointing": (bool, None, "true or false"),
+    "compile": (bool, None, "true or false"),
 }
 ACCELERATE_CONFIG = Path("configs/accelerate.yaml")
 
@@ -105,9 +110,10 @@ def main():
     if cfg["batch_size"] % world:
         sys.exit(f"error: finetune.batch_size {cfg['batch_size']} must be a multiple of the {world} processes")
 
-    # fp32 master weights whatever the dtype on disk; autocast (if any) only lowers the matmuls.
-    model, tokenizer = load_pretrained(BASE_MODEL, torch.float32, device)
+    # fp32 master weights whatever the dtype on disk (unless bf16-pure); autocast only lowers the matmuls.
+    model, tokenizer = load_pretrained(BASE_MODEL, master_dtype(cfg["precision"]), device)
     model.config.use_cache = False  # the KV cache only helps generation
+    model = speed_up(model, cfg["gradient_checkpointing"], cfg["compile"])
     model.train()
     optimizer = make_optimizer(model, cfg["lr"], cfg["weight_decay"])
     steps_per_epoch = math.ceil(len(records) / cfg["batch_size"])
@@ -144,14 +150,21 @@ def main():
         # Each epoch shuffles with its own seeded generator: the order is reproducible, and a
         # resumed run can skip exactly the batches it had done.
         # Every process draws the same global batches; process r trains on rows r, r+world, ...
-        loader = DataLoader(records, batch_size=cfg["batch_size"], shuffle=True, collate_fn=list,
-                            generator=torch.Generator().manual_seed(params["seed"] + epoch))
+        shuffle = torch.Generator().manual_seed(params["seed"] + epoch)
+        if cfg["group_by_length"]:  # shuffled, then sorted by length within groups of 50 batches: less padding
+            order = LengthGroupedSampler(cfg["batch_size"], lengths=[len(r["input_ids"]) for r in records],
+                                         generator=shuffle)
+        else:
+            order = RandomSampler(records, generator=shuffle)
+        loader = DataLoader(records, batch_size=cfg["batch_size"], sampler=order, collate_fn=list)
         for batch_index, global_batch in enumerate(loader):
             if (epoch - 1) * steps_per_epoch + batch_index < start_step:
                 continue  # done before the crash
             step += 1
             real_tokens += sum(len(r["input_ids"]) for r in global_batch)  # padding is not work done
-            batch = {k: v.to(device) for k, v in collate(global_batch[rank::world], tokenizer.pad_token_id).items()}
+            rows = global_batch[rank::world]
+            batch = collate_packed(rows) if cfg["packing"] else collate(rows, tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
             lr = scheduler.get_last_lr()[0]
             loss, grad_norm = train_step(model, batch, optimizer, scheduler, cfg["max_grad_norm"], autocast)
             if world > 1:  # the logged loss: the mean over processes (each averaged its own answer tokens)

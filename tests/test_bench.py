@@ -54,14 +54,14 @@ def test_smoke_run_writes_every_field(tmp_path, in_repo, capsys):
     assert isinstance(evaluation["same_answers"], bool)
     assert {"cpu", "cpu_count", "torch_threads", "torch", "transformers", "cuda_device"} <= set(doc["machine"])
     names = [c["name"] for c in doc["cases"]] + [s["name"] for s in doc["skipped"]]
-    assert names == ["cpu/notebook", "cpu/ours", "cuda/kanana-dataset", "cuda/kanana-packed"]
-    notebook, ours = doc["cases"][:2]
+    assert names == ["cpu/notebook", "cpu/ours", "cpu/ours-packed", "cuda/kanana-dataset", "cuda/kanana-packed"]
+    notebook, ours, packed = doc["cases"][:3]
     for case in doc["cases"]:
         assert set(case) == CASE_FIELDS
         assert case["steps"] == bench.SMOKE_STEPS and case["batch_size"] == doc["settings"]["batch_size"]
         assert case["seconds"] > 0 and case["step_s"] > 0 and case["peak_memory_mb"] > 0
         assert case["real_tokens_per_s"] == pytest.approx(case["real_tokens"] / case["seconds"], rel=0.01)
-    for cpu_case in (notebook, ours):
+    for cpu_case in (notebook, ours, packed):
         assert cpu_case["device"] == "cpu" and cpu_case["mfu"] is None
 
     # The same examples in both cases: the same real tokens, padded differently. The synthetic
@@ -73,6 +73,7 @@ def test_smoke_run_writes_every_field(tmp_path, in_repo, capsys):
     assert notebook["real_tokens"] == ours["real_tokens"] == sum(len(r["input_ids"]) for b in timed for r in b)
     assert notebook["padded_tokens"] == bench.SMOKE_STEPS * ours["batch_size"] * longest
     assert ours["padded_tokens"] == sum(len(b) * max(len(r["input_ids"]) for r in b) for b in timed)
+    assert packed["padded_tokens"] == packed["real_tokens"] == ours["real_tokens"]  # packing pads nothing
     assert doc["ours_vs_notebook"] == pytest.approx(ours["real_tokens_per_s"] / notebook["real_tokens_per_s"],
                                                     abs=1e-3)
     if not torch.cuda.is_available():

@@ -1,0 +1,131 @@
+"""finetune's opt-in training modes (llm_fft.training, llm_fft.data.collate_packed): packing with
+boundary-aware attention, length-grouped batches, gradient checkpointing, torch.compile and pure bf16.
+
+Each mode must train the same thing as the default, so each is checked against it on tiny random
+models: same loss and gradients (or, for pure bf16, the documented rounding risk).
+"""
+
+import contextlib
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from llm_fft.data import IGNORE_INDEX, collate, collate_packed
+from llm_fft.training import make_optimizer, master_dtype, speed_up, supervised_token_loss, train_step
+
+
+def record(prompt_len, answer_len, first_id):
+    ids = list(range(first_id, first_id + prompt_len + answer_len))
+    return {"input_ids": ids, "labels": [IGNORE_INDEX] * prompt_len + ids[prompt_len:]}
+
+
+RECORDS = [record(3, 4, 1), record(5, 2, 20), record(2, 6, 40)]
+
+
+def tiny(config_class, **extra):
+    torch.manual_seed(0)
+    config = config_class(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=8, vocab_size=64, **extra)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
+    # As finetune sets it. With a KV cache, transformers would not look for packed examples in
+    # position_ids, and the packed row would be read as one sequence.
+    model.config.use_cache = False
+    return model
+
+
+def loss_and_grads(model, batch, loss_fn=supervised_token_loss):
+    loss = loss_fn(model, batch)
+    return loss.detach(), torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+
+
+def assert_close_results(a, b, rtol=1e-5, atol=1e-6):
+    torch.testing.assert_close(a[0], b[0], rtol=rtol, atol=atol)
+    for g_a, g_b in zip(a[1], b[1], strict=True):
+        torch.testing.assert_close(g_a, g_b, rtol=rtol, atol=atol)
+
+
+MODELS = {
+    "llama": lambda: tiny(LlamaConfig),
+    # Gemma 3 mixes sliding-window and full attention layers; a window of 3 is shorter than the
+    # examples, so both kinds of mask are exercised.
+    "gemma3": lambda: tiny(Gemma3TextConfig, sliding_window=3, layer_types=["sliding_attention", "full_attention"]),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_packed_batch_trains_exactly_like_the_padded_batch(name):
+    model = MODELS[name]()
+    packed = collate_packed(RECORDS)
+    assert packed["input_ids"].shape == (1, sum(len(r["input_ids"]) for r in RECORDS))  # no padding at all
+    assert "attention_mask" not in packed
+    padded = loss_and_grads(model, collate(RECORDS, pad_id=0))
+    assert_close_results(loss_and_grads(model, packed), padded)
+    # transformers' own loss on the packed row agrees too (the fallback path of supervised_token_loss).
+    assert_close_results(loss_and_grads(model, packed, lambda m, b: m(**b).loss), padded)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_without_restarting_positions_the_examples_would_see_each_other(name):
+    # The control for the test above: the same row read as one long sequence gives another loss,
+    # so equal losses there mean the attention really stopped at each example's boundary.
+    model = MODELS[name]()
+    packed = collate_packed(RECORDS)
+    one_sequence = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1])[None]}
+    leaked = loss_and_grads(model, one_sequence)[0]
+    assert abs(leaked - loss_and_grads(model, collate(RECORDS, pad_id=0))[0]) > 1e-3
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    batch = collate(RECORDS, pad_id=0)
+    plain = loss_and_grads(tiny(LlamaConfig), batch)
+    checkpointed = speed_up(tiny(LlamaConfig), gradient_checkpointing=True, compile_decoder=False)
+    assert checkpointed.is_activation_checkpointing
+    assert_close_results(loss_and_grads(checkpointed, batch), plain)
+
+
+def test_compiled_decoder_gives_the_same_loss_and_gradients():
+    batch = collate(RECORDS, pad_id=0)
+    plain = loss_and_grads(tiny(LlamaConfig), batch)
+    compiled = speed_up(tiny(LlamaConfig), gradient_checkpointing=False, compile_decoder=True)
+    assert compiled.get_decoder()._compiled_call_impl is not None
+    assert_close_results(loss_and_grads(compiled, batch), plain, rtol=1e-4, atol=1e-5)
+    # Compiled in place: the weights keep their names, so save_pretrained writes a normal model.
+    assert set(compiled.state_dict()) == set(tiny(LlamaConfig).state_dict())
+
+
+def test_length_grouped_batches_hold_every_example_once_with_less_padding():
+    lengths = [30, 47, 31, 45, 33, 46, 29, 44, 35, 40, 32, 41] * 4  # like data/qa.jsonl: 29 to 47 tokens
+    batch_size = 4
+
+    def padded_tokens(order):
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    shuffled = list(torch.randperm(len(lengths), generator=torch.Generator().manual_seed(124)))
+    grouped = list(LengthGroupedSampler(batch_size, lengths=lengths, generator=torch.Generator().manual_seed(124)))
+    assert sorted(grouped) == list(range(len(lengths)))
+    assert padded_tokens(grouped) < padded_tokens(shuffled)
+    assert padded_tokens(grouped) - sum(lengths) < (padded_tokens(shuffled) - sum(lengths)) / 2
+
+
+def test_pure_bf16_trains_but_rounds_small_updates_away():
+    assert master_dtype("bf16-autocast") == master_dtype("fp32") == master_dtype("auto") == torch.float32
+    assert master_dtype("bf16-pure") == torch.bfloat16
+    batch = collate(RECORDS, pad_id=0)
+    unchanged = {}
+    for precision in ("fp32", "bf16-pure"):
+        model = tiny(LlamaConfig).to(master_dtype(precision))
+        # Embedding rows of tokens absent from the batch get no gradient and rightly stay put.
+        weights = [p for name, p in model.named_parameters() if "embed_tokens" not in name]
+        before = [p.detach().clone() for p in weights]
+        optimizer = make_optimizer(model, lr=1e-5, weight_decay=0.0)  # fused AdamW runs on bf16 weights too
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        loss, _ = train_step(model, batch, optimizer, scheduler, 1.0, contextlib.nullcontext())
+        assert 0 < loss < 10
+        moved = sum((p.detach() != b).sum().item() for p, b in zip(weights, before))
+        unchanged[precision] = 1 - moved / sum(b.numel() for b in before)
+    # Adam's first step moves every weight by ~lr: fp32 keeps all of those updates, bf16 loses most.
+    assert unchanged["fp32"] < 0.01
+    assert unchanged["bf16-pure"] > 0.5
