@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["prepare_model", "generate_dataset", "parse_qa", "baseline_eval", "finetune", "final_eval"]
@@ -316,6 +317,30 @@ def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, fir
     (repo / "data/my_dataset.txt").write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
     assert dvc("status", cwd=repo).stdout.count("changed deps") >= 1
     assert "generate_dataset" in dvc("status", cwd=repo).stdout
+
+
+@pytest.mark.parametrize("setting, rerun", [
+    ("prompt.style=plain", STAGES[2:]),  # the base model and the dataset are reused
+    ("prompt.markers=special_tokens", STAGES[:1] + STAGES[2:]),  # a new base model; the dataset is reused
+])
+def test_plain_style_and_special_token_markers_through_dvc_exp_run(tiny_repo, first_repro, tmp_path, setting, rerun):
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo, symlinks=True)
+    out = dvc("exp", "run", "-S", setting, cwd=repo).stdout
+    assert stages_run(out) == rerun
+    records = [json.loads(line) for line in (repo / "data/qa.jsonl").read_text(encoding="utf-8").splitlines()]
+    tokenizer = AutoTokenizer.from_pretrained(repo / "models/base")
+    if setting == "prompt.style=plain":
+        assert [r["prompt"] for r in records] == TINY_QUESTIONS  # "{q} {a}": the answer follows after a space
+        assert tokenizer.decode(records[0]["input_ids"]) == f"{TINY_QUESTIONS[0]} {TINY_ANSWERS[0]}<|im_end|>"
+    else:
+        question_id, answer_id = tokenizer.convert_tokens_to_ids(["<|question|>", "<|answer|>"])
+        assert all(r["q_ids"].count(question_id) == r["q_ids"].count(answer_id) == 1 for r in records)
+        model = AutoModelForCausalLM.from_pretrained(repo / "models/finetuned")
+        assert model.get_input_embeddings().num_embeddings == len(tokenizer) > answer_id
+    final = json.loads((repo / "metrics/final.json").read_text())
+    baseline = json.loads((repo / "metrics/baseline.json").read_text())
+    assert final["trained"]["answer_nll"] < baseline["trained"]["answer_nll"] / 2
 
 
 ENGLISH_FACTS = {"facts": [  # SmolLM2-135M writes no usable Korean pairs (measured 0/26)
