@@ -156,7 +156,10 @@ def main():
                                          generator=shuffle)
         else:
             order = RandomSampler(records, generator=shuffle)
-        loader = DataLoader(records, batch_size=cfg["batch_size"], sampler=order, collate_fn=list)
+        # The loader draws a seed from `shuffle` before the sampler does: passing it keeps the
+        # order of DataLoader(shuffle=True, generator=shuffle), the order of the committed runs.
+        loader = DataLoader(records, batch_size=cfg["batch_size"], sampler=order, collate_fn=list,
+                            generator=shuffle)
         for batch_index, global_batch in enumerate(loader):
             if (epoch - 1) * steps_per_epoch + batch_index < start_step:
                 continue  # done before the crash
