@@ -15,6 +15,27 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def record(prompt_len, answer_len, first_id=10):
+    """A synthetic tokenized example: consecutive ids, the prompt unsupervised."""
+    from llm_fft.data import IGNORE_INDEX
+    ids = list(range(first_id, first_id + prompt_len + answer_len))
+    return {"q_ids": ids[:prompt_len], "input_ids": ids, "labels": [IGNORE_INDEX] * prompt_len + ids[prompt_len:]}
+
+
+def tiny(config_class, **extra):
+    """A tiny randomly initialised causal LM (vocabulary 64) in training mode, seeded."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    config = config_class(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=8, vocab_size=64, **extra)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
+    # As finetune sets it. With a KV cache, transformers would not look for packed examples in
+    # position_ids, and a packed row would be read as one sequence.
+    model.config.use_cache = False
+    return model
+
+
 @pytest.fixture(scope="session")
 def embedded_tokenizer():
     from transformers import AutoTokenizer

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, CohereConfig, Gemma3TextConfig, LlamaConfig
 
-from conftest import REPO
+from conftest import REPO, record, tiny
 from llm_fft import bench
 from llm_fft.data import IGNORE_INDEX, collate
 from llm_fft.params import load_params
@@ -18,11 +18,6 @@ from llm_fft.training import supervised_token_loss
 
 CASE_FIELDS = {"name", "method", "device", "model", "parameters", "batch_size", "steps", "real_tokens",
                "padded_tokens", "seconds", "real_tokens_per_s", "step_s", "peak_memory_mb", "mfu", "last_loss"}
-
-
-def record(prompt_len, answer_len, first_id=10):
-    ids = list(range(first_id, first_id + prompt_len + answer_len))
-    return {"q_ids": ids[:prompt_len], "input_ids": ids, "labels": [IGNORE_INDEX] * prompt_len + ids[prompt_len:]}
 
 
 @pytest.fixture
@@ -169,13 +164,6 @@ def test_fast_loss_equals_the_standard_loss_on_an_embedded_model_batch(embedded_
     assert embedded_model.dtype == torch.float32
     loss = assert_same_loss_and_gradients(embedded_model, batch, rtol=1e-4, atol=1e-5)
     assert 0 < loss.item() < 20
-
-
-def tiny(config_class, **extra):
-    torch.manual_seed(0)
-    config = config_class(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2, head_dim=8, vocab_size=64, **extra)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
 
 
 def tiny_batch():

@@ -9,30 +9,14 @@ import contextlib
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig
+from transformers import Gemma3TextConfig, LlamaConfig
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from llm_fft.data import IGNORE_INDEX, collate, collate_packed
+from conftest import record, tiny
+from llm_fft.data import collate, collate_packed
 from llm_fft.training import make_optimizer, master_dtype, speed_up, supervised_token_loss, train_step
 
-
-def record(prompt_len, answer_len, first_id):
-    ids = list(range(first_id, first_id + prompt_len + answer_len))
-    return {"input_ids": ids, "labels": [IGNORE_INDEX] * prompt_len + ids[prompt_len:]}
-
-
 RECORDS = [record(3, 4, 1), record(5, 2, 20), record(2, 6, 40)]
-
-
-def tiny(config_class, **extra):
-    torch.manual_seed(0)
-    config = config_class(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2, head_dim=8, vocab_size=64, **extra)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
-    # As finetune sets it. With a KV cache, transformers would not look for packed examples in
-    # position_ids, and the packed row would be read as one sequence.
-    model.config.use_cache = False
-    return model
 
 
 def loss_and_grads(model, batch, loss_fn=supervised_token_loss):
