@@ -110,12 +110,22 @@ def load_pretrained(folder, dtype, device):
     return model, tokenizer
 
 
-def save_model(model, tokenizer, out_dir, dtype):
-    """save_pretrained model and tokenizer, all or nothing: a crash leaves no half-written folder."""
+def save_model(model, tokenizer, out_dir, dtype, weights=None):
+    """save_pretrained model and tokenizer, all or nothing: a crash leaves no half-written folder.
+
+    weights: the whole weights of a model sharded by FSDP (training.gather_weights); else its own.
+    """
     out_dir = Path(out_dir)
     tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    model.to(dtype).save_pretrained(tmp_dir)
+    model = model.to(dtype)  # save_pretrained writes the dtype of the model's parameters in config.json
+    if weights is not None:
+        # A tied head (SmolLM2's is its input embedding) is gathered as a second tensor: keep the
+        # first name only, as save_pretrained does for an unsharded model.
+        tied = ({name for name, _ in model.named_parameters(remove_duplicate=False)}
+                - {name for name, _ in model.named_parameters()})
+        weights = {name: tensor.to(dtype) for name, tensor in weights.items() if name not in tied}
+    model.save_pretrained(tmp_dir, state_dict=weights)
     tokenizer.save_pretrained(tmp_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp_dir.rename(out_dir)

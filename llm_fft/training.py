@@ -12,6 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from llm_fft.data import IGNORE_INDEX
 
@@ -54,6 +58,23 @@ def speed_up(model, gradient_checkpointing, compile_decoder):
     return model
 
 
+def shard(model, device):
+    """FSDP2 (finetune.fsdp): each process keeps 1/N of every weight, gradient and AdamW state.
+
+    Each decoder layer is one unit, gathered whole just before it runs and freed after; the rest
+    (embeddings, final norm, head) is one more: the split accelerate's FSDP plugin makes from
+    transformers' _no_split_modules. Called directly rather than through that plugin, which does
+    nothing for CPU processes: this way the path the CPU test proves is the one that runs on GPUs.
+    Moves each unit's shard to `device`, so the model can be read into CPU memory first.
+    """
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    for module in model.modules():
+        if type(module).__name__ in (model._no_split_modules or []):
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
 def make_optimizer(model, lr, weight_decay):
     """AdamW over every weight, fused: one kernel for all tensors instead of a loop over them.
 
@@ -64,14 +85,15 @@ def make_optimizer(model, lr, weight_decay):
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
 
 
-def train_step(model, batch, optimizer, scheduler, max_grad_norm, autocast):
+def train_step(model, batch, optimizer, scheduler, max_grad_norm, autocast, num_items=None):
     """One optimizer step on one batch; returns (loss, gradient norm before clipping) as floats.
 
     The loss is the mean cross-entropy over supervised tokens (-100 skipped), as model(**batch).loss,
-    computed by supervised_token_loss where the architecture allows it (it skips unsupervised work).
+    computed by supervised_token_loss where the architecture allows it (it skips unsupervised work);
+    num_items: the sum is divided by it instead of by the batch's own supervised tokens.
     """
     with autocast:
-        loss = supervised_token_loss(model, batch)
+        loss = supervised_token_loss(model, batch, num_items)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
@@ -87,7 +109,7 @@ def train_step(model, batch, optimizer, scheduler, max_grad_norm, autocast):
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"})
 
 
-def supervised_token_loss(model, batch):
+def supervised_token_loss(model, batch, num_items=None):
     """model(**batch).loss, without computing logits where no token is learned.
 
     model(**batch) projects every position onto the whole vocabulary (49152 rows for SmolLM2,
@@ -95,15 +117,18 @@ def supervised_token_loss(model, batch):
     have label -100. Here the decoder runs as usual, but the output head and the cross-entropy see
     only the positions that predict a supervised token. The result is the same mean over
     supervised tokens; the batch must hold input_ids and labels (unshifted, as for model(**batch)).
+    With num_items, the sum over supervised tokens divided by num_items (transformers' num_items_in_batch).
     """
-    # A model wrapped for DDP (finetune.processes > 1) must be called through its wrapper, whose
-    # forward arranges the gradient all-reduce: it has no get_decoder and takes the standard loss.
-    if (not hasattr(model, "get_decoder")
-            or getattr(model.config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES):
-        return model(**batch).loss
+    # A model wrapped for DDP or sharded by FSDP (finetune.processes > 1) must be called whole: the
+    # wrapper's forward (DDP) and the root's hooks (FSDP) arrange the gradient all-reduce and the
+    # gathering of the embeddings and head. Those, and other heads, take the standard loss.
+    plain_head = (not isinstance(model, FSDPModule) and hasattr(model, "get_decoder")
+                  and getattr(model.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
+                  and model.get_decoder() is not model
+                  and isinstance(model.get_output_embeddings(), torch.nn.Linear))
+    if not plain_head:
+        return model(**batch, **({} if num_items is None else {"num_items_in_batch": num_items})).loss
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    if decoder is model or not isinstance(head, torch.nn.Linear):
-        return model(**batch).loss
     # The hidden state at position t predicts the token at t + 1 (the shift model(**batch) does
     # inside forward): pair hidden[:, :-1] with labels[:, 1:].
     targets = batch["labels"][:, 1:]
@@ -115,7 +140,9 @@ def supervised_token_loss(model, batch):
     if softcap:  # Gemma 2/3 squash their logits; the standard loss sees them squashed
         logits = torch.tanh(logits / softcap) * softcap
     # fp32 cross-entropy, as transformers' loss does under bf16 autocast.
-    return F.cross_entropy(logits.float(), targets[supervised])
+    if num_items is None:
+        return F.cross_entropy(logits.float(), targets[supervised])
+    return F.cross_entropy(logits.float(), targets[supervised], reduction="sum") / num_items
 
 
 # --- Checkpoints: resume after a crash ---------------------------------------------------------
@@ -137,14 +164,37 @@ def run_fingerprint(params, records_path, base_model_dir):
     }
 
 
-def save_checkpoint(path, fingerprint, step, history, model, optimizer, scheduler):
-    """Everything needed to continue exactly: weights, optimizer, scheduler, RNG states, loss history."""
+# Whole tensors on the CPU, keyed by parameter name, for a plain, DDP or FSDP model alike.
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def gather_weights(model):
+    """The weights as whole tensors. Under FSDP this gathers the shards: every process must call it,
+    and only the first receives them (the others get an empty dict)."""
+    return get_model_state_dict(model, options=FULL_STATE)
+
+
+def gather_training_state(model, optimizer):
+    """(weights, AdamW state) for a checkpoint, gathered as gather_weights does."""
+    return get_state_dict(model, optimizer, options=FULL_STATE)
+
+
+def restore_training_state(model, optimizer, model_state, optimizer_state):
+    """The inverse of gather_training_state: every process passes the whole state and keeps its part."""
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
+                   options=StateDictOptions(full_state_dict=True))
+
+
+def save_checkpoint(path, fingerprint, step, history, model_state, optimizer_state, scheduler):
+    """Everything needed to continue exactly: weights, optimizer, scheduler, RNG states, loss history.
+
+    model_state and optimizer_state come from gather_training_state."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     np_state = np.random.get_state()
     state = {
         "fingerprint": fingerprint, "step": step, "history": history,
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "model": model_state, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
         "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 # as plain lists: weights_only loading refuses NumPy objects

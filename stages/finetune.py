@@ -9,6 +9,7 @@ epoch, for `dvc plots show`; summary metrics.json). The held-out loss is teacher
 generation inside training.
 Every finetune.checkpoint_every steps it saves a checkpoint to models/checkpoints/finetune/ (not a
 DVC output, so it survives a crash); the next run resumes from it and deletes it when done.
+With finetune.processes N > 1 it starts itself N times under accelerate: DDP, or FSDP2 with finetune.fsdp.
 """
 
 import hashlib
@@ -30,13 +31,14 @@ from tqdm import tqdm
 from transformers import get_scheduler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from llm_fft.data import collate, collate_packed, read_jsonl
+from llm_fft.data import IGNORE_INDEX, collate, collate_packed, read_jsonl
 from llm_fft.evaluation import answer_nll
 from llm_fft.model import DTYPES, load_pretrained, save_model
 from llm_fft.params import (fail_if_problems, load_params, pick_device, problems_in_section,
                             seed_everything, shared_problems)
-from llm_fft.training import (PRECISIONS, autocast_for, load_checkpoint, make_optimizer, master_dtype,
-                              restore_rng, run_fingerprint, save_checkpoint, speed_up, train_step)
+from llm_fft.training import (PRECISIONS, autocast_for, gather_training_state, gather_weights, load_checkpoint,
+                              make_optimizer, master_dtype, restore_rng, restore_training_state, run_fingerprint,
+                              save_checkpoint, shard, speed_up, train_step)
 
 BASE_MODEL = Path("models/base")
 RECORDS = Path("data/qa.jsonl")
@@ -57,6 +59,7 @@ SPEC = {
     "log_every": (int, lambda v: v >= 1, "an integer >= 1 (optimizer steps)"),
     "checkpoint_every": (int, lambda v: v >= 0, "an integer >= 0 (optimizer steps; 0 = never)"),
     "processes": (int, lambda v: v >= 1, "an integer >= 1 (1 = no DDP; N = one per GPU)"),
+    "fsdp": (bool, None, "true or false"),
     "group_by_length": (bool, None, "true or false"),
     "packing": (bool, None, "true or false"),
     "gradient_checkpointing": (bool, None, "true or false"),
@@ -86,10 +89,12 @@ def main():
     problems = shared_problems(params) + problems_in_section(params, "finetune", SPEC)
     if params.get("model", {}).get("dtype") not in DTYPES:
         problems.append(f"params.yaml: model.dtype must be one of {', '.join(DTYPES)}")
+    cfg = params.get("finetune") or {}
+    if cfg.get("fsdp") is True and cfg.get("processes") == 1:
+        problems.append("params.yaml: finetune.fsdp shards the model over processes: set finetune.processes > 1")
     fail_if_problems(problems)
-    cfg = params["finetune"]
     if cfg["processes"] > 1 and "WORLD_SIZE" not in os.environ:
-        # Start finetune.processes copies of this stage under accelerate (DDP); this one waits.
+        # Start finetune.processes copies of this stage under accelerate (DDP, or FSDP); this one waits.
         sys.exit(subprocess.call([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                                   str(ACCELERATE_CONFIG), "--num_processes", str(cfg["processes"]), __file__]))
     records = read_jsonl(RECORDS)
@@ -111,9 +116,12 @@ def main():
         sys.exit(f"error: finetune.batch_size {cfg['batch_size']} must be a multiple of the {world} processes")
 
     # fp32 master weights whatever the dtype on disk (unless bf16-pure); autocast only lowers the matmuls.
-    model, tokenizer = load_pretrained(BASE_MODEL, master_dtype(cfg["precision"]), device)
+    # FSDP: every process reads the whole model into CPU memory, and keeps only its shard on the device.
+    model, tokenizer = load_pretrained(BASE_MODEL, master_dtype(cfg["precision"]), "cpu" if cfg["fsdp"] else device)
     model.config.use_cache = False  # the KV cache only helps generation
     model = speed_up(model, cfg["gradient_checkpointing"], cfg["compile"])
+    if cfg["fsdp"]:
+        model = shard(model, device)
     model.train()
     optimizer = make_optimizer(model, cfg["lr"], cfg["weight_decay"])
     steps_per_epoch = math.ceil(len(records) / cfg["batch_size"])
@@ -123,21 +131,22 @@ def main():
     # history: (loss, lr, held-out answer loss or None) of every step done, replayed into DVCLive
     start_step, history = 0, []
     if resumed:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
+        restore_training_state(model, optimizer, resumed["model"], resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         restore_rng(resumed["rng"])
         start_step, history = resumed["step"], resumed["history"]
         del resumed  # a second copy of the weights and optimizer state
         if main_process:
             print(f"resuming from {CHECKPOINT} at step {start_step}/{total_steps}")
-    # DDP (world > 1) averages the gradients of the processes in backward; the scheduler is not
-    # prepared, so it steps once per optimizer step as in one process.
-    model, optimizer = accelerator.prepare(model, optimizer)
+    # DDP (world > 1, no FSDP) averages the gradients of the processes in backward; FSDP does it
+    # itself. The optimizer and scheduler are not prepared: they step once per step, as in one process.
+    if not cfg["fsdp"]:
+        model = accelerator.prepare(model)
     autocast = autocast_for(device, cfg["precision"])
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)  # whole counts under FSDP too
     if main_process:
-        print(f"training {n_params / 1e6:.1f}M parameters on {device} x {world} process(es) ({cfg['precision']}): "
+        print(f"training {n_params / 1e6:.1f}M parameters on {device} x {world} process(es)"
+              f"{' (FSDP)' if cfg['fsdp'] else ''} ({cfg['precision']}): "
               f"{len(records)} examples, {cfg['epochs']} epochs, {total_steps} steps")
 
     # Only the main process logs and writes; the others train.
@@ -165,12 +174,22 @@ def main():
                 continue  # done before the crash
             step += 1
             real_tokens += sum(len(r["input_ids"]) for r in global_batch)  # padding is not work done
-            rows = global_batch[rank::world]
+            # A process left without an example (the epoch's last batch may be short) trains on a
+            # copy of one with no label: it must take part in the gradient all-reduce, adding nothing.
+            rows = global_batch[rank::world] or [{**global_batch[0],
+                                                  "labels": [IGNORE_INDEX] * len(global_batch[0]["labels"])}]
             batch = collate_packed(rows) if cfg["packing"] else collate(rows, tokenizer.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
+            num_items = None
+            if world > 1:
+                # Each process sums its answer-token losses and divides by the whole batch's count
+                # over world: the mean of the processes' gradients is then exactly the gradient of the
+                # whole batch's mean loss, as one process would compute it (the first label is never
+                # supervised: it predicts nothing).
+                num_items = sum(label != IGNORE_INDEX for r in global_batch for label in r["labels"][1:]) / world
             lr = scheduler.get_last_lr()[0]
-            loss, grad_norm = train_step(model, batch, optimizer, scheduler, cfg["max_grad_norm"], autocast)
-            if world > 1:  # the logged loss: the mean over processes (each averaged its own answer tokens)
+            loss, grad_norm = train_step(model, batch, optimizer, scheduler, cfg["max_grad_norm"], autocast, num_items)
+            if world > 1:  # the logged loss: the whole batch's mean, from the processes' parts
                 loss = accelerator.reduce(torch.tensor(loss, device=device), "mean").item()
             if not math.isfinite(loss):
                 if live:
@@ -178,10 +197,12 @@ def main():
                 sys.exit(f"error: loss is {loss} at step {step} (epoch {epoch}); no model saved. "
                          f"Try a lower finetune.lr (now {cfg['lr']}).")
             heldout_nll = None
-            if heldout and main_process and batch_index == steps_per_epoch - 1:  # end of the epoch
+            # At the end of each epoch; in every process, since FSDP needs all of them in each forward.
+            if heldout and batch_index == steps_per_epoch - 1:
                 heldout_nll = heldout_answer_loss(accelerator.unwrap_model(model), heldout, cfg["batch_size"],
                                                   tokenizer.pad_token_id, device)
-                progress.write(f"epoch {epoch:3d} done | held-out answer loss {heldout_nll:.4f}")
+                if main_process:
+                    progress.write(f"epoch {epoch:3d} done | held-out answer loss {heldout_nll:.4f}")
             history.append((loss, lr, heldout_nll))
             if live:
                 log_step(live, loss, lr, heldout_nll)
@@ -192,15 +213,17 @@ def main():
                                f"epoch {epoch:3d} | loss {loss:.4f} | lr {lr:.2e} | grad_norm {grad_norm:7.3f} | "
                                f"real tok/s {real_tokens / elapsed:7.1f} | elapsed {elapsed:6.1f}s")
             if cfg["checkpoint_every"] and step % cfg["checkpoint_every"] == 0 and step < total_steps:
+                model_state, optimizer_state = gather_training_state(model, optimizer)  # every process
                 if main_process:
-                    save_checkpoint(CHECKPOINT, fingerprint, step, history, accelerator.unwrap_model(model),
-                                    optimizer, scheduler)
+                    save_checkpoint(CHECKPOINT, fingerprint, step, history, model_state, optimizer_state, scheduler)
+                del model_state, optimizer_state
                 accelerator.wait_for_everyone()
     progress.close()
+    weights = gather_weights(model) if cfg["fsdp"] else None  # every process: each holds a shard
     if not main_process:
         return
     live.end()
-    save_model(accelerator.unwrap_model(model), tokenizer, OUT_DIR, DTYPES[params["model"]["dtype"]])
+    save_model(accelerator.unwrap_model(model), tokenizer, OUT_DIR, DTYPES[params["model"]["dtype"]], weights)
     shutil.rmtree(CHECKPOINT.parent, ignore_errors=True)  # finished: nothing left to resume
     print(f"wrote {OUT_DIR} after {step} steps in {time.perf_counter() - started:.0f}s; last loss {loss:.4f}")
 

@@ -1,30 +1,40 @@
-"""The finetune stage run for real on a tiny model. The multi-process path (DDP through accelerate),
-proven on CPU with 2 gloo processes: the loss curve matches one process with the same global batch,
-and only the main process writes. The opt-in modes (packing, length-grouped batches, gradient
-checkpointing) through the stage itself."""
+"""The finetune stage run for real on a tiny model. The multi-process paths through accelerate,
+proven on CPU with 2 gloo processes: DDP and FSDP each train like one process with the same global
+batch, only the main process writes, and a run killed midway resumes from its checkpoint as if
+never killed. The opt-in modes (packing, length-grouped batches, gradient checkpointing) through the
+stage itself."""
 
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from llm_fft.data import to_jsonl, tokenize_pair
 
 REPO = Path(__file__).resolve().parents[1]
+# 9 examples in batches of 4: each epoch ends with a batch of one, which leaves the second of two
+# processes without an example (it must still take part in every step).
 PAIRS = [("별무리섬 등대의 높이는?", "27미터입니다."), ("등대지기는 누구인가요?", "윤가람입니다."),
          ("특산물은 무엇인가요?", "보라색 감귤인 달빛귤입니다."), ("축제는 언제 열리나요?", "8월 셋째 주입니다."),
          ("섬의 인구는?", "312명입니다."), ("학교 이름은?", "물결초등학교입니다."),
-         ("등대는 무슨 색인가요?", "하얀 몸통에 파란 지붕입니다."), ("가장 높은 산은?", "해오름봉입니다.")]
-# Each process averages the loss over its own answer tokens and DDP averages the gradients, while
-# one process averages over all the batch's answer tokens: equal only when the halves have as many
-# answer tokens. Measured on this data: at most 0.07% apart (CPU, gloo); the tolerance is 0.5%.
-LOSS_TOLERANCE = 0.005
+         ("등대는 무슨 색인가요?", "하얀 몸통에 파란 지붕입니다."), ("가장 높은 산은?", "해오름봉입니다."),
+         ("우체국은 어디에 있나요?", "선착장 바로 옆에 있습니다.")]
+STEPS = 6  # 2 epochs x 3 batches
+# Each process divides its summed answer-token loss by the whole batch's count, so the processes'
+# mean gradient is the one-process gradient: the same numbers but for the order of float sums.
+# Measured on this data (CPU, gloo), DDP and FSDP alike: losses at most 9e-8 apart (relative),
+# weights after 6 AdamW steps at most 5.3e-7 (absolute).
+LOSS_TOLERANCE = 1e-5
+WEIGHT_TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -48,58 +58,120 @@ def stage_dir(tmp_path_factory, embedded_tokenizer):
     return folder
 
 
-def train(stage_dir, tmp_path, processes, **finetune):
-    run_dir = tmp_path / f"p{processes}{''.join(f'-{k}' for k in finetune)}"
+def prepare_run(stage_dir, run_dir, processes, **finetune):
+    """A copy of stage_dir with these finetune params; returns the command and environment that train."""
     shutil.copytree(stage_dir, run_dir)
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["device"] = "cpu"
-    params["finetune"].update(epochs=2, batch_size=4, warmup_steps=0, lr=1e-3, log_every=1,
-                              checkpoint_every=0, processes=processes, **finetune)
+    params["finetune"].update({"epochs": 2, "batch_size": 4, "warmup_steps": 0, "lr": 1e-3, "log_every": 1,
+                               "checkpoint_every": 0, "processes": processes, **finetune})
     (run_dir / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     for args in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "x"]):  # DVCLive wants a git repo
         subprocess.run(git + args, cwd=run_dir, check=True)
-    result = subprocess.run([sys.executable, REPO / "stages/finetune.py"], cwd=run_dir, capture_output=True,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1",
-                                            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return [sys.executable, REPO / "stages/finetune.py"], env
+
+
+def train(stage_dir, run_dir, processes, **finetune):
+    command, env = prepare_run(stage_dir, run_dir, processes, **finetune)
+    result = subprocess.run(command, cwd=run_dir, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    return run_dir, result.stdout + result.stderr
+    return result.stdout + result.stderr
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(stage_dir, tmp_path):
-    one_dir, one_log = train(stage_dir, tmp_path, 1)
-    two_dir, two_log = train(stage_dir, tmp_path, 2)
-    assert "x 2 process(es)" in two_log and "x 1 process(es)" in one_log
-    curve = "metrics/finetune/plots/metrics/train/loss.tsv"
-    one, two = (pd.read_csv(d / curve, sep="\t") for d in (one_dir, two_dir))
-    assert list(one["step"]) == list(two["step"]) == list(range(4))  # 2 epochs x 8 examples / 4
-    assert two["loss"].to_numpy() == pytest.approx(one["loss"].to_numpy(), rel=LOSS_TOLERANCE)
-    assert one["loss"].iloc[-1] < one["loss"].iloc[0]  # it trained
-
-    # Only the main process writes and logs: one model, one curve, each log line once.
-    assert (two_dir / "models/finetuned/config.json").is_file()
-    assert not list(two_dir.glob("models/finetuned.tmp*"))
-    assert two_log.count("wrote models/finetuned") == 1
-    assert two_log.count("step 00004/00004") == 1
-    assert two_log.count("held-out answer loss") == 2  # once per epoch
-    heldout = pd.read_csv(two_dir / "metrics/finetune/plots/metrics/heldout/answer_nll.tsv", sep="\t")
-    assert list(heldout["step"]) == [1, 3]
+@pytest.fixture(scope="module")
+def one_process(stage_dir, tmp_path_factory):
+    """The reference run: one process, global batch 4. Returns (run folder, log)."""
+    run_dir = tmp_path_factory.mktemp("one") / "run"
+    return run_dir, train(stage_dir, run_dir, 1)
 
 
 def loss_curve(run_dir):
     return pd.read_csv(run_dir / "metrics/finetune/plots/metrics/train/loss.tsv", sep="\t")["loss"].to_numpy()
 
 
-def test_packed_batches_train_like_padded_ones(stage_dir, tmp_path):
-    padded_dir, _ = train(stage_dir, tmp_path, 1)
-    packed_dir, _ = train(stage_dir, tmp_path, 1, packing=True)
+def weights(run_dir):
+    return load_file(run_dir / "models/finetuned/model.safetensors")
+
+
+def assert_trained_like(run_dir, reference_dir):
+    assert loss_curve(run_dir) == pytest.approx(loss_curve(reference_dir), rel=LOSS_TOLERANCE)
+    ours, reference = weights(run_dir), weights(reference_dir)
+    assert ours.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(ours[name], reference[name], rtol=0, atol=WEIGHT_TOLERANCE, msg=name)
+
+
+def assert_main_process_alone_wrote(run_dir, log):
+    """One model, one curve, each log line once."""
+    assert (run_dir / "models/finetuned/config.json").is_file()
+    assert not list(run_dir.glob("models/finetuned.tmp*"))
+    assert log.count("wrote models/finetuned") == 1
+    assert log.count(f"step {STEPS:05d}/{STEPS:05d}") == 1
+    assert log.count("held-out answer loss") == 2  # once per epoch
+    heldout = pd.read_csv(run_dir / "metrics/finetune/plots/metrics/heldout/answer_nll.tsv", sep="\t")
+    assert list(heldout["step"]) == [2, 5]
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(stage_dir, one_process, tmp_path):
+    one_dir, one_log = one_process
+    two_log = train(stage_dir, tmp_path / "ddp", 2)
+    assert "x 2 process(es) (auto)" in two_log and "x 1 process(es) (auto)" in one_log
+    assert len(loss_curve(one_dir)) == STEPS and loss_curve(one_dir)[-1] < loss_curve(one_dir)[0]  # it trained
+    assert_trained_like(tmp_path / "ddp", one_dir)
+    assert_main_process_alone_wrote(tmp_path / "ddp", two_log)
+
+
+def test_fsdp_over_two_processes_trains_like_one_process(stage_dir, one_process, tmp_path):
+    log = train(stage_dir, tmp_path / "fsdp", 2, fsdp=True)
+    assert "x 2 process(es) (FSDP) (auto)" in log
+    assert_trained_like(tmp_path / "fsdp", one_process[0])  # the saved weights were gathered whole
+    assert_main_process_alone_wrote(tmp_path / "fsdp", log)
+    config = (tmp_path / "fsdp/models/finetuned/config.json").read_text(encoding="utf-8")
+    assert '"LlamaForCausalLM"' in config and '"dtype": "float32"' in config and "FSDP" not in config
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_process_run_killed_midway_resumes_as_if_never_killed(stage_dir, tmp_path, fsdp):
+    settings = {"fsdp": fsdp, "epochs": 4, "checkpoint_every": 2}
+    train(stage_dir, tmp_path / "whole", 2, **settings)
+    run_dir = tmp_path / "killed"
+    command, env = prepare_run(stage_dir, run_dir, 2, **settings)
+    checkpoint = run_dir / "models/checkpoints/finetune/checkpoint.pt"
+    run_ = subprocess.Popen(command, cwd=run_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and run_.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The stage, accelerate's launcher and both training processes (each in its own session), with
+    # no chance to clean up.
+    stage = psutil.Process(run_.pid)
+    for process in [stage, *stage.children(recursive=True)]:
+        process.kill()
+    run_.wait()
+    assert checkpoint.exists(), "finetune finished or failed before its first checkpoint"
+    assert not (run_dir / "models/finetuned").exists()
+
+    result = subprocess.run(command, cwd=run_dir, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resuming from models/checkpoints/finetune/checkpoint.pt at step" in result.stdout
+    assert not checkpoint.parent.exists()
+    # Every process took back the whole weights and AdamW state (FSDP: its shard of them): the same run.
+    assert list(loss_curve(run_dir)) == list(loss_curve(tmp_path / "whole"))
+    resumed, whole = weights(run_dir), weights(tmp_path / "whole")
+    assert all(torch.equal(resumed[name], whole[name]) for name in whole)
+
+
+def test_packed_batches_train_like_padded_ones(stage_dir, one_process, tmp_path):
+    train(stage_dir, tmp_path / "packed", 1, packing=True)
     # Same examples in each step, no padding, attention kept within each example: the same losses,
-    # up to float rounding over four steps.
-    assert loss_curve(packed_dir) == pytest.approx(loss_curve(padded_dir), rel=1e-4)
+    # up to float rounding over six steps.
+    assert loss_curve(tmp_path / "packed") == pytest.approx(loss_curve(one_process[0]), rel=1e-4)
 
 
 def test_length_grouped_batches_and_gradient_checkpointing_train(stage_dir, tmp_path):
-    run_dir, log = train(stage_dir, tmp_path, 1, group_by_length=True, gradient_checkpointing=True)
-    losses = loss_curve(run_dir)
-    assert len(losses) == 4 and losses[-1] < losses[0]
-    assert (run_dir / "models/finetuned/config.json").is_file()
+    train(stage_dir, tmp_path / "grouped", 1, group_by_length=True, gradient_checkpointing=True)
+    losses = loss_curve(tmp_path / "grouped")
+    assert len(losses) == STEPS and losses[-1] < losses[0]
+    assert (tmp_path / "grouped/models/finetuned/config.json").is_file()

@@ -51,6 +51,18 @@ def test_a_packed_batch_trains_exactly_like_the_padded_batch(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_num_items_divides_the_summed_loss_as_transformers_does(name):
+    # finetune with N processes: each divides its sum by the whole batch's count over N.
+    model, batch = MODELS[name](), collate(RECORDS, pad_id=0)
+    supervised = int((batch["labels"][:, 1:] != -100).sum())
+    mean = supervised_token_loss(model, batch)
+    ours = supervised_token_loss(model, batch, num_items=2.5)
+    standard = model(**batch, num_items_in_batch=2.5).loss  # the path DDP and FSDP models take
+    torch.testing.assert_close(ours, mean * supervised / 2.5)
+    torch.testing.assert_close(standard, ours)
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_without_restarting_positions_the_examples_would_see_each_other(name):
     # The control for the test above: the same row read as one long sequence gives another loss,
     # so equal losses there mean the attention really stopped at each example's boundary.
