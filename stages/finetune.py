@@ -197,8 +197,9 @@ def main():
                 sys.exit(f"error: loss is {loss} at step {step} (epoch {epoch}); no model saved. "
                          f"Try a lower finetune.lr (now {cfg['lr']}).")
             heldout_nll = None
-            # At the end of each epoch; in every process, since FSDP needs all of them in each forward.
-            if heldout and batch_index == steps_per_epoch - 1:
+            # At the end of each epoch, in the main process; under FSDP in every process, since each
+            # forward needs all of them.
+            if heldout and batch_index == steps_per_epoch - 1 and (main_process or cfg["fsdp"]):
                 heldout_nll = heldout_answer_loss(accelerator.unwrap_model(model), heldout, cfg["batch_size"],
                                                   tokenizer.pad_token_id, device)
                 if main_process:
