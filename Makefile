@@ -83,7 +83,8 @@ bench: setup ## time the training step (ours vs the notebook method); writes met
 	python -m llm_fft.bench
 
 test: setup ## run the test suite
-	python -m pytest -q tests
+	# A passing test's temporary folder (a repo copy with models: up to ~1 GB) is deleted when it ends.
+	python -m pytest -q -o tmp_path_retention_policy=failed tests
 
 clean: ## delete pipeline outputs and the DVC cache (keeps .venv and committed metrics)
 	rm -rf models/base models/finetuned models/*.tmp models/checkpoints data/dataset.txt data/qa.jsonl data/preview.md .dvc/cache .dvc/tmp

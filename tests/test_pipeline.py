@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -78,6 +79,18 @@ def tiny_repo(tmp_path_factory):
                  ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
         run(["git", *args], repo)
     return repo
+
+
+def copy_repo(source, destination):
+    """Copy a repo for a test that changes it. Files DVC protects (read-only: its cache and the model
+    outputs linked to it) are hard-linked, not copied: DVC replaces them, never writes into them, and a
+    copy would cost ~1 GB of disk per test."""
+    def link_or_copy(src, dst):
+        if os.stat(src).st_mode & stat.S_IWUSR:
+            shutil.copy2(src, dst)
+        else:
+            os.link(src, dst)
+    shutil.copytree(source, destination, symlinks=True, copy_function=link_or_copy)
 
 
 # What a run leaves that must be identical when it is repeated or resumed.
@@ -299,7 +312,7 @@ def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, fir
     """The file backend and the chat prompt style, switched with `dvc exp run -S` (a copy of the
     tiny repo, so the other tests keep theirs)."""
     repo = tmp_path / "repo"
-    shutil.copytree(tiny_repo, repo, symlinks=True)
+    copy_repo(tiny_repo, repo)
     pairs = [{"question": q, "answer": a} for q, a in zip(TINY_QUESTIONS, TINY_ANSWERS)]
     (repo / "data/my_dataset.txt").write_text(json.dumps(pairs, ensure_ascii=False, indent=1), encoding="utf-8")
     out = dvc("exp", "run", "-S", "generate_dataset.backend=file", "-S", "prompt.style=chat", cwd=repo).stdout
@@ -327,7 +340,7 @@ def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, fir
 ])
 def test_plain_style_and_special_token_markers_through_dvc_exp_run(tiny_repo, first_repro, tmp_path, setting, rerun):
     repo = tmp_path / "repo"
-    shutil.copytree(tiny_repo, repo, symlinks=True)
+    copy_repo(tiny_repo, repo)
     out = dvc("exp", "run", "-S", setting, cwd=repo).stdout
     assert stages_run(out) == rerun
     records = [json.loads(line) for line in (repo / "data/qa.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -362,7 +375,7 @@ def test_llm_backend_writes_the_dataset_through_dvc_locally_and_over_http(tiny_r
     from llm_fft.llm_writer import LocalChat
 
     repo = tmp_path / "repo"
-    shutil.copytree(tiny_repo, repo, symlinks=True)
+    copy_repo(tiny_repo, repo)
     (repo / "data/facts.yaml").write_text(yaml.safe_dump(ENGLISH_FACTS), encoding="utf-8")
     # models/base is the embedded model, prepared: it loads in seconds instead of ~20 s from GGUF.
     settings = dict(backend="llm", llm_model="models/base", llm_max_new_tokens=64, llm_api_key_env="LLM_FFT_TEST_KEY")
