@@ -119,6 +119,8 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
     heldout = [json.loads(line) for line in (tiny_repo / "data/heldout_qa.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(r["question"], r["key"]) for r in heldout] == [("등대는 얼마나 높나요?", "27미터"), ("등대를 지키는 사람은?", "윤가람")]
     assert "supervised:" in (tiny_repo / "data/preview.md").read_text(encoding="utf-8")
+    for model in ("base", "finetuned"):  # linked to DVC's cache entry, not a second copy on disk
+        assert (tiny_repo / "models" / model / "model.safetensors").stat().st_nlink >= 2
     assert json.loads((tiny_repo / "metrics/dataset.json").read_text()) == {
         "backend": "template", "requested": 4, "accepted": 4, "rejected": {}, "heldout_questions": 2}
 
