@@ -82,8 +82,8 @@ chat: setup ## ask questions one after another (Ctrl-D quits; BASE=1: the base m
 bench: setup ## time the training step (ours vs the notebook method); writes metrics/bench.json
 	python -m llm_fft.bench
 
+# A passing test's temporary folder (a repo copy with models: up to ~1 GB) is deleted when it ends.
 test: setup ## run the test suite
-	# A passing test's temporary folder (a repo copy with models: up to ~1 GB) is deleted when it ends.
 	python -m pytest -q -o tmp_path_retention_policy=failed tests
 
 clean: ## delete pipeline outputs and the DVC cache (keeps .venv and committed metrics)
