@@ -22,7 +22,8 @@ class DatasetError(ValueError):
 def load_facts(path):
     """Read the facts source (see data/facts.yaml), checking every fact.
 
-    Returns a list of dicts {answer, key, questions, held_out}; every problem is reported at once.
+    Returns a list of dicts {answer, key, answers, statements, questions, dev, held_out} (the
+    optional lists empty when absent); every problem is reported at once.
     """
     path = Path(path)
     try:
@@ -34,37 +35,64 @@ def load_facts(path):
     problems, checked = [], []
     for i, fact in enumerate(facts["facts"]):
         where = f"{path}: facts[{i}]"
-        if not isinstance(fact, dict) or not {"answer", "questions"} <= set(fact) <= FACT_KEYS:
-            problems.append(f"{where}: expected the keys answer, questions and optionally key, held_out; "
+        if not isinstance(fact, dict) or not {"answer", "questions"} <= set(fact) <= set(FACT_KEYS):
+            problems.append(f"{where}: expected the keys answer, questions and optionally "
+                            f"{', '.join(k for k in FACT_KEYS if k not in ('answer', 'questions'))}; "
                             f"got {_excerpt(str(fact))}")
             continue
-        answer, key = (str(fact.get(k) or "").strip() for k in ("answer", "key"))
-        questions, held_out = fact["questions"], fact.get("held_out") or []
-        texts = [answer, key, *map(str, questions if isinstance(questions, list) else []), *map(str, held_out)]
-        if not answer:
-            problems.append(f"{where}: empty answer")
-        elif not isinstance(questions, list) or not questions or not all(
-                isinstance(q, str) and q.strip() for q in questions):
-            problems.append(f"{where}: questions must be a non-empty list of non-empty strings")
-        elif not isinstance(held_out, list) or not all(isinstance(q, str) and q.strip() for q in held_out):
-            problems.append(f"{where}: held_out must be a list of non-empty strings")
-        elif any(QUESTION_MARK in t or ANSWER_MARK in t for t in texts):
-            problems.append(f"{where}: the markers {QUESTION_MARK} / {ANSWER_MARK} cannot appear in text")
-        elif held_out and not key:
-            problems.append(f"{where}: held_out questions need a key (the short fact an answer must state)")
-        elif key and normalize(key) not in normalize(answer):
-            problems.append(f"{where}: key {key!r} does not appear in the answer {answer!r}")
-        elif set(map(str.strip, held_out)) & set(map(str.strip, questions)):
-            problems.append(f"{where}: a held_out question is also a training question")
-        else:
-            checked.append({"answer": answer, "key": key, "questions": [q.strip() for q in questions],
-                            "held_out": [q.strip() for q in held_out]})
+        fact_problems = _fact_problems(fact)
+        problems += [f"{where}: {p}" for p in fact_problems]
+        if not fact_problems:
+            checked.append({k: str(fact.get(k) or "").strip() if k in ("answer", "key")
+                            else [t.strip() for t in fact.get(k) or []] for k in FACT_KEYS})
     if problems:
         raise DatasetError("\n".join(problems))
     return checked
 
 
-FACT_KEYS = {"answer", "key", "questions", "held_out"}
+# answer and key are strings; the rest are lists of strings (only questions is required).
+FACT_KEYS = ("answer", "key", "answers", "statements", "questions", "dev", "held_out")
+
+
+def _fact_problems(fact):
+    """Every problem with one fact of the facts file, as phrases (empty: the fact is fine)."""
+    answer, key = (str(fact.get(k) or "").strip() for k in ("answer", "key"))
+    lists = {k: fact.get(k) or [] for k in FACT_KEYS if k not in ("answer", "key")}
+    if not answer:
+        return ["empty answer"]
+    if not isinstance(lists["questions"], list) or not lists["questions"]:
+        return ["questions must be a non-empty list of non-empty strings"]
+    bad = [k for k, v in lists.items() if not isinstance(v, list) or not all(isinstance(t, str) and t.strip() for t in v)]
+    if bad:
+        return [f"{k} must be a list of non-empty strings" for k in bad]
+    problems = []
+    texts = [answer, key, *(t for v in lists.values() for t in v)]
+    if any(QUESTION_MARK in t or ANSWER_MARK in t for t in texts):
+        problems.append(f"the markers {QUESTION_MARK} / {ANSWER_MARK} cannot appear in text")
+    if (lists["held_out"] or lists["dev"]) and not key:
+        problems.append("held_out and dev questions need a key (the short fact an answer must state)")
+    for name, sentences in (("the answer", [answer]), ("answers", lists["answers"]), ("statements", lists["statements"])):
+        if key and (missing := [s for s in sentences if normalize(key) not in normalize(s)]):
+            problems.append(f"key {key!r} does not appear in {name} {missing[0]!r}")
+    asked = {name: set(map(str.strip, lists[name])) for name in ("questions", "dev", "held_out")}
+    for a, b in (("held_out", "questions"), ("dev", "questions"), ("held_out", "dev")):
+        if asked[a] & asked[b]:
+            problems.append(f"a {a} question is also a {'training' if b == 'questions' else b} question")
+    return problems
+
+
+RETENTION = Path("data/retention.yaml")
+
+
+def load_retention(path=RETENTION):
+    """The retention probe (data/retention.yaml): general passages and prompts, checked."""
+    retention = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(retention, dict) or not all(
+            isinstance(retention.get(k), list) and retention[k] and all(isinstance(t, str) and t.strip()
+                                                                       for t in retention[k])
+            for k in ("text", "prompts")):
+        raise ValueError(f"{path}: expected non-empty lists of strings 'text' and 'prompts'")
+    return retention
 
 
 def normalize(text):
@@ -160,6 +188,15 @@ def tokenize_pair(tokenizer, question, answer, prompt):
     q_ids = prompt_ids(tokenizer, question, prompt)
     a_ids = answer_ids(tokenizer, question, answer, prompt)
     return {"q_ids": q_ids, "input_ids": q_ids + a_ids, "labels": [IGNORE_INDEX] * len(q_ids) + a_ids}
+
+
+def tokenize_text(tokenizer, text):
+    """Token ids for plain text learned whole (a fact statement, rehearsal text, a retention passage):
+    no prompt and no markers, as in pretraining. Every token is a label except a BOS the tokenizer
+    puts first, which is given, not predicted."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    bos = int(tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id])
+    return {"input_ids": ids, "labels": [IGNORE_INDEX] * bos + ids[bos:]}
 
 
 def collate(records, pad_id):

@@ -12,8 +12,12 @@ Reads generate_dataset.*, dataset.* and seed in params.yaml. Backends:
             or an OpenAI-compatible /chat/completions server (vLLM, Ollama, llama.cpp, hosted APIs)
             whose API key is read from the environment variable named by llm_api_key_env, never
             from params. Every reply block is accepted or rejected with a reason (llm_fft/llm_writer.py).
-Writes data/dataset.txt, data/heldout.jsonl (the facts file's held_out questions with their answer
-and key fact, never trained on) and metrics/dataset.json (pairs requested, accepted, rejected by reason).
+The template backend takes the first questions_per_fact phrasings of each fact, pairs them in turn
+with the fact's answer and its answer variants (answer_variants), and writes the facts' plain-text
+statements (statements) for finetune to learn beside the pairs.
+Writes data/dataset.txt, data/statements.jsonl, data/dev.jsonl and data/heldout.jsonl (the facts
+file's dev and held_out questions with their answer and key fact, never trained on: dev chooses
+settings, held-out only reports) and metrics/dataset.json (pairs requested, accepted, rejected by reason).
 """
 
 import json
@@ -33,6 +37,8 @@ from llm_fft.params import fail_if_problems, load_params, problems_in_section, s
 
 OUT_FILE = Path("data/dataset.txt")
 HELDOUT = Path("data/heldout.jsonl")
+DEV = Path("data/dev.jsonl")
+STATEMENTS = Path("data/statements.jsonl")
 REPORT = Path("metrics/dataset.json")
 BACKENDS = ("template", "file", "llm")
 SPEC = {
@@ -49,6 +55,9 @@ SPEC = {
     "llm_temperature": ((int, float), lambda v: v >= 0, "a number >= 0 (0 = greedy)"),
     "llm_max_new_tokens": (int, lambda v: v >= 8, "an integer >= 8 (tokens)"),
     "llm_topic": (str, None, "'' (pairs about each fact) or a topic"),
+    "questions_per_fact": (int, lambda v: v >= 0, "an integer >= 0 (0 = every phrasing)"),
+    "answer_variants": (bool, None, "true or false"),
+    "statements": (bool, None, "true or false"),
 }
 
 
@@ -62,9 +71,15 @@ def llm_transport(cfg):
                      cfg["llm_temperature"])
 
 
-def from_template(facts, fmt):
-    """Every training phrasing of every fact, with the fact's answer."""
-    pairs = [(q, fact["answer"]) for fact in facts for q in fact["questions"]]
+def from_template(facts, fmt, questions_per_fact, answer_variants):
+    """The first questions_per_fact phrasings of every fact (0: all), each paired with one answer:
+    the fact's answer, or with answer_variants its answer and variants in turn, so the model does
+    not learn the fact as one fixed string."""
+    pairs = []
+    for fact in facts:
+        answers = [fact["answer"], *fact["answers"]] if answer_variants else [fact["answer"]]
+        questions = fact["questions"][:questions_per_fact or None]
+        pairs += [(q, answers[i % len(answers)]) for i, q in enumerate(questions)]
     return write_pairs(pairs, output_format(fmt), fmt["separator"]), {
         "requested": len(pairs), "accepted": len(pairs), "rejected": {}}
 
@@ -85,7 +100,7 @@ def from_llm(cfg, facts, fmt, seed):
     source = cfg["llm_topic"] or [fact["answer"] for fact in facts]
     pairs, report = write_pairs_with_llm(source, cfg["llm_pairs_per_fact"], llm_transport(cfg), seed,
                                          cfg["llm_max_attempts"],
-                                         held_out=[q for fact in facts for q in fact["held_out"]])
+                                         held_out=[q for fact in facts for q in fact["held_out"] + fact["dev"]])
     if not pairs:
         sys.exit(f"error: the llm backend got no usable pair from {cfg['llm_model']!r} (rejected: "
                  f"{report['rejected']}); nothing written. A stronger model may be needed (the "
@@ -110,20 +125,27 @@ def main():
         elif cfg["backend"] == "llm":
             dataset, report = from_llm(cfg, facts, fmt, params["seed"])
         else:
-            dataset, report = from_template(facts, fmt)
+            dataset, report = from_template(facts, fmt, cfg["questions_per_fact"], cfg["answer_variants"])
     except DatasetError as e:
         sys.exit(f"error: bad input data:\n{e}")
     except (TransportError, ModelNotFound, ValueError) as e:
         sys.exit(f"error: llm backend: {e}")
 
-    heldout = [{"question": q, "answer": fact["answer"], "key": fact["key"]}
-               for fact in facts for q in fact["held_out"]]
+    dev, heldout = ([{"question": q, "answer": fact["answer"], "key": fact["key"]} for fact in facts for q in fact[name]]
+                    for name in ("dev", "held_out"))
+    # Statements are about the facts file's facts: a dataset file of your own brings none.
+    with_statements = cfg["statements"] and cfg["backend"] != "file"
+    statements = [{"text": t} for fact in facts for t in fact["statements"]] if with_statements else []
     write_atomically(HELDOUT, to_jsonl(heldout))
-    write_atomically(REPORT, json.dumps({"backend": cfg["backend"], **report,
-                                         "heldout_questions": len(heldout)}, indent=2) + "\n")
+    write_atomically(DEV, to_jsonl(dev))
+    write_atomically(STATEMENTS, to_jsonl(statements))
+    write_atomically(REPORT, json.dumps({"backend": cfg["backend"], **report, "statements": len(statements),
+                                         "dev_questions": len(dev), "heldout_questions": len(heldout)},
+                                        indent=2) + "\n")
     write_atomically(OUT_FILE, dataset)
     print(f"wrote {OUT_FILE}: {report['accepted']} question/answer pairs ({cfg['backend']} backend), "
-          f"{HELDOUT}: {len(heldout)} held-out questions, report in {REPORT}")
+          f"{STATEMENTS}: {len(statements)} statements, {DEV}: {len(dev)} dev and {HELDOUT}: {len(heldout)} "
+          f"held-out questions, report in {REPORT}")
 
 
 if __name__ == "__main__":

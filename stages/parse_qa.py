@@ -3,9 +3,11 @@
     python stages/parse_qa.py
 
 Reads parse_qa.*, dataset.* and prompt.* in params.yaml, data/dataset.txt (any format of the README),
-data/heldout.jsonl and the tokenizer in models/base. Writes data/qa.jsonl (one record per pair:
-question, answer, prompt, q_ids, input_ids, labels), data/heldout_qa.jsonl (the same for the held-out
-questions, plus their key fact) and data/preview.md, which shows decoded inputs and decoded supervised
+data/statements.jsonl, data/dev.jsonl, data/heldout.jsonl and the tokenizer in models/base. Writes
+data/qa.jsonl (one record per pair: question, answer, prompt, q_ids, input_ids, labels),
+data/statements_qa.jsonl (each statement as plain text, every token learned), data/dev_qa.jsonl and
+data/heldout_qa.jsonl (the same as qa.jsonl for the dev and held-out questions, plus their key fact)
+and data/preview.md, which shows decoded inputs and decoded supervised
 labels for a few examples. Any malformed pair or over-long example stops the stage with every
 problem listed by line, and nothing is written.
 """
@@ -18,16 +20,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.
 from transformers import AutoTokenizer
 
 from llm_fft.data import (IGNORE_INDEX, PROMPT_SPEC, DatasetError, PromptError, build_prompt, read_jsonl,
-                          to_jsonl, tokenize_pair)
+                          to_jsonl, tokenize_pair, tokenize_text)
 from llm_fft.files import write_atomically
 from llm_fft.formats import DATASET_SPEC, read_pairs
 from llm_fft.params import fail_if_problems, load_params, problems_in_section
 
 DATASET = Path("data/dataset.txt")
 HELDOUT = Path("data/heldout.jsonl")
+DEV = Path("data/dev.jsonl")
+STATEMENTS = Path("data/statements.jsonl")
 BASE_MODEL = Path("models/base")
 RECORDS = Path("data/qa.jsonl")
 HELDOUT_RECORDS = Path("data/heldout_qa.jsonl")
+DEV_RECORDS = Path("data/dev_qa.jsonl")
+STATEMENT_RECORDS = Path("data/statements_qa.jsonl")
 PREVIEW = Path("data/preview.md")
 SPEC = {
     "max_length": (int, lambda v: v >= 8, "an integer >= 8 (tokens)"),
@@ -73,23 +79,34 @@ def main():
         sys.exit(f"error: bad dataset:\n{e}")
     for warning in warnings:
         print(f"warning: {warning}")
-    heldout = read_jsonl(HELDOUT)
+    heldout, dev, statements = read_jsonl(HELDOUT), read_jsonl(DEV), read_jsonl(STATEMENTS)
 
     tokenizer = AutoTokenizer.from_pretrained(BASE_MODEL)
     try:
         records, too_long = tokenize_all(tokenizer, pairs, prompt, cfg["max_length"], lambda i, p: p["where"])
         heldout_records, heldout_too_long = tokenize_all(tokenizer, heldout, prompt, cfg["max_length"],
                                                          lambda i, p: f"{HELDOUT}:{i + 1}")
+        dev_records, dev_too_long = tokenize_all(tokenizer, dev, prompt, cfg["max_length"],
+                                                 lambda i, p: f"{DEV}:{i + 1}")
     except PromptError as e:
         sys.exit(f"error: {e}")
-    fail_if_problems(too_long + heldout_too_long, what="dataset (raise parse_qa.max_length or shorten these)")
+    statement_records = [{"id": i, "text": s["text"], **tokenize_text(tokenizer, s["text"])}
+                         for i, s in enumerate(statements)]
+    too_long += [f"{STATEMENTS}:{r['id'] + 1}: statement has {len(r['input_ids'])} tokens, more than "
+                 f"parse_qa.max_length = {cfg['max_length']}" for r in statement_records
+                 if len(r["input_ids"]) > cfg["max_length"]]
+    fail_if_problems(too_long + heldout_too_long + dev_too_long,
+                     what="dataset (raise parse_qa.max_length or shorten these)")
 
     write_atomically(RECORDS, to_jsonl(records))
     write_atomically(HELDOUT_RECORDS, to_jsonl(heldout_records))
+    write_atomically(DEV_RECORDS, to_jsonl(dev_records))
+    write_atomically(STATEMENT_RECORDS, to_jsonl(statement_records))
     write_atomically(PREVIEW, preview(tokenizer, records[:cfg["preview_examples"]]))
     lengths = [len(r["input_ids"]) for r in records]
     print(f"wrote {RECORDS}: {len(records)} records, {sum(lengths)} tokens, longest {max(lengths)} "
-          f"(limit {cfg['max_length']}); {HELDOUT_RECORDS}: {len(heldout_records)} records; preview in {PREVIEW}")
+          f"(limit {cfg['max_length']}); {STATEMENT_RECORDS}: {len(statement_records)}, {DEV_RECORDS}: "
+          f"{len(dev_records)}, {HELDOUT_RECORDS}: {len(heldout_records)} records; preview in {PREVIEW}")
 
 
 if __name__ == "__main__":
