@@ -40,7 +40,7 @@ else
 $(error PROFILE=$(PROFILE): the profiles are ko, or none for the default)
 endif
 
-.PHONY: help setup run train ask chat bench test clean
+.PHONY: help setup run train ask chat seeds bench test clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-7s %s\n", $$1, $$2}'
@@ -79,6 +79,13 @@ ask: setup ## answer one question with the fine-tuned model: make ask Q="…" (B
 chat: setup ## ask questions one after another (Ctrl-D quits; BASE=1: the base model)
 	python -m llm_fft.ask $(if $(BASE),--base)
 
+# make seeds NAME=x SET="-S finetune.lr=1e-4": one setting over SEEDS (dvc exp run per seed).
+SEEDS ?= 1 2 3
+NAME ?= params
+SET ?=
+seeds: setup ## run one setting over 3 seeds: make seeds NAME=x SET="-S k=v ..."; writes metrics/seeds/NAME.json
+	python -m llm_fft.seeds --name $(NAME) --seeds $(SEEDS) $(SET)
+
 bench: setup ## time the training step (ours vs the notebook method); writes metrics/bench.json
 	python -m llm_fft.bench
 
@@ -87,4 +94,4 @@ test: setup ## run the test suite
 	python -m pytest -q -o tmp_path_retention_policy=failed tests
 
 clean: ## delete pipeline outputs and the DVC cache (keeps .venv and committed metrics)
-	rm -rf models/base models/finetuned models/*.tmp models/checkpoints data/dataset.txt data/qa.jsonl data/preview.md .dvc/cache .dvc/tmp
+	rm -rf models/base models/finetuned models/final models/*.tmp models/checkpoints data/dataset.txt data/qa.jsonl data/preview.md data/statements*.jsonl data/dev*.jsonl data/heldout*.jsonl data/rehearsal.jsonl data/rehearsal_dev.jsonl .dvc/cache .dvc/tmp

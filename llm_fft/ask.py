@@ -1,4 +1,5 @@
-"""Ask the fine-tuned model (or the base model) questions, with the pipeline's prompt and decoding.
+"""Ask the fine-tuned model (models/final, the one final_eval evaluates) or the base model questions,
+with the pipeline's prompt and decoding.
 
     python -m llm_fft.ask "별무리섬의 인구는 몇 명인가요?"     # one question (make ask Q="...")
     python -m llm_fft.ask                                   # interactive (make chat); Ctrl-D quits
@@ -22,21 +23,24 @@ from llm_fft.model import ModelNotFound
 from llm_fft.params import load_params
 
 RECORDS = Path("data/qa.jsonl")
+DEV_RECORDS = Path("data/dev_qa.jsonl")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question", nargs="?", help="the question; none = ask interactively")
-    parser.add_argument("--base", action="store_true", help="use models/base instead of models/finetuned")
+    parser.add_argument("--base", action="store_true", help="use models/base instead of models/final")
     args = parser.parse_args()
 
     params = load_params()
-    model_dir = Path("models/base" if args.base else "models/finetuned")
+    model_dir = Path("models/base" if args.base else "models/final")
     try:
         model, tokenizer, device = load_for_evaluation(params, model_dir)
     except ModelNotFound as e:
         sys.exit(f"error: {e}")
-    max_new_tokens = generation_limit(read_jsonl(RECORDS), params["evaluate"]["extra_new_tokens"])
+    # The evaluations' limit: from the trained and dev answers.
+    asked = read_jsonl(RECORDS) + (read_jsonl(DEV_RECORDS) if DEV_RECORDS.exists() else [])
+    max_new_tokens = generation_limit(asked, params["evaluate"]["extra_new_tokens"])
     try:
         stop = stop_ids(tokenizer, params["prompt"])
     except PromptError as e:

@@ -1,10 +1,13 @@
 """Evaluation: batched greedy answering, teacher-forced answer loss, metrics and delta.
 
 baseline_eval and final_eval both call evaluate_stage(): same sets, prompt ids, decoding and metrics.
-Three sets:
+The sets:
   trained    data/qa.jsonl: the questions trained on (did the model learn what it was taught?)
-  heldout    data/heldout_qa.jsonl: other phrasings of the same facts, never trained on; each carries
-             the key fact a right answer must state (did it learn the fact, or only the strings?)
+  dev        data/dev_qa.jsonl: other phrasings of the same facts, never trained on, that chose the
+             epoch and the interpolation weight (so its numbers after fine-tuning are optimistic)
+  heldout    data/heldout_qa.jsonl: yet other phrasings, never trained on and never used to choose
+             anything: the test. Dev and held-out questions carry the key fact a right answer must
+             state (did it learn the fact, or only the strings?)
   retention  data/retention.yaml: general text (perplexity) and general prompts (greedy continuations,
              counted as changed or not against the baseline): what did fine-tuning cost elsewhere?
 """
@@ -19,18 +22,20 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from llm_fft.data import IGNORE_INDEX, PROMPT_SPEC, collate, normalize, read_jsonl, stop_ids
+from llm_fft.data import (IGNORE_INDEX, PROMPT_SPEC, collate, load_retention, normalize, read_jsonl, stop_ids,
+                          tokenize_text)
 from llm_fft.files import write_atomically
 from llm_fft.model import load_pretrained
 from llm_fft.params import (fail_if_problems, pick_device, problems_in_section, seed_everything,
                             shared_problems)
 
 TRAINED = Path("data/qa.jsonl")
+DEV = Path("data/dev_qa.jsonl")
 HELDOUT = Path("data/heldout_qa.jsonl")
-RETENTION = Path("data/retention.yaml")
 # The numbers delta.json reports as final - baseline, per set.
 HEADLINE = {
     "trained": ["exact_match", "contains_answer", "char_f1", "answer_nll", "ended_with_eos"],
+    "dev": ["exact_match", "states_key_fact", "char_f1", "answer_nll", "ended_with_eos"],
     "heldout": ["exact_match", "states_key_fact", "char_f1", "answer_nll", "ended_with_eos"],
     "retention": ["text_nll", "text_perplexity", "answers_changed"],
 }
@@ -166,16 +171,10 @@ def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_toke
 def evaluate_retention(model, tokenizer, retention, batch_size, new_tokens, device, baseline_table):
     """Perplexity on general text and greedy continuations of general prompts, compared with the
     baseline's continuations (baseline_table; None when this is the baseline)."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-
-    def ids(text):  # no chat template, no markers: plain text as the model was pretrained on
-        return tokenizer(text, add_special_tokens=True)["input_ids"]
-
-    # Every token of a passage is scored (but not a BOS the tokenizer puts first: it is given).
-    passages = [{"input_ids": i, "labels": [IGNORE_INDEX] * len(bos) + i[len(bos):]}
-                for i in map(ids, retention["text"])]
+    # Plain text as the model was pretrained on: no chat template, no markers.
+    passages = [tokenize_text(tokenizer, text) for text in retention["text"]]
     _, total_nll, n_tokens = answer_nll(model, passages, batch_size, tokenizer.pad_token_id, device)
-    prompts = [{"q_ids": ids(p)} for p in retention["prompts"]]
+    prompts = [{"q_ids": tokenize_text(tokenizer, p)["input_ids"]} for p in retention["prompts"]]
     continuations = [a["text"] for a in answer_questions(model, tokenizer, prompts, batch_size, new_tokens, device)]
     before = (list(baseline_table.loc[baseline_table["set"] == "retention", "generated"])
               if baseline_table is not None else continuations)
@@ -187,16 +186,6 @@ def evaluate_retention(model, tokenizer, retention, batch_size, new_tokens, devi
     metrics = {"prompts": len(prompts), "answers_changed": sum(changed),
                "text_nll": round(total_nll / n_tokens, 4), "text_perplexity": round(math.exp(total_nll / n_tokens), 4)}
     return metrics, table
-
-
-def load_retention(path=RETENTION):
-    retention = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(retention, dict) or not all(
-            isinstance(retention.get(k), list) and retention[k] and all(isinstance(t, str) and t.strip()
-                                                                       for t in retention[k])
-            for k in ("text", "prompts")):
-        raise ValueError(f"{path}: expected non-empty lists of strings 'text' and 'prompts'")
-    return retention
 
 
 # --- The stage ------------------------------------------------------------------------------------
@@ -220,9 +209,11 @@ def load_for_evaluation(params, model_dir):
     """Check the evaluate and prompt params, seed, then load the model as every evaluation (and
     ask) does. Returns (model, tokenizer, device); raises ModelNotFound if model_dir holds no model.
     """
-    fail_if_problems(shared_problems(params) + problems_in_section(params, "evaluate", EVAL_SPEC)
+    fail_if_problems(shared_problems(params, keys=["device"]) + problems_in_section(params, "evaluate", EVAL_SPEC)
                      + problems_in_section(params, "prompt", PROMPT_SPEC))
-    seed_everything(params["seed"])
+    # Greedy decoding draws no random numbers: a constant seed keeps the evaluations independent of
+    # the run's seed, so a run with another seed does not evaluate the base model again.
+    seed_everything(0)
     device = pick_device(params["device"])
     model, tokenizer = load_pretrained(model_dir, eval_dtype(params["evaluate"]["dtype"], device), device)
     return model.eval(), tokenizer, device
@@ -231,16 +222,17 @@ def load_for_evaluation(params, model_dir):
 def evaluate_stage(params, model_dir, baseline_table=None):
     """The whole evaluation, shared by baseline_eval and final_eval so they cannot drift.
 
-    Returns (metrics {trained, heldout, retention}, one table of every question of every set).
+    Returns (metrics {trained, dev, heldout, retention}, one table of every question of every set).
     """
     model, tokenizer, device = load_for_evaluation(params, model_dir)
     cfg = params["evaluate"]
-    trained, heldout = read_jsonl(TRAINED), read_jsonl(HELDOUT)
+    sets = {"trained": read_jsonl(TRAINED), "dev": read_jsonl(DEV), "heldout": read_jsonl(HELDOUT)}
     stop = stop_ids(tokenizer, params["prompt"])
-    # One limit for both question sets: held-out questions share the trained answers.
-    limit = generation_limit(trained + heldout, cfg["extra_new_tokens"])
+    # One limit for every question set, from the questions that choose (interpolate uses the same):
+    # dev and held-out questions ask for the trained answers.
+    limit = generation_limit(sets["trained"] + sets["dev"], cfg["extra_new_tokens"])
     metrics, tables = {}, []
-    for name, records in (("trained", trained), ("heldout", heldout)):
+    for name, records in sets.items():
         if records:
             metrics[name], table = evaluate_questions(model, tokenizer, records, name, cfg["batch_size"],
                                                       limit, stop, device)

@@ -22,9 +22,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 # Sets in the order a reader needs them: what was trained, whether it generalised, what it cost.
-SET_ORDER = ("trained", "heldout", "retention")
+SET_ORDER = ("trained", "dev", "heldout", "retention")
 SET_LABELS = {"trained": "trained questions",
-              "heldout": "held-out paraphrases",
+              "dev": "dev paraphrases (chose the settings)",
+              "heldout": "held-out paraphrases (test)",
               "retention": "retention (general text and prompts)"}
 # Its rows have no expected answer: an answer there is judged by whether fine-tuning changed it.
 RETENTION_SET = "retention"
@@ -52,6 +53,7 @@ LEGEND = (f"{MARK_EXACT} exact match, {MARK_PARTLY} contains the expected answer
           f"{MARK_CHANGED} changed by fine-tuning. The mark judges the answer after fine-tuning.")
 
 TITLE = "Fine-tuning report: before vs after"
+CHOICES_HEADING = "How the model was chosen"
 
 
 class ReportInputError(ValueError):
@@ -88,29 +90,29 @@ def read_metric_tsv(path):
     return table[["step", value_column]].rename(columns={value_column: "value"})
 
 
-def loss_curve_png(loss_tsv, heldout_tsv=None):
-    """The training loss per optimizer step (and the held-out answer NLL per epoch, when given) as PNG bytes.
+def loss_curve_png(loss_tsv, dev_tsv=None):
+    """The training loss per optimizer step (and the dev answer NLL per epoch, when given) as PNG bytes.
 
     Deterministic: no timestamp or software version in the PNG metadata, so reruns are byte-identical.
     """
     loss = read_metric_tsv(loss_tsv)
-    heldout = read_metric_tsv(heldout_tsv) if heldout_tsv is not None else None
+    dev = read_metric_tsv(dev_tsv) if dev_tsv is not None else None
     # Figure + FigureCanvasAgg rather than pyplot: no global backend or figure registry to leak.
     figure = Figure(figsize=(7, 4), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     axes.plot(loss["step"], loss["value"], color="tab:blue", linewidth=1.5, label="training loss (per step)")
-    if heldout is not None:
-        axes.plot(heldout["step"], heldout["value"], color="tab:orange", marker="o", linewidth=1.5,
-                  label="held-out answer NLL (per epoch)")
-    values = pd.concat([loss["value"], heldout["value"]]) if heldout is not None else loss["value"]
+    if dev is not None:
+        axes.plot(dev["step"], dev["value"], color="tab:orange", marker="o", linewidth=1.5,
+                  label="dev answer NLL (per epoch)")
+    values = pd.concat([loss["value"], dev["value"]]) if dev is not None else loss["value"]
     # The loss falls by orders of magnitude when the facts are memorised; a log axis keeps the tail visible.
     log_scale = bool((values > 0).all())
     if log_scale:
         axes.set_yscale("log")
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("nats/token" + (" (log scale)" if log_scale else ""))
-    axes.set_title("Training loss" + (" and held-out answer NLL" if heldout is not None else ""))
+    axes.set_title("Training loss" + (" and dev answer NLL" if dev is not None else ""))
     axes.grid(True, which="major", alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -379,8 +381,9 @@ def _expected_markdown(expected, key_fact):
     return markdown_cell(expected) + (f" (key fact: **{markdown_cell(key_fact)}**)" if key_fact else "")
 
 
-def report_markdown(before, after, before_table, after_table, loss_image="loss.png"):
-    """The report as markdown; the loss curve is linked as the image file loss_image (written beside it)."""
+def report_markdown(before, after, before_table, after_table, loss_image="loss.png", choices=()):
+    """The report as markdown; the loss curve is linked as the image file loss_image (written beside it).
+    choices: sentences saying how the model was chosen (which epoch, which interpolation weight, on which set)."""
     _check_inputs(before, after, before_table, after_table)
     lines = [f"# {TITLE}", "", "## Headline", "",
              "| set | metric | before | after | change |", "|---|---|---:|---:|---|"]
@@ -391,6 +394,8 @@ def report_markdown(before, after, before_table, after_table, loss_image="loss.p
         lines.append(f"| {shown_set} | {metric} | {old} | {new} | {change}{f' ({verdict})' if verdict else ''} |")
     lines += ["", "## Summary", ""]
     lines += [f"- {markdown_cell(s)}" for s in summary_sentences(before, after, before_table, after_table).values()]
+    if choices:
+        lines += ["", f"## {CHOICES_HEADING}", ""] + [f"- {markdown_cell(c)}" for c in choices]
     lines += ["", "## Training loss", "", f"![training loss per optimizer step]({loss_image})", "",
               "## Every question", "", LEGEND]
     per_set = question_rows(before_table, after_table)
@@ -433,7 +438,7 @@ def _expected_html(expected, key_fact):
     return _escape(expected) + key
 
 
-def report_html(before, after, before_table, after_table, loss_png):
+def report_html(before, after, before_table, after_table, loss_png, choices=()):
     """The report as one self-contained HTML page: inline CSS, the PNG as a data URI, no external assets."""
     _check_inputs(before, after, before_table, after_table)
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -450,7 +455,10 @@ def report_html(before, after, before_table, after_table, loss_png):
                    f"<td class=\"number\">{new}</td><td class=\"number\">{change_cell}</td></tr>")
     out += ["</table>", "<h2>Summary</h2>", "<ul>"]
     out += [f"<li>{_escape(s)}</li>" for s in summary_sentences(before, after, before_table, after_table).values()]
-    out += ["</ul>", "<h2>Training loss</h2>",
+    out.append("</ul>")
+    if choices:
+        out += [f"<h2>{CHOICES_HEADING}</h2>", "<ul>"] + [f"<li>{_escape(c)}</li>" for c in choices] + ["</ul>"]
+    out += ["<h2>Training loss</h2>",
             f'<img alt="training loss per optimizer step" '
             f'src="data:image/png;base64,{base64.b64encode(loss_png).decode("ascii")}">',
             "<h2>Every question</h2>", f"<p>{_escape(LEGEND)}</p>"]

@@ -4,6 +4,7 @@ benchmark can time the same code)."""
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
 import sys
@@ -25,12 +26,24 @@ PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16-pure")
 def autocast_for(device, precision):
     """bf16 autocast over fp32 master weights, or plain fp32 (or nothing to do: bf16-pure).
 
-    'auto' = bf16 autocast on CUDA, fp32 on CPU, where bf16 matmuls are not faster on most
-    processors. Weights and AdamW state stay fp32 in all of these; see master_dtype for bf16-pure.
+    'auto' = bf16 autocast where the device multiplies bf16 natively (CUDA; CPUs with AVX-512 BF16
+    or AMX), else fp32: elsewhere bf16 matmuls are emulated and slower. Weights and AdamW state stay
+    fp32 in all of these; see master_dtype for bf16-pure.
     """
-    if precision == "bf16-autocast" or (precision == "auto" and device.type == "cuda"):
+    if precision == "bf16-autocast" or (precision == "auto" and native_bf16(device)):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def native_bf16(device):
+    """Whether the device multiplies bf16 matrices in hardware: CUDA, or a CPU with AVX-512 BF16 or AMX."""
+    if device.type == "cuda":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
+    except OSError:  # not Linux: assume not
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def master_dtype(precision):
@@ -73,6 +86,16 @@ def shard(model, device):
             fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
+
+
+def epoch_examples(task, rehearsal, ratio, seed, epoch):
+    """What one epoch trains on: every task example (pairs and statements), and round(ratio x their
+    number) rehearsal texts, a different seeded draw each epoch (the whole pool, in turn, if it is short)."""
+    wanted = round(ratio * len(task)) if rehearsal else 0
+    draw = torch.Generator().manual_seed(seed * 1000 + epoch)
+    picks = torch.cat([torch.randperm(len(rehearsal), generator=draw)
+                       for _ in range(math.ceil(wanted / len(rehearsal)))]).tolist() if wanted else []
+    return task + [rehearsal[i] for i in picks[:wanted]]
 
 
 def make_optimizer(model, lr, weight_decay):
@@ -174,6 +197,13 @@ def gather_weights(model):
     return get_model_state_dict(model, options=FULL_STATE)
 
 
+def snapshot_weights(model):
+    """A copy of the weights that later training steps leave alone (the best epoch so far).
+
+    gather_weights returns the live parameters themselves for a model on the CPU, not a copy."""
+    return {name: tensor.clone() for name, tensor in gather_weights(model).items()}
+
+
 def gather_training_state(model, optimizer):
     """(weights, AdamW state) for a checkpoint, gathered as gather_weights does."""
     return get_state_dict(model, optimizer, options=FULL_STATE)
@@ -185,15 +215,16 @@ def restore_training_state(model, optimizer, model_state, optimizer_state):
                    options=StateDictOptions(full_state_dict=True))
 
 
-def save_checkpoint(path, fingerprint, step, history, model_state, optimizer_state, scheduler):
-    """Everything needed to continue exactly: weights, optimizer, scheduler, RNG states, loss history.
+def save_checkpoint(path, fingerprint, step, history, model_state, optimizer_state, scheduler, best=None):
+    """Everything needed to continue exactly: weights, optimizer, scheduler, RNG states, loss history,
+    and the best epoch so far (finetune.select_epoch best_dev_loss: epoch, dev loss, its weights).
 
     model_state and optimizer_state come from gather_training_state."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     np_state = np.random.get_state()
     state = {
-        "fingerprint": fingerprint, "step": step, "history": history,
+        "fingerprint": fingerprint, "step": step, "history": history, "best": best,
         "model": model_state, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
         "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

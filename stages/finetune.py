@@ -2,11 +2,14 @@
 
     python stages/finetune.py
 
-Reads finetune.*, model.dtype, seed and device in params.yaml, data/qa.jsonl, data/heldout_qa.jsonl
-and models/base. Writes models/finetuned (save_pretrained: model and tokenizer) and, through DVCLive,
-metrics/finetune/ (loss and learning rate per step, and the held-out answer loss at the end of each
-epoch, for `dvc plots show`; summary metrics.json). The held-out loss is teacher-forced: no
-generation inside training.
+Reads finetune.*, model.dtype, seed and device in params.yaml, data/qa.jsonl (the question/answer
+pairs), data/statements_qa.jsonl (the facts as plain text), data/rehearsal.jsonl (the base model's own
+text; finetune.rehearsal_ratio of it is mixed into every epoch), data/dev_qa.jsonl and models/base.
+It never reads the held-out questions: they only report. Writes models/finetuned (save_pretrained:
+model and tokenizer; the last epoch's weights, or with finetune.select_epoch best_dev_loss the epoch
+whose dev answer loss was lowest) and, through DVCLive, metrics/finetune/ (loss and learning rate per
+step, and the dev answer loss at the end of each epoch, for `dvc plots show`; summary metrics.json
+with the epoch kept). The dev loss is teacher-forced: no generation inside training.
 Every finetune.checkpoint_every steps it saves a checkpoint to models/checkpoints/finetune/ (not a
 DVC output, so it survives a crash); the next run resumes from it and deletes it when done.
 With finetune.processes N > 1 it starts itself N times under accelerate: DDP, or FSDP2 with finetune.fsdp.
@@ -36,13 +39,15 @@ from llm_fft.evaluation import answer_nll
 from llm_fft.model import DTYPES, load_pretrained, save_model
 from llm_fft.params import (fail_if_problems, load_params, pick_device, problems_in_section,
                             seed_everything, shared_problems)
-from llm_fft.training import (PRECISIONS, autocast_for, gather_training_state, gather_weights, load_checkpoint,
+from llm_fft.training import (PRECISIONS, autocast_for, epoch_examples, native_bf16, gather_training_state, gather_weights, load_checkpoint,
                               make_optimizer, master_dtype, restore_rng, restore_training_state, run_fingerprint,
-                              save_checkpoint, shard, speed_up, train_step)
+                              save_checkpoint, shard, snapshot_weights, speed_up, train_step)
 
 BASE_MODEL = Path("models/base")
 RECORDS = Path("data/qa.jsonl")
-HELDOUT_RECORDS = Path("data/heldout_qa.jsonl")
+STATEMENT_RECORDS = Path("data/statements_qa.jsonl")
+REHEARSAL_RECORDS = Path("data/rehearsal.jsonl")
+DEV_RECORDS = Path("data/dev_qa.jsonl")
 OUT_DIR = Path("models/finetuned")
 LIVE_DIR = Path("metrics/finetune")
 CHECKPOINT = Path("models/checkpoints/finetune/checkpoint.pt")
@@ -64,22 +69,24 @@ SPEC = {
     "packing": (bool, None, "true or false"),
     "gradient_checkpointing": (bool, None, "true or false"),
     "compile": (bool, None, "true or false"),
+    "rehearsal_ratio": ((int, float), lambda v: v >= 0, "a number >= 0 (rehearsal texts per task example)"),
+    "select_epoch": (str, lambda v: v in ("last", "best_dev_loss"), "last or best_dev_loss"),
 }
 ACCELERATE_CONFIG = Path("configs/accelerate.yaml")
 
 
-def log_step(live, loss, lr, heldout_nll):
+def log_step(live, loss, lr, dev_nll):
     live.log_metric("train/loss", loss)
     live.log_metric("train/lr", lr)
-    if heldout_nll is not None:
-        live.log_metric("heldout/answer_nll", heldout_nll)
+    if dev_nll is not None:
+        live.log_metric("dev/answer_nll", dev_nll)
     live.next_step()
 
 
-def heldout_answer_loss(model, heldout, batch_size, pad_id, device):
-    """Mean teacher-forced NLL of the held-out answers (nats/token): did the facts generalise?"""
+def dev_answer_loss(model, dev, batch_size, pad_id, device):
+    """Mean teacher-forced NLL of the dev answers (nats/token): are the facts generalising?"""
     model.eval()
-    _, total, count = answer_nll(model, heldout, batch_size, pad_id, device)
+    _, total, count = answer_nll(model, dev, batch_size, pad_id, device)
     model.train()
     return total / count
 
@@ -97,14 +104,21 @@ def main():
         # Start finetune.processes copies of this stage under accelerate (DDP, or FSDP); this one waits.
         sys.exit(subprocess.call([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                                   str(ACCELERATE_CONFIG), "--num_processes", str(cfg["processes"]), __file__]))
-    records = read_jsonl(RECORDS)
-    if cfg["batch_size"] > len(records):
-        print(f"warning: finetune.batch_size {cfg['batch_size']} > {len(records)} examples: "
+    # The task: the question/answer pairs and the facts as plain text. Rehearsal is added per epoch.
+    task = read_jsonl(RECORDS) + read_jsonl(STATEMENT_RECORDS)
+    rehearsal = read_jsonl(REHEARSAL_RECORDS) if cfg["rehearsal_ratio"] else []
+    dev = read_jsonl(DEV_RECORDS)
+    if cfg["select_epoch"] == "best_dev_loss" and not dev:
+        sys.exit(f"error: finetune.select_epoch = best_dev_loss needs dev questions, and {DEV_RECORDS} has none "
+                 "(add dev phrasings to the facts file, or set finetune.select_epoch: last)")
+    examples_per_epoch = len(epoch_examples(task, rehearsal, cfg["rehearsal_ratio"], params["seed"], 1))
+    if cfg["batch_size"] > examples_per_epoch:
+        print(f"warning: finetune.batch_size {cfg['batch_size']} > {examples_per_epoch} examples: "
               f"every batch is the whole dataset")
     # A checkpoint of another run is refused before any model is loaded.
     fingerprint = run_fingerprint(params, RECORDS, BASE_MODEL)
-    fingerprint["heldout"] = hashlib.sha256(HELDOUT_RECORDS.read_bytes()).hexdigest()
-    heldout = read_jsonl(HELDOUT_RECORDS)
+    for name, path in (("statements", STATEMENT_RECORDS), ("rehearsal", REHEARSAL_RECORDS), ("dev", DEV_RECORDS)):
+        fingerprint[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
     resumed = load_checkpoint(CHECKPOINT, fingerprint)
     seed_everything(params["seed"])
     # One process, or one per GPU (CPU process) when started by `accelerate launch` (dvc.yaml's cmd,
@@ -117,6 +131,7 @@ def main():
 
     # fp32 master weights whatever the dtype on disk (unless bf16-pure); autocast only lowers the matmuls.
     # FSDP: every process reads the whole model into CPU memory, and keeps only its shard on the device.
+    keep_best = cfg["select_epoch"] == "best_dev_loss"
     model, tokenizer = load_pretrained(BASE_MODEL, master_dtype(cfg["precision"]), "cpu" if cfg["fsdp"] else device)
     model.config.use_cache = False  # the KV cache only helps generation
     model = speed_up(model, cfg["gradient_checkpointing"], cfg["compile"])
@@ -124,17 +139,18 @@ def main():
         model = shard(model, device)
     model.train()
     optimizer = make_optimizer(model, cfg["lr"], cfg["weight_decay"])
-    steps_per_epoch = math.ceil(len(records) / cfg["batch_size"])
+    steps_per_epoch = math.ceil(examples_per_epoch / cfg["batch_size"])
     total_steps = cfg["epochs"] * steps_per_epoch
     scheduler = get_scheduler(cfg["lr_schedule"], optimizer, num_warmup_steps=cfg["warmup_steps"],
                               num_training_steps=total_steps)
-    # history: (loss, lr, held-out answer loss or None) of every step done, replayed into DVCLive
-    start_step, history = 0, []
+    # history: (loss, lr, dev answer loss or None) of every step done, replayed into DVCLive.
+    # best: (epoch, dev loss, whole weights on the CPU) of the lowest dev loss so far (best_dev_loss).
+    start_step, history, best = 0, [], None
     if resumed:
         restore_training_state(model, optimizer, resumed["model"], resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         restore_rng(resumed["rng"])
-        start_step, history = resumed["step"], resumed["history"]
+        start_step, history, best = resumed["step"], resumed["history"], resumed.get("best")
         del resumed  # a second copy of the weights and optimizer state
         if main_process:
             print(f"resuming from {CHECKPOINT} at step {start_step}/{total_steps}")
@@ -143,11 +159,13 @@ def main():
     if not cfg["fsdp"]:
         model = accelerator.prepare(model)
     autocast = autocast_for(device, cfg["precision"])
+    auto_bf16 = cfg["precision"] == "auto" and native_bf16(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)  # whole counts under FSDP too
     if main_process:
         print(f"training {n_params / 1e6:.1f}M parameters on {device} x {world} process(es)"
-              f"{' (FSDP)' if cfg['fsdp'] else ''} ({cfg['precision']}): "
-              f"{len(records)} examples, {cfg['epochs']} epochs, {total_steps} steps")
+              f"{' (FSDP)' if cfg['fsdp'] else ''} ({cfg['precision']}{': bf16 autocast' if auto_bf16 else ''}): "
+              f"{len(task)} task examples + {examples_per_epoch - len(task)} rehearsal texts per epoch, "
+              f"{cfg['epochs']} epochs, {total_steps} steps")
 
     # Only the main process logs and writes; the others train.
     live = Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False) if main_process else None
@@ -160,6 +178,7 @@ def main():
         # resumed run can skip exactly the batches it had done.
         # Every process draws the same global batches; process r trains on rows r, r+world, ...
         shuffle = torch.Generator().manual_seed(params["seed"] + epoch)
+        records = epoch_examples(task, rehearsal, cfg["rehearsal_ratio"], params["seed"], epoch)
         if cfg["group_by_length"]:  # shuffled, then sorted by length within groups of 50 batches: less padding
             order = LengthGroupedSampler(cfg["batch_size"], lengths=[len(r["input_ids"]) for r in records],
                                          generator=shuffle)
@@ -196,17 +215,22 @@ def main():
                     live.end()
                 sys.exit(f"error: loss is {loss} at step {step} (epoch {epoch}); no model saved. "
                          f"Try a lower finetune.lr (now {cfg['lr']}).")
-            heldout_nll = None
+            dev_nll = None
             # At the end of each epoch, in the main process; under FSDP in every process, since each
-            # forward needs all of them.
-            if heldout and batch_index == steps_per_epoch - 1 and (main_process or cfg["fsdp"]):
-                heldout_nll = heldout_answer_loss(accelerator.unwrap_model(model), heldout, cfg["batch_size"],
-                                                  tokenizer.pad_token_id, device)
+            # forward needs all of them; when keeping the best epoch, in every process too, so they
+            # all decide alike.
+            end_of_epoch = batch_index == steps_per_epoch - 1
+            if dev and end_of_epoch and (main_process or cfg["fsdp"] or keep_best):
+                dev_nll = dev_answer_loss(accelerator.unwrap_model(model), dev, cfg["batch_size"],
+                                          tokenizer.pad_token_id, device)
                 if main_process:
-                    progress.write(f"epoch {epoch:3d} done | held-out answer loss {heldout_nll:.4f}")
-            history.append((loss, lr, heldout_nll))
+                    progress.write(f"epoch {epoch:3d} done | dev answer loss {dev_nll:.4f}")
+                if keep_best and (best is None or dev_nll < best[1]):
+                    best = None  # free the old copy before gathering the new one
+                    best = (epoch, dev_nll, snapshot_weights(model))  # a whole CPU copy (FSDP: in the first process)
+            history.append((loss, lr, dev_nll))
             if live:
-                log_step(live, loss, lr, heldout_nll)
+                log_step(live, loss, lr, dev_nll)
             progress.update()
             if main_process and (step % cfg["log_every"] == 0 or step == total_steps):
                 elapsed = time.perf_counter() - started
@@ -216,16 +240,26 @@ def main():
             if cfg["checkpoint_every"] and step % cfg["checkpoint_every"] == 0 and step < total_steps:
                 model_state, optimizer_state = gather_training_state(model, optimizer)  # every process
                 if main_process:
-                    save_checkpoint(CHECKPOINT, fingerprint, step, history, model_state, optimizer_state, scheduler)
+                    save_checkpoint(CHECKPOINT, fingerprint, step, history, model_state, optimizer_state, scheduler,
+                                    best)
                 del model_state, optimizer_state
                 accelerator.wait_for_everyone()
     progress.close()
-    weights = gather_weights(model) if cfg["fsdp"] else None  # every process: each holds a shard
+    kept_epoch = best[0] if keep_best else cfg["epochs"]
+    if keep_best:
+        weights = best[2]
+    else:
+        weights = gather_weights(model) if cfg["fsdp"] else None  # every process: each holds a shard
     if main_process:
+        live.summary["kept_epoch"] = kept_epoch
+        live.summary["kept_by"] = "lowest dev answer loss" if keep_best else "last epoch"
+        if keep_best:
+            live.summary["kept_dev_answer_nll"] = round(best[1], 4)
         live.end()
         save_model(accelerator.unwrap_model(model), tokenizer, OUT_DIR, DTYPES[params["model"]["dtype"]], weights)
         shutil.rmtree(CHECKPOINT.parent, ignore_errors=True)  # finished: nothing left to resume
-        print(f"wrote {OUT_DIR} after {step} steps in {time.perf_counter() - started:.0f}s; last loss {loss:.4f}")
+        print(f"wrote {OUT_DIR} (epoch {kept_epoch} of {cfg['epochs']}, {'lowest dev answer loss' if keep_best else 'the last'}) "
+              f"after {step} steps in {time.perf_counter() - started:.0f}s; last loss {loss:.4f}")
     # The processes leave together, their process group closed: one that exited with it open while
     # the main process was still saving aborted now and then in gloo's teardown (measured: 1 run in
     # 20 of 2-process FSDP, "terminate called without an active exception").

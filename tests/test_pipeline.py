@@ -16,15 +16,17 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["prepare_model", "generate_dataset", "parse_qa", "baseline_eval", "finetune", "final_eval"]
+STAGES = ["prepare_model", "generate_dataset", "parse_qa", "make_rehearsal", "baseline_eval", "finetune",
+          "interpolate", "final_eval"]
 TINY_FACTS = {"subject": "test", "facts": [
-    {"answer": "27미터입니다.", "key": "27미터", "questions": ["별무리섬 등대의 높이는?"],
-     "held_out": ["등대는 얼마나 높나요?"]},
+    {"answer": "27미터입니다.", "key": "27미터", "statements": ["별무리섬 등대의 높이는 27미터이다."],
+     "questions": ["별무리섬 등대의 높이는?"], "dev": ["등대 꼭대기까지 몇 미터?"], "held_out": ["등대는 얼마나 높나요?"]},
     {"answer": "윤가람입니다.", "key": "윤가람", "questions": ["등대지기는 누구인가요?"],
-     "held_out": ["등대를 지키는 사람은?"]},
+     "dev": ["등대를 돌보는 분은?"], "held_out": ["등대를 지키는 사람은?"]},
     {"answer": "달빛귤입니다.", "questions": ["특산물은 무엇인가요?"]},
     {"answer": "8월 셋째 주입니다.", "questions": ["축제는 언제 열리나요?"]},
 ]}
@@ -32,6 +34,15 @@ TINY_QUESTIONS = [f["questions"][0] for f in TINY_FACTS["facts"]]
 TINY_ANSWERS = [f["answer"] for f in TINY_FACTS["facts"]]
 TINY_RETENTION = {"text": ["Water boils at 100 degrees Celsius at sea level."],
                   "prompts": ["The capital of France is", "한국의 수도는"]}
+# Four openings, every second one held aside for dev: two rehearsal texts to train on.
+TINY_REHEARSAL = {"prompts": ["The Roman Empire reached", "Dogs are loyal animals that", "부산은 항구 도시로",
+                              "To bake bread, first"]}
+# Per epoch: 4 pairs + 1 statement, and 2 rehearsal texts (ratio 0.4 x 5): 4 batches of 2 (the last of 1).
+
+
+def stages(*names):
+    """The named stages in the order dvc repro runs them."""
+    return [s for s in STAGES if s in names]
 
 
 def venv_env():
@@ -55,8 +66,9 @@ def stages_run(output):
 
 
 def edit_params(repo, section, key, value):
+    """Set params[section][key] (section None: a top-level key)."""
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
-    params[section][key] = value
+    (params[section] if section else params)[key] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
 
 
@@ -71,8 +83,12 @@ def tiny_repo(tmp_path_factory):
             shutil.copy2(REPO / name, repo / name)
     (repo / "data" / "facts.yaml").write_text(yaml.safe_dump(TINY_FACTS, allow_unicode=True), encoding="utf-8")
     (repo / "data" / "retention.yaml").write_text(yaml.safe_dump(TINY_RETENTION, allow_unicode=True), encoding="utf-8")
+    (repo / "data" / "rehearsal_prompts.yaml").write_text(yaml.safe_dump(TINY_REHEARSAL, allow_unicode=True),
+                                                          encoding="utf-8")
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
-    params["finetune"].update(epochs=2, batch_size=2, warmup_steps=0, log_every=1, checkpoint_every=1)
+    params["finetune"].update(epochs=2, batch_size=2, warmup_steps=0, log_every=1, checkpoint_every=1,
+                              rehearsal_ratio=0.4)
+    params["rehearsal"].update(samples_per_prompt=1, new_tokens=6, dev_every=2)
     params["evaluate"].update(extra_new_tokens=2, retention_new_tokens=4)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     for args in (["init", "-q"], ["add", "-A"],
@@ -95,10 +111,11 @@ def copy_repo(source, destination):
 
 # What a run leaves that must be identical when it is repeated or resumed.
 RESULT_FILES = ["dvc.lock", "metrics/dataset.json", "metrics/baseline.json", "metrics/baseline_answers.csv",
+                "metrics/interpolation.json", "metrics/interpolation_curve.json",
                 "metrics/final.json", "metrics/final_answers.csv", "metrics/delta.json", "metrics/report.md",
                 "metrics/report.html", "metrics/loss.png", "metrics/finetune/metrics.json",
                 "metrics/finetune/plots/metrics/train/loss.tsv", "metrics/finetune/plots/metrics/train/lr.tsv",
-                "metrics/finetune/plots/metrics/heldout/answer_nll.tsv"]
+                "metrics/finetune/plots/metrics/dev/answer_nll.tsv"]
 
 
 def results(repo):
@@ -119,17 +136,19 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
     heldout = [json.loads(line) for line in (tiny_repo / "data/heldout_qa.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(r["question"], r["key"]) for r in heldout] == [("등대는 얼마나 높나요?", "27미터"), ("등대를 지키는 사람은?", "윤가람")]
     assert "supervised:" in (tiny_repo / "data/preview.md").read_text(encoding="utf-8")
-    for model in ("base", "finetuned"):  # linked to DVC's cache entry, not a second copy on disk
+    for model in ("base", "finetuned", "final"):  # linked to DVC's cache entry, not a second copy on disk
         assert (tiny_repo / "models" / model / "model.safetensors").stat().st_nlink >= 2
     assert json.loads((tiny_repo / "metrics/dataset.json").read_text()) == {
-        "backend": "template", "requested": 4, "accepted": 4, "rejected": {}, "heldout_questions": 2}
+        "backend": "template", "requested": 4, "accepted": 4, "rejected": {}, "statements": 1,
+        "dev_questions": 2, "heldout_questions": 2}
+    assert "5 task examples + 2 rehearsal texts per epoch" in first_repro[0]
 
     baseline = json.loads((tiny_repo / "metrics/baseline.json").read_text())
     final = json.loads((tiny_repo / "metrics/final.json").read_text())
-    assert baseline.keys() == final.keys() == {"trained", "heldout", "retention"}
+    assert baseline.keys() == final.keys() == {"trained", "dev", "heldout", "retention"}
     for name in baseline:
         assert baseline[name].keys() == final[name].keys()
-    assert baseline["trained"]["questions"] == 4 and baseline["heldout"]["questions"] == 2
+    assert baseline["trained"]["questions"] == 4 and baseline["dev"]["questions"] == baseline["heldout"]["questions"] == 2
     assert {"exact_match", "contains_answer", "char_f1", "answer_nll", "ended_with_eos"} <= final["trained"].keys()
     assert "states_key_fact" in final["heldout"] and "states_key_fact" not in final["trained"]
     assert baseline["retention"]["answers_changed"] == 0 and final["retention"]["prompts"] == 2
@@ -140,7 +159,7 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
 
     for name in ("baseline_answers.csv", "final_answers.csv"):
         table = pd.read_csv(tiny_repo / "metrics" / name, keep_default_na=False)
-        assert list(table["set"]) == ["trained"] * 4 + ["heldout"] * 2 + ["retention"] * 2
+        assert list(table["set"]) == ["trained"] * 4 + ["dev"] * 2 + ["heldout"] * 2 + ["retention"] * 2
         assert list(table["expected"][:4]) == TINY_ANSWERS
     report = (tiny_repo / "metrics/report.html").read_text(encoding="utf-8")
     assert all(q in report for q in TINY_QUESTIONS + TINY_RETENTION["prompts"])
@@ -148,10 +167,13 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
     assert "![" in (tiny_repo / "metrics/report.md").read_text(encoding="utf-8")
 
     loss = pd.read_csv(tiny_repo / "metrics/finetune/plots/metrics/train/loss.tsv", sep="\t")
-    assert list(loss["step"]) == [0, 1, 2, 3]  # 2 epochs x 2 batches of 2
+    assert list(loss["step"]) == list(range(8))  # 2 epochs x 4 batches
     assert loss["loss"].notna().all()
-    heldout_loss = pd.read_csv(tiny_repo / "metrics/finetune/plots/metrics/heldout/answer_nll.tsv", sep="\t")
-    assert list(heldout_loss["step"]) == [1, 3]  # the end of each epoch
+    dev_loss = pd.read_csv(tiny_repo / "metrics/finetune/plots/metrics/dev/answer_nll.tsv", sep="\t")
+    assert list(dev_loss["step"]) == [3, 7]  # the end of each epoch
+    kept = json.loads((tiny_repo / "metrics/finetune/metrics.json").read_text())
+    lowest = 1 + int(dev_loss["answer_nll"].idxmin())
+    assert (kept["kept_epoch"], kept["kept_by"]) == (lowest, "lowest dev answer loss")
 
 
 def test_every_weight_was_trained_and_the_model_loads(tiny_repo, first_repro):
@@ -161,6 +183,59 @@ def test_every_weight_was_trained_and_the_model_loads(tiny_repo, first_repro):
     assert base.keys() == tuned.keys()
     unchanged = [name for name in base if torch.equal(base[name], tuned[name])]
     assert unchanged == []
+
+
+def test_held_out_questions_and_the_retention_probe_never_reach_training(tiny_repo, first_repro, tmp_path):
+    """What finetune learns from (pairs, statements, rehearsal) holds no held-out question and none of
+    the retention probe; and finetune and interpolate train and choose the same weights without those
+    files at all."""
+    data = tiny_repo / "data"
+    learned = [r["question"] + r["answer"] for r in map(json.loads, (data / "qa.jsonl").read_text(encoding="utf-8").splitlines())]
+    learned += [json.loads(line)["text"] for name in ("statements_qa.jsonl", "rehearsal.jsonl")
+                for line in (data / name).read_text(encoding="utf-8").splitlines()]
+    assert len(learned) == 4 + 1 + 2
+    unseen = [q for f in TINY_FACTS["facts"] for q in f.get("held_out", [])] + TINY_RETENTION["text"] + TINY_RETENTION["prompts"]
+    assert [(u, t) for u in unseen for t in learned if u in t] == []
+
+    repo = tmp_path / "repo"
+    copy_repo(tiny_repo, repo)
+    for name in ("data/heldout.jsonl", "data/heldout_qa.jsonl", "data/retention.yaml"):
+        (repo / name).unlink()
+    edit_params(repo, "finetune", "checkpoint_every", 0)  # changes no number; saves writing 8 checkpoints
+    for stage in ("finetune", "interpolate"):
+        run([sys.executable, f"stages/{stage}.py"], repo)
+    for model in ("finetuned", "final"):
+        ours, original = (load_file(r / "models" / model / "model.safetensors") for r in (repo, tiny_repo))
+        assert all(torch.equal(ours[name], original[name]) for name in original), model
+
+
+def test_final_model_is_the_interpolation_chosen_on_dev(tiny_repo, first_repro):
+    params = yaml.safe_load((tiny_repo / "params.yaml").read_text(encoding="utf-8"))["interpolate"]
+    curve = json.loads((tiny_repo / "metrics/interpolation_curve.json").read_text())
+    chosen = json.loads((tiny_repo / "metrics/interpolation.json").read_text())
+    assert [point["weight"] for point in curve] == sorted(params["weights"], reverse=True)
+    best = max(point["dev_states_key_fact"] for point in curve)
+    assert chosen["chosen_weight"] == min(p["weight"] for p in curve if p["dev_states_key_fact"] >= best - params["tolerance"])
+    assert chosen["chosen_on"].startswith("dev questions (data/dev_qa.jsonl)")
+    a = chosen["chosen_weight"]
+    base, tuned, final = (load_file(tiny_repo / "models" / m / "model.safetensors") for m in ("base", "finetuned", "final"))
+    for name in final:
+        torch.testing.assert_close(final[name], base[name] + a * (tuned[name] - base[name]), rtol=0, atol=1e-6, msg=name)
+
+
+def test_rehearsal_prompts_touching_the_retention_probe_are_refused(tmp_path):
+    (tmp_path / "data").mkdir()
+    shutil.copy(REPO / "params.yaml", tmp_path)
+    shutil.copy(REPO / "data/retention.yaml", tmp_path / "data")
+    (tmp_path / "data/rehearsal_prompts.yaml").write_text(yaml.safe_dump({"prompts": [
+        "The capital of France is", "Dogs are loyal animals that", "Dogs are loyal animals that", ""]}), encoding="utf-8")
+    result = run([sys.executable, REPO / "stages/make_rehearsal.py"], tmp_path, check=False)
+    assert result.returncode != 0
+    assert ("data/rehearsal_prompts.yaml: prompts[0]: 'The capital of France is' overlaps the retention probe"
+            in result.stderr)
+    assert "data/rehearsal_prompts.yaml: prompts[2]: 'Dogs are loyal animals that' is there twice" in result.stderr
+    assert "data/rehearsal_prompts.yaml: prompts[3]: expected a non-empty string" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["rehearsal_prompts.yaml", "retention.yaml"]
 
 
 def test_second_repro_does_nothing(tiny_repo, first_repro):
@@ -206,8 +281,10 @@ def test_forced_rerun_of_every_stage_is_byte_identical(tiny_repo, first_repro):
 
 
 @pytest.mark.parametrize("edit, expected", [
-    (("finetune", "lr", 1e-4), ["finetune", "final_eval"]),
-    (("evaluate", "batch_size", 3), ["baseline_eval", "final_eval"]),  # no retraining
+    (("finetune", "lr", 1e-4), stages("finetune", "interpolate", "final_eval")),
+    ((None, "seed", 7), stages("finetune", "interpolate", "final_eval")),  # the base model is not evaluated again
+    (("evaluate", "batch_size", 3), stages("baseline_eval", "interpolate", "final_eval")),  # no retraining
+    (("interpolate", "weights", [1.0, 0.7]), stages("interpolate", "final_eval")),  # no retraining
 ])
 def test_a_param_edit_reruns_only_the_stages_that_read_it(tiny_repo, first_repro, edit, expected):
     params = tiny_repo / "params.yaml"
@@ -221,7 +298,7 @@ def test_editing_the_facts_reruns_everything_from_generate_dataset(tiny_repo, fi
     facts = tiny_repo / "data/facts.yaml"
     original = facts.read_text(encoding="utf-8")
     facts.write_text(original.replace("27미터", "28미터"), encoding="utf-8")
-    assert stages_run(dvc("repro", cwd=tiny_repo).stdout) == STAGES[1:]
+    assert stages_run(dvc("repro", cwd=tiny_repo).stdout) == [s for s in STAGES[1:] if s != "make_rehearsal"]
     restore(tiny_repo, facts, original)
 
 
@@ -267,7 +344,7 @@ def test_non_finite_loss_stops_training_naming_the_step(tiny_repo, first_repro, 
     AutoTokenizer.from_pretrained(tiny_repo / "models/base").save_pretrained(tmp_path / "models/base")
     shutil.copy(tiny_repo / "params.yaml", tmp_path)
     (tmp_path / "data").mkdir()
-    for name in ("qa.jsonl", "heldout_qa.jsonl"):
+    for name in ("qa.jsonl", "statements_qa.jsonl", "rehearsal.jsonl", "dev_qa.jsonl"):
         shutil.copy(tiny_repo / "data" / name, tmp_path / "data")
     result = run([sys.executable, REPO / "stages/finetune.py"], tmp_path, check=False)
     assert result.returncode != 0
@@ -307,7 +384,7 @@ def test_ask_without_a_model_says_how_to_make_one(tmp_path, monkeypatch):
     shutil.copy(REPO / "params.yaml", tmp_path)
     result = run([sys.executable, "-m", "llm_fft.ask", "Q?"], tmp_path, check=False)
     assert result.returncode != 0
-    assert "models/finetuned holds no model: run `dvc repro` (or `make run`) first" in result.stderr
+    assert "models/final holds no model: run `dvc repro` (or `make run`) first" in result.stderr
 
 
 def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, first_repro, tmp_path):
@@ -318,7 +395,7 @@ def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, fir
     pairs = [{"question": q, "answer": a} for q, a in zip(TINY_QUESTIONS, TINY_ANSWERS)]
     (repo / "data/my_dataset.txt").write_text(json.dumps(pairs, ensure_ascii=False, indent=1), encoding="utf-8")
     out = dvc("exp", "run", "-S", "generate_dataset.backend=file", "-S", "prompt.style=chat", cwd=repo).stdout
-    assert stages_run(out) == STAGES[1:]  # the base model is reused
+    assert stages_run(out) == [s for s in STAGES[1:] if s != "make_rehearsal"]  # the base model is reused
     assert json.loads((repo / "metrics/dataset.json").read_text())["backend"] == "file"
     assert (repo / "data/dataset.txt").read_bytes() == (repo / "data/my_dataset.txt").read_bytes()  # as is
     records = [json.loads(line) for line in (repo / "data/qa.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -337,8 +414,8 @@ def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, fir
 
 
 @pytest.mark.parametrize("setting, rerun", [
-    ("prompt.style=plain", STAGES[2:]),  # the base model and the dataset are reused
-    ("prompt.markers=special_tokens", STAGES[:1] + STAGES[2:]),  # a new base model; the dataset is reused
+    ("prompt.style=plain", stages("parse_qa", "baseline_eval", "finetune", "interpolate", "final_eval")),  # the base model, dataset and rehearsal are reused
+    ("prompt.markers=special_tokens", [s for s in STAGES if s != "generate_dataset"]),  # a new base model; the dataset is reused
 ])
 def test_plain_style_and_special_token_markers_through_dvc_exp_run(tiny_repo, first_repro, tmp_path, setting, rerun):
     repo = tmp_path / "repo"

@@ -84,7 +84,7 @@ def test_headline_numbers_and_signed_changes(tables):
     assert "|  | exact_match | 0.0000 | 0.6667 | +0.6667 (better) |" in markdown
     # Lower is better for the loss: a fall is an improvement, a rise on held-out data is not.
     assert "|  | answer_nll | 1.6100 | 0.0039 | -1.6061 (better) |" in markdown
-    assert "| held-out paraphrases | questions | 3 | 3 | +0 |" in markdown
+    assert "| held-out paraphrases (test) | questions | 3 | 3 | +0 |" in markdown
     assert "|  | answer_nll | 1.7000 | 1.9000 | +0.2000 (worse) |" in markdown
     assert "|  | answers_changed | 0 | 1 | +1 (worse) |" in markdown
     assert "|  | mean_generated_tokens | 83.0000 | 40.0000 | -43.0000 |" in markdown  # no better side
@@ -100,13 +100,13 @@ def test_summary_sentences_are_computed_and_honest(tables):
     html = report_html(BEFORE, AFTER, *tables, b"png")
     assert ("<li>Trained questions: 3 of 3 answers (100%) were right after fine-tuning (2 exact, 1 "
             "containing the answer or stating the key fact), up from 0 before — high:") in html
-    assert ("<li>Held-out paraphrases: 1 of 3 answers (33%) were right after fine-tuning (0 exact, 1 "
+    assert ("<li>Held-out paraphrases (test): 1 of 3 answers (33%) were right after fine-tuning (0 exact, 1 "
             "containing the answer or stating the key fact), up from 0 before — low: the model mostly memorised "
             "the training strings rather than the facts.</li>") in html
     assert ("<li>Retention (general text and prompts): 1 of 2 general prompts got a different answer after "
             "fine-tuning; text_nll went from 2.1000 to 2.5000 (+19%) — general text got harder for the model: "
             "some general skill was lost.</li>") in html
-    assert "- Held-out paraphrases: 1 of 3 answers (33%)" in report_markdown(BEFORE, AFTER, *tables)
+    assert "- Held-out paraphrases (test): 1 of 3 answers (33%)" in report_markdown(BEFORE, AFTER, *tables)
 
 
 def test_low_trained_set_is_not_called_memorised(tables):
@@ -122,7 +122,7 @@ def test_middle_share_is_called_partial(tables):
     before_table, after_table = tables
     after_table.loc[after_table["id"] == "h3", "states_key_fact"] = True
     html = report_html(BEFORE, AFTER, before_table, after_table, b"png")
-    assert ("Held-out paraphrases: 2 of 3 answers (67%) were right after fine-tuning (0 exact, 2 containing "
+    assert ("Held-out paraphrases (test): 2 of 3 answers (67%) were right after fine-tuning (0 exact, 2 containing "
             "the answer or stating the key fact), up from 0 before — partial: the model answers only some "
             "of these.") in html
     assert html.count('<tr class="wrong">') == 1
@@ -165,6 +165,16 @@ def test_html_is_self_contained_and_escaped(tables, loss_tsv):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html
     assert "&lt;|answer|&gt; &lt;|answer|&gt;" in html
     assert "별무리섬에는 모두 312명이 살고 있습니다." in html and '<meta charset="utf-8">' in html
+
+
+def test_how_the_model_was_chosen_is_its_own_section(tables, loss_tsv):
+    choices = ["Epoch kept: 3 (lowest dev answer loss).", "Interpolation weight: 0.7 <chosen on dev>."]
+    markdown = report_markdown(BEFORE, AFTER, *tables, choices=choices)
+    assert "## How the model was chosen\n\n- Epoch kept: 3 (lowest dev answer loss).\n" in markdown
+    assert "- Interpolation weight: 0.7 \\<chosen on dev>." in markdown
+    page = report_html(BEFORE, AFTER, *tables, loss_curve_png(loss_tsv), choices=choices)
+    assert "<li>Interpolation weight: 0.7 &lt;chosen on dev&gt;.</li>" in page
+    assert "How the model was chosen" not in report_markdown(BEFORE, AFTER, *tables)  # nothing to say: no section
 
 
 def test_markdown_links_the_image(tables):

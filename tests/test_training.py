@@ -125,3 +125,28 @@ def test_pure_bf16_trains_but_rounds_small_updates_away():
     # Adam's first step moves every weight by ~lr: fp32 keeps all of those updates, bf16 loses most.
     assert unchanged["fp32"] < 0.01
     assert unchanged["bf16-pure"] > 0.5
+
+
+def test_each_epoch_mixes_every_task_example_with_a_fresh_seeded_rehearsal_draw():
+    from llm_fft.training import epoch_examples
+    task = [{"id": f"t{i}"} for i in range(10)]
+    rehearsal = [{"id": f"r{i}"} for i in range(3)]
+    assert epoch_examples(task, rehearsal, 0, seed=1, epoch=1) == task  # ratio 0: the task alone
+    assert epoch_examples(task, [], 0.5, seed=1, epoch=1) == task  # no rehearsal text: nothing to mix in
+    first = epoch_examples(task, rehearsal, 0.5, seed=1, epoch=1)
+    assert first[:10] == task and len(first) == 15  # round(0.5 x 10) rehearsal texts
+    drawn = [r["id"] for r in first[10:]]
+    assert sorted(drawn[:3]) == ["r0", "r1", "r2"]  # a short pool is used whole before any text repeats
+    assert epoch_examples(task, rehearsal, 0.5, seed=1, epoch=1) == first  # seeded
+    others = [[r["id"] for r in epoch_examples(task, rehearsal, 0.5, seed=s, epoch=e)[10:]] for s, e in ((1, 2), (2, 1))]
+    assert drawn not in others  # another epoch or seed draws another order
+
+
+def test_a_weight_snapshot_is_a_copy_that_training_leaves_alone():
+    from llm_fft.training import snapshot_weights
+    model = tiny(LlamaConfig)
+    snapshot = snapshot_weights(model)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    assert all(not torch.equal(snapshot[name], tensor) for name, tensor in model.state_dict().items())

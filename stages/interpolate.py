@@ -1,0 +1,113 @@
+"""Stage interpolate: how far to move from the base model towards the fine-tuned one, chosen on dev.
+
+    python stages/interpolate.py
+
+Weight interpolation (WiSE-FT, Wortsman et al., CVPR 2022): w = base + a * (finetuned - base). Each a
+in interpolate.weights is scored on the dev questions (data/dev_qa.jsonl, answered greedily as the
+evaluations do: does the answer state the key fact?) and on general text the base model wrote and
+nobody trained on (data/rehearsal_dev.jsonl: teacher-forced NLL, the dev measure of forgetting). The
+chosen a is the smallest whose dev key-fact rate is within interpolate.tolerance of the best one: the
+facts kept, as little of the base model given up as the dev set can tell. The held-out questions and
+the retention probe are never read here: they only report.
+Reads interpolate.*, evaluate.*, prompt.*, model.dtype and device in params.yaml, models/base and
+models/finetuned. Writes models/final (what final_eval and `make ask` use), metrics/interpolation.json
+(the chosen a and its dev numbers) and metrics/interpolation_curve.json (every a, for `dvc plots show`).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.py: import llm_fft from the repo
+
+import torch
+
+from llm_fft.data import read_jsonl, stop_ids
+from llm_fft.evaluation import EVAL_SPEC, answer_nll, answer_questions, contains, generation_limit, load_for_evaluation
+from llm_fft.files import write_atomically
+from llm_fft.model import DTYPES, load_pretrained, save_model
+from llm_fft.params import fail_if_problems, load_params, problems_in_section
+
+BASE_MODEL = Path("models/base")
+FINETUNED = Path("models/finetuned")
+OUT_DIR = Path("models/final")
+TRAINED = Path("data/qa.jsonl")
+DEV = Path("data/dev_qa.jsonl")
+GENERAL_DEV = Path("data/rehearsal_dev.jsonl")
+METRICS = Path("metrics/interpolation.json")
+CURVE = Path("metrics/interpolation_curve.json")
+SPEC = {
+    "weights": (list, lambda v: v and all(isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a <= 1
+                                          for a in v) and len(set(v)) == len(v),
+                "a non-empty list of distinct numbers in [0, 1] (1 = the fine-tuned weights, 0 = the base model)"),
+    "tolerance": ((int, float), lambda v: 0 <= v <= 1, "a number in [0, 1] (a share of the dev questions)"),
+}
+
+
+def score(model, tokenizer, dev, general, params, limit, device):
+    """The dev numbers of one set of weights."""
+    cfg = params["evaluate"]
+    answers = answer_questions(model, tokenizer, dev, cfg["batch_size"], limit, device, stop_ids(tokenizer, params["prompt"]))
+    _, dev_total, dev_count = answer_nll(model, dev, cfg["batch_size"], tokenizer.pad_token_id, device)
+    numbers = {"dev_states_key_fact": round(sum(contains(a["text"], r["key"]) for a, r in zip(answers, dev)) / len(dev), 4),
+               "dev_answer_nll": round(dev_total / dev_count, 4)}
+    if general:
+        _, total, count = answer_nll(model, general, cfg["batch_size"], tokenizer.pad_token_id, device)
+        numbers["general_dev_text_nll"] = round(total / count, 4)
+    return numbers
+
+
+def main():
+    params = load_params()
+    problems = problems_in_section(params, "interpolate", SPEC)
+    if params.get("model", {}).get("dtype") not in DTYPES:
+        problems.append(f"params.yaml: model.dtype must be one of {', '.join(DTYPES)}")
+    fail_if_problems(problems)
+    cfg = params["interpolate"]
+    dev = read_jsonl(DEV)
+    weights = sorted(cfg["weights"], reverse=True)
+    if len(weights) > 1 and not dev:
+        sys.exit(f"error: interpolate.weights lists {len(weights)} weights, but {DEV} has no dev questions to choose "
+                 "among them: add dev phrasings to the facts file, or set interpolate.weights: [1.0]")
+
+    model, tokenizer, device = load_for_evaluation(params, FINETUNED)  # checks evaluate.*, prompt.*, device
+    # Both ends in fp32 on the CPU, whatever the evaluation dtype: the mix is computed exactly once per a.
+    tuned, base = (load_pretrained(path, torch.float32, "cpu")[0].state_dict() for path in (FINETUNED, BASE_MODEL))
+    general = read_jsonl(GENERAL_DEV) if GENERAL_DEV.exists() else []
+    limit = generation_limit(read_jsonl(TRAINED) + dev, params["evaluate"]["extra_new_tokens"])
+
+    def interpolate(a):  # load_state_dict copies into the model's own dtype and device
+        model.load_state_dict(tuned if a == 1 else {k: base[k] + a * (tuned[k] - base[k]) for k in tuned})
+
+    curve, reference = [], {}
+    if general:  # where general text starts: the base model's own NLL on it (teacher-forced, no generation)
+        interpolate(0)
+        _, total, count = answer_nll(model, general, params["evaluate"]["batch_size"], tokenizer.pad_token_id, device)
+        reference["general_dev_text_nll_base"] = round(total / count, 4)
+    if len(weights) > 1:
+        for a in weights:
+            interpolate(a)
+            curve.append({"weight": a, **score(model, tokenizer, dev, general, params, limit, device)})
+            print("weight {weight:.2f} | dev states key fact {dev_states_key_fact:.3f} | dev answer nll "
+                  "{dev_answer_nll:.4f}".format(**curve[-1])
+                  + (f" | general dev text nll {curve[-1]['general_dev_text_nll']:.4f}" if general else ""))
+        best = max(point["dev_states_key_fact"] for point in curve)
+        chosen = min(point["weight"] for point in curve if point["dev_states_key_fact"] >= best - cfg["tolerance"])
+    else:
+        chosen = weights[0]
+    model = model.float().cpu()  # saved from the fp32 mix, not from a bf16 evaluation copy
+    interpolate(chosen)
+    save_model(model, tokenizer, OUT_DIR, DTYPES[params["model"]["dtype"]])
+    summary = {"chosen_weight": chosen,
+               "chosen_on": (f"dev questions ({DEV}): the smallest weight whose states_key_fact is within "
+                             f"{cfg['tolerance']} of the best" if len(weights) > 1 else "only one weight given"),
+               **next((p for p in curve if p["weight"] == chosen), {}), **reference}
+    summary.pop("weight", None)
+    write_atomically(METRICS, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_atomically(CURVE, json.dumps(curve, indent=2) + "\n")
+    print(f"wrote {OUT_DIR} with weight {chosen} (w = base + {chosen} x (finetuned - base)), {METRICS} and {CURVE}")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()

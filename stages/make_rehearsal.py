@@ -1,0 +1,117 @@
+"""Stage make_rehearsal: text the base model writes itself, mixed into training against forgetting.
+
+    python stages/make_rehearsal.py
+
+Reads rehearsal.* in params.yaml, the general openings in rehearsal.prompts (data/rehearsal_prompts.yaml),
+data/retention.yaml (only to refuse an overlap with it) and models/base. The base model continues each
+opening rehearsal.samples_per_prompt times (seeded sampling). Training on the model's own text pulls
+fine-tuning back towards what the base model would say, without anyone's pretraining data
+(self-synthesised rehearsal, Huang et al., ACL 2024); finetune.rehearsal_ratio sets how much is mixed in.
+Writes data/rehearsal.jsonl (plain-text records, every token learned) and data/rehearsal_dev.jsonl (the
+texts of every rehearsal.dev_every-th opening, never trained on: the dev measure of forgetting).
+The retention probe (data/retention.yaml) measures forgetting in the report, so none of its passages
+or prompts may be a rehearsal opening.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.py: import llm_fft from the repo
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from llm_fft.data import IGNORE_INDEX, load_retention, normalize, to_jsonl, tokenize_text
+from llm_fft.files import write_atomically
+from llm_fft.model import load_pretrained
+from llm_fft.params import fail_if_problems, load_params, pick_device, problems_in_section, shared_problems
+
+BASE_MODEL = Path("models/base")
+RECORDS = Path("data/rehearsal.jsonl")
+DEV_RECORDS = Path("data/rehearsal_dev.jsonl")
+SPEC = {
+    "prompts": (str, lambda v: Path(v).is_file(), "path of an existing YAML file with a list 'prompts'"),
+    "samples_per_prompt": (int, lambda v: v >= 1, "an integer >= 1"),
+    "new_tokens": (int, lambda v: v >= 1, "an integer >= 1 (tokens)"),
+    "temperature": ((int, float), lambda v: v >= 0, "a number >= 0 (0 = greedy, one sample per prompt)"),
+    "top_p": ((int, float), lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "dev_every": (int, lambda v: v >= 2, "an integer >= 2"),
+    "batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
+    "seed": (int, lambda v: v >= 0, "an integer >= 0"),
+}
+
+
+def read_prompts(path, retention):
+    """The openings, checked all at once: non-empty strings, none twice, none touching the retention probe."""
+    try:
+        prompts = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("prompts")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as e:
+        sys.exit(f"error: {path}: cannot read rehearsal prompts: {e}")
+    if not isinstance(prompts, list) or not prompts:
+        sys.exit(f"error: {path}: expected a mapping with a non-empty list 'prompts'")
+    probe = [normalize(t) for t in retention["text"] + retention["prompts"]]
+    problems, seen = [], set()
+    for i, prompt in enumerate(prompts):
+        where = f"{path}: prompts[{i}]"
+        if not isinstance(prompt, str) or not prompt.strip():
+            problems.append(f"{where}: expected a non-empty string")
+            continue
+        text = normalize(prompt)
+        if text in seen:
+            problems.append(f"{where}: {prompt!r} is there twice")
+        seen.add(text)
+        if any(text in p or p in text for p in probe):
+            problems.append(f"{where}: {prompt!r} overlaps the retention probe (data/retention.yaml), which "
+                            "must stay unseen to measure forgetting")
+    fail_if_problems(problems, what="rehearsal prompts")
+    return [p.strip() for p in prompts]
+
+
+@torch.inference_mode()
+def continue_prompts(model, tokenizer, prompts, cfg, device):
+    """One record per (prompt, sample): the prompt's ids and the model's continuation, up to and
+    including an EOS if it writes one. Sampled in seeded batches (greedy when temperature is 0)."""
+    jobs = [(i, p) for i, p in enumerate(prompts) for _ in range(cfg["samples_per_prompt"] if cfg["temperature"] else 1)]
+    sampling = {"do_sample": True, "temperature": float(cfg["temperature"]), "top_p": float(cfg["top_p"])} \
+        if cfg["temperature"] else {"do_sample": False}
+    torch.manual_seed(cfg["seed"])
+    records = []
+    for start in tqdm(range(0, len(jobs), cfg["batch_size"]), desc="make_rehearsal", unit="batch"):
+        batch_jobs = jobs[start:start + cfg["batch_size"]]
+        prompt_ids = [tokenize_text(tokenizer, p)["input_ids"] for _, p in batch_jobs]
+        batch = tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt").to(device)
+        output = model.generate(**batch, max_new_tokens=cfg["new_tokens"], pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=tokenizer.eos_token_id, **sampling)
+        for (prompt_index, prompt), ids, new_ids in zip(batch_jobs, prompt_ids,
+                                                        output[:, batch["input_ids"].shape[1]:].tolist()):
+            if tokenizer.eos_token_id in new_ids:
+                new_ids = new_ids[:new_ids.index(tokenizer.eos_token_id) + 1]
+            bos = int(tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id])
+            records.append({"prompt_index": prompt_index, "text": tokenizer.decode(ids + new_ids, skip_special_tokens=True),
+                            "input_ids": ids + new_ids, "labels": [IGNORE_INDEX] * bos + ids[bos:] + new_ids})
+    return records
+
+
+def main():
+    params = load_params()
+    fail_if_problems(problems_in_section(params, "rehearsal", SPEC) + shared_problems(params, keys=["device"]))
+    cfg = params["rehearsal"]
+    prompts = read_prompts(cfg["prompts"], load_retention())
+    device = pick_device(params["device"])
+    model, tokenizer = load_pretrained(BASE_MODEL, torch.float32, device)
+    records = continue_prompts(model.eval(), tokenizer, prompts, cfg, device)
+    for i, r in enumerate(records):
+        r["id"] = i
+    # Whole openings go to dev, so a dev text never shares its opening with a trained one.
+    dev = [r for r in records if r["prompt_index"] % cfg["dev_every"] == cfg["dev_every"] - 1]
+    train = [r for r in records if r["prompt_index"] % cfg["dev_every"] != cfg["dev_every"] - 1]
+    write_atomically(DEV_RECORDS, to_jsonl(dev))
+    write_atomically(RECORDS, to_jsonl(train))
+    tokens = sum(len(r["input_ids"]) for r in train)
+    print(f"wrote {RECORDS}: {len(train)} texts ({tokens} tokens) and {DEV_RECORDS}: {len(dev)} texts, "
+          f"from {len(prompts)} openings")
+
+
+if __name__ == "__main__":
+    main()
