@@ -1,0 +1,110 @@
+"""Run one setting over several seeds and write the mean, min and max of every metric.
+
+    python -m llm_fft.seeds --name lr1e-4 --seeds 1 2 3 -S finetune.lr=1e-4
+    make seeds NAME=lr1e-4 SET="-S finetune.lr=1e-4"          # SEEDS="1 2 3" by default
+
+The held-out score of one run moves by several questions with the batch order alone, so settings are
+compared over seeds. Each seed is one `dvc exp run -S seed=N` (plus your -S overrides) in this
+workspace: DVC reruns only what the seed touches (finetune, interpolate, final_eval), and `dvc exp show`
+lists every run. After each run the metrics files are read; metrics/seeds/NAME.json gets every run's
+numbers and their mean, min and max, with the commit and machine they came from, and a table is printed.
+The workspace is left holding the last seed's run: `git checkout -- params.yaml dvc.lock metrics/ &&
+dvc checkout` returns to the committed one.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+OUT_DIR = Path("metrics/seeds")
+# Read after each run: {prefix: file}; every number in them is collected as prefix.key.path.
+RESULT_FILES = {"final": Path("metrics/final.json"), "baseline": Path("metrics/baseline.json"),
+                "interpolation": Path("metrics/interpolation.json"),
+                "finetune": Path("metrics/finetune/metrics.json")}
+# What the printed table shows (every number is in the JSON file).
+SHOWN = ["final.trained.exact_match", "final.dev.states_key_fact", "final.heldout.states_key_fact",
+         "final.heldout.char_f1", "retention.perplexity_ratio", "final.retention.answers_changed",
+         "interpolation.chosen_weight", "finetune.kept_epoch"]
+
+
+def flatten(tree, prefix):
+    """{'a': {'b': 1}} -> {'prefix.a.b': 1}, numbers only."""
+    numbers = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            numbers.update(flatten(value, f"{prefix}.{key}"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            numbers[f"{prefix}.{key}"] = value
+    return numbers
+
+
+def read_results():
+    """Every number of one finished run, plus the general-text perplexity after / before."""
+    numbers = {}
+    for prefix, path in RESULT_FILES.items():
+        if path.exists():
+            numbers.update(flatten(json.loads(path.read_text(encoding="utf-8")), prefix))
+    before, after = numbers.get("baseline.retention.text_perplexity"), numbers.get("final.retention.text_perplexity")
+    if before and after:
+        numbers["retention.perplexity_ratio"] = round(after / before, 4)
+    return numbers
+
+
+def summarise(runs):
+    """{metric: {mean, min, max}} over the runs that have it."""
+    keys = sorted({k for run in runs for k in run})
+    return {k: {"mean": round(sum(v) / len(v), 4), "min": min(v), "max": max(v)}
+            for k in keys if (v := [run[k] for run in runs if k in run])}
+
+
+def provenance():
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True).stdout.strip()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"commit": commit + (" (with uncommitted changes)" if dirty else ""),
+            "machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()}"}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="the setting's name: writes metrics/seeds/NAME.json")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds to run (default 1 2 3)")
+    parser.add_argument("-S", "--set-param", action="append", default=[], dest="overrides",
+                        help="a params override for every run, as for dvc exp run -S (repeatable)")
+    args = parser.parse_args()
+    if any(o.split("=", 1)[0] == "seed" for o in args.overrides):
+        sys.exit("error: the seed is set by --seeds, not by -S seed=...")
+    if len(args.seeds) != len(set(args.seeds)):
+        sys.exit(f"error: --seeds lists a seed twice: {args.seeds}")
+
+    runs = []
+    for seed in args.seeds:
+        command = ["dvc", "exp", "run", "-S", f"seed={seed}", *(x for o in args.overrides for x in ("-S", o))]
+        print(f"== {args.name}: seed {seed}: {' '.join(command)}", flush=True)
+        if subprocess.run(command).returncode != 0:
+            sys.exit(f"error: the run with seed {seed} failed (its output is above); nothing written")
+        runs.append({"seed": seed, **read_results()})
+
+    summary = {"name": args.name, "settings": args.overrides, "seeds": args.seeds, **provenance(),
+               "summary": summarise([{k: v for k, v in run.items() if k != "seed"} for run in runs]), "runs": runs}
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    out = OUT_DIR / f"{args.name}.json"
+    out.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    width = max(map(len, SHOWN))
+    print(f"\n{args.name} over seeds {', '.join(map(str, args.seeds))} ({' '.join(args.overrides) or 'params.yaml as is'}):")
+    print(f"{'metric':<{width}}  {'mean':>8}  {'min':>8}  {'max':>8}")
+    for key in SHOWN:
+        if key in summary["summary"]:
+            s = summary["summary"][key]
+            print(f"{key:<{width}}  {s['mean']:>8.4g}  {s['min']:>8.4g}  {s['max']:>8.4g}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
