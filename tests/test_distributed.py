@@ -113,7 +113,7 @@ def assert_main_process_alone_wrote(run_dir, log):
     assert not list(run_dir.glob("models/finetuned.tmp*"))
     assert log.count("wrote models/finetuned") == 1
     assert log.count(f"step {STEPS:05d}/{STEPS:05d}") == 1
-    assert log.count("dev answer loss") == 2  # once per epoch
+    assert log.count("done | dev answer loss") == 2  # once per epoch
     dev = pd.read_csv(run_dir / "metrics/finetune/plots/metrics/dev/answer_nll.tsv", sep="\t")
     assert list(dev["step"]) == [2, 5]
 
