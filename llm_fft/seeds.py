@@ -83,6 +83,7 @@ def main():
     if len(args.seeds) != len(set(args.seeds)):
         sys.exit(f"error: --seeds lists a seed twice: {args.seeds}")
 
+    origin = provenance()  # before the runs: the code they ran
     runs = []
     for seed in args.seeds:
         command = ["dvc", "exp", "run", "-S", f"seed={seed}", *(x for o in args.overrides for x in ("-S", o))]
@@ -91,7 +92,7 @@ def main():
             sys.exit(f"error: the run with seed {seed} failed (its output is above); nothing written")
         runs.append({"seed": seed, **read_results()})
 
-    summary = {"name": args.name, "settings": args.overrides, "seeds": args.seeds, **provenance(),
+    summary = {"name": args.name, "settings": args.overrides, "seeds": args.seeds, **origin,
                "summary": summarise([{k: v for k, v in run.items() if k != "seed"} for run in runs]), "runs": runs}
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     out = OUT_DIR / f"{args.name}.json"
