@@ -6,13 +6,11 @@ skipped, unless REQUIRE_KO_PROFILE=1 (set by .ci/run), which makes its absence a
 
 import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def record(prompt_len, answer_len, first_id=10):

@@ -7,6 +7,7 @@ import pytest
 
 from llm_fft.data import DatasetError, load_facts
 
+
 def test_load_facts_reports_every_bad_fact(tmp_path):
     facts = tmp_path / "facts.yaml"
     facts.write_text(

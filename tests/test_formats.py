@@ -8,8 +8,15 @@ import pytest
 import yaml
 
 from llm_fft.data import DatasetError
-from llm_fft.formats import (DATASET_SPEC, DEFAULT_SEPARATOR, FORMATS, detect_format, read_pairs,
-                             separator_problem, write_pairs)
+from llm_fft.formats import (
+    DATASET_SPEC,
+    DEFAULT_SEPARATOR,
+    FORMATS,
+    detect_format,
+    read_pairs,
+    separator_problem,
+    write_pairs,
+)
 
 BAD_INPUTS = Path(__file__).resolve().parent / "bad_inputs"
 EXPECTED = yaml.safe_load((BAD_INPUTS / "expected.yaml").read_text(encoding="utf-8"))
@@ -86,7 +93,7 @@ def test_where_names_file_and_line_in_every_format():
 
 
 def test_comments_and_blank_lines_are_skipped_in_separator_format():
-    raw = "# header | not a pair\n\n  # indented comment\nQ1? | A1.\n\r\nQ2? | A2.\n".encode("utf-8")
+    raw = b"# header | not a pair\n\n  # indented comment\nQ1? | A1.\n\r\nQ2? | A2.\n"
     pairs, _ = read_pairs(raw, "d.txt", "separator")
     assert [(p["question"], p["where"]) for p in pairs] == [("Q1?", "d.txt:4"), ("Q2?", "d.txt:6")]
 
@@ -120,8 +127,8 @@ def test_ambiguous_format_is_a_clear_error():
 
 
 def test_exact_duplicate_is_merged_with_a_warning_naming_both_places():
-    raw = ("<|question|>\nQ?\n<|answer|>\nA.\n\n<|question|>\nOther?\n<|answer|>\nB.\n\n"
-           "<|question|>\n  Q?\n<|answer|>\nA.  \n").encode("utf-8")
+    raw = (b"<|question|>\nQ?\n<|answer|>\nA.\n\n<|question|>\nOther?\n<|answer|>\nB.\n\n"
+           b"<|question|>\n  Q?\n<|answer|>\nA.  \n")
     pairs, warnings = read_pairs(raw, "d.txt")
     assert question_answers(pairs) == [("Q?", "A."), ("Other?", "B.")]
     assert warnings == ["d.txt:11: duplicate of the pair at d.txt:1, kept once: 'Q?'"]
@@ -180,7 +187,7 @@ def test_bad_input_is_refused_with_its_message(name):
 
 
 def test_text_that_starts_like_json_but_has_separators_is_ambiguous():
-    raw = "[공지] 인구는? | 312명\n".encode("utf-8")
+    raw = "[공지] 인구는? | 312명\n".encode()
     with pytest.raises(DatasetError, match=r"d.txt: ambiguous format: the content starts with '\[' like json"):
         read_pairs(raw, "d.txt")
     pairs, _ = read_pairs(raw, "d.txt", "separator")  # named explicitly, it reads

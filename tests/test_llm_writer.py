@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from llm_fft.formats import write_pairs
-from llm_fft.llm_writer import (REJECT_REASONS, HttpChat, LocalChat, Reply, TransportError,
-                                about_source, build_messages, write_pairs_with_llm)
+from llm_fft.llm_writer import (
+    REJECT_REASONS,
+    HttpChat,
+    LocalChat,
+    Reply,
+    TransportError,
+    about_source,
+    build_messages,
+    write_pairs_with_llm,
+)
 from tests.openai_stub_server import ChatCompletionsServer
 
 LIGHTHOUSE = "The lighthouse on Star Island is 27 metres tall."
@@ -196,6 +204,7 @@ def local_run(one_thread, embedded_model, embedded_tokenizer):
     return write_pairs_with_llm(FACTS, 1, ask, SEED, MAX_ATTEMPTS)
 
 
+@pytest.mark.slow
 def test_local_transport_writes_pairs_with_the_embedded_model(local_run, embedded_model, embedded_tokenizer):
     pairs, report = local_run
     assert len(pairs) >= 1
@@ -208,6 +217,7 @@ def test_local_transport_writes_pairs_with_the_embedded_model(local_run, embedde
     assert write_pairs_with_llm(FACTS, 1, ask, SEED, MAX_ATTEMPTS) == local_run
 
 
+@pytest.mark.slow
 def test_http_transport_serves_the_same_pairs_and_never_leaks_the_key(
         local_run, embedded_model, embedded_tokenizer, monkeypatch, capfd, tmp_path):
     monkeypatch.setenv(KEY_ENV, PLANTED_KEY)
