@@ -18,9 +18,10 @@ import torch
 from transformers import TextStreamer
 
 from llm_fft.data import PromptError, prompt_ids, read_jsonl, stop_ids
-from llm_fft.evaluation import generation_limit, load_for_evaluation
+from llm_fft.evaluation import load_for_evaluation
+from llm_fft.generation import generation_limit
 from llm_fft.model import ModelNotFound
-from llm_fft.params import load_params
+from llm_fft.params import ParamsError, load_params
 
 RECORDS = Path("data/qa.jsonl")
 DEV_RECORDS = Path("data/dev_qa.jsonl")
@@ -36,7 +37,7 @@ def main():
     model_dir = Path("models/base" if args.base else "models/final")
     try:
         model, tokenizer, device = load_for_evaluation(params, model_dir)
-    except ModelNotFound as e:
+    except (ModelNotFound, ParamsError) as e:
         sys.exit(f"error: {e}")
     # The evaluations' limit: from the trained and dev answers.
     asked = read_jsonl(RECORDS) + (read_jsonl(DEV_RECORDS) if DEV_RECORDS.exists() else [])

@@ -10,6 +10,8 @@ import torch
 import yaml
 from transformers import DataCollatorWithFlattening
 
+from llm_fft.text import normalize
+
 QUESTION_MARK = "<|question|>"
 ANSWER_MARK = "<|answer|>"
 IGNORE_INDEX = -100  # label value that the loss skips (torch cross_entropy's ignore_index)
@@ -93,11 +95,6 @@ def load_retention(path=RETENTION):
             for k in ("text", "prompts")):
         raise ValueError(f"{path}: expected non-empty lists of strings 'text' and 'prompts'")
     return retention
-
-
-def normalize(text):
-    """The form answers are compared in: whitespace collapsed, trailing punctuation dropped."""
-    return " ".join(text.split()).rstrip(".!?。")
 
 
 def _excerpt(text, width=40):

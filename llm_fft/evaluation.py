@@ -1,4 +1,4 @@
-"""Evaluation: batched greedy answering, teacher-forced answer loss, metrics and delta.
+"""Evaluation: one protocol for baseline_eval, interpolate and final_eval (the sets, decoding, scoring).
 
 baseline_eval and final_eval both call evaluate_stage(): same sets, prompt ids, decoding and metrics.
 The sets:
@@ -12,122 +12,25 @@ The sets:
              counted as changed or not against the baseline): what did fine-tuning cost elsewhere?
 """
 
-import json
 import math
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
-import yaml
 
-from llm_fft.data import (IGNORE_INDEX, PROMPT_SPEC, collate, load_retention, normalize, read_jsonl, stop_ids,
-                          tokenize_text)
-from llm_fft.files import write_atomically
+from llm_fft.data import PROMPT_SPEC, load_retention, read_jsonl, stop_ids, tokenize_text
+from llm_fft.generation import answer_questions, generation_limit
+from llm_fft.loss import answer_nll
+from llm_fft.metrics import answer_changed, char_f1, contains, exact_match
 from llm_fft.model import load_pretrained
-from llm_fft.params import (fail_if_problems, pick_device, problems_in_section, seed_everything,
-                            shared_problems)
+from llm_fft.params import fail_if_problems, pick_device, problems_in_section, seed_everything, shared_problems
 
 TRAINED = Path("data/qa.jsonl")
 DEV = Path("data/dev_qa.jsonl")
 HELDOUT = Path("data/heldout_qa.jsonl")
-# The numbers delta.json reports as final - baseline, per set.
-HEADLINE = {
-    "trained": ["exact_match", "contains_answer", "char_f1", "answer_nll", "ended_with_eos"],
-    "dev": ["exact_match", "states_key_fact", "char_f1", "answer_nll", "ended_with_eos"],
-    "heldout": ["exact_match", "states_key_fact", "char_f1", "answer_nll", "ended_with_eos"],
-    "retention": ["text_nll", "text_perplexity", "answers_changed"],
-}
 
 
-# --- Metric functions ---------------------------------------------------------------------------
-
-def exact_match(generated, expected):
-    return normalize(generated) == normalize(expected)
-
-
-def contains(generated, expected):
-    """Whether the (normalised) expected text appears in the generated text."""
-    return normalize(expected) in normalize(generated)
-
-
-def char_f1(generated, expected):
-    """F1 over characters (whitespace ignored, counted as a multiset, like SQuAD's token F1).
-
-    Korean does not split into words well (particles attach to nouns: 윤가람은 / 윤가람입니다),
-    so characters measure partial overlap better than words.
-    """
-    got = Counter(c for c in normalize(generated) if not c.isspace())
-    want = Counter(c for c in normalize(expected) if not c.isspace())
-    if not got or not want:
-        return float(got == want)
-    overlap = sum((got & want).values())
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / sum(got.values()), overlap / sum(want.values())
-    return 2 * precision * recall / (precision + recall)
-
-
-# --- Model calls ----------------------------------------------------------------------------------
-
-@torch.inference_mode()
-def answer_questions(model, tokenizer, records, batch_size, max_new_tokens, device, stop=None):
-    """Greedy answers to every record's prompt (its q_ids), in the records' order.
-
-    Prompts are sorted by length so each batch pads little, left-padded so every prompt ends where
-    generation starts, and given an explicit attention mask: pad == EOS, so it cannot be inferred.
-    `stop`: token ids that end an answer (default: EOS). Returns one dict per record: text,
-    generated_tokens, ended_with_eos (ended by a stop token rather than the length limit).
-    """
-    stop = stop or [tokenizer.eos_token_id]
-    order = sorted(range(len(records)), key=lambda i: len(records[i]["q_ids"]))
-    answers = [None] * len(records)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        batch = tokenizer.pad({"input_ids": [records[i]["q_ids"] for i in rows]},
-                              padding_side="left", return_tensors="pt").to(device)
-        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id, eos_token_id=stop)
-        # Slice by input length, not by decoded strings: the prompt is exactly the padded width.
-        for i, new_ids in zip(rows, output[:, batch["input_ids"].shape[1]:].tolist()):
-            end = next((n for n, t in enumerate(new_ids) if t in stop), None)
-            new_ids = new_ids if end is None else new_ids[:end]
-            answers[i] = {"text": tokenizer.decode(new_ids, skip_special_tokens=True).strip(),
-                          "generated_tokens": len(new_ids), "ended_with_eos": end is not None}
-    return answers
-
-
-@torch.inference_mode()
-def answer_nll(model, records, batch_size, pad_id, device):
-    """Teacher-forced negative log-likelihood of each record's supervised tokens, in nats/token.
-
-    Returns (per-record mean NLL, total NLL, number of supervised tokens) so the dataset mean can
-    be the global token mean, not a mean of per-record means.
-    """
-    per_record, total, count = [], 0.0, 0
-    for start in range(0, len(records), batch_size):
-        batch = {k: v.to(device) for k, v in collate(records[start:start + batch_size], pad_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        # Position t predicts token t+1.
-        labels = batch["labels"][:, 1:]
-        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels,
-                              ignore_index=IGNORE_INDEX, reduction="none")
-        supervised = labels != IGNORE_INDEX
-        for row_nll, row_mask in zip(nll, supervised):
-            per_record.append(row_nll[row_mask].mean().item())
-        total += nll[supervised].sum().item()
-        count += int(supervised.sum())
-    return per_record, total, count
-
-
-def generation_limit(records, extra_new_tokens):
-    """Max new tokens: the longest answer (with its end token) plus a margin. Derived from the data,
-    since a fixed small limit would cut long Korean answers short (~2 tokens per syllable here)."""
-    return max(len(r["input_ids"]) - len(r["q_ids"]) for r in records) + extra_new_tokens
-
-
-# --- The three sets -------------------------------------------------------------------------------
+# --- The question sets and the retention probe ---------------------------------------------------
 
 def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_tokens, stop, device):
     """Answer and score one question set. Returns (metrics dict, per-question DataFrame)."""
@@ -180,7 +83,7 @@ def evaluate_retention(model, tokenizer, retention, batch_size, new_tokens, devi
               if baseline_table is not None else continuations)
     if len(before) != len(continuations):
         raise ValueError("the baseline evaluated another retention probe: rerun baseline_eval (dvc repro)")
-    changed = [normalize(b) != normalize(c) for b, c in zip(before, continuations)]
+    changed = [answer_changed(b, c) for b, c in zip(before, continuations)]
     table = pd.DataFrame({"set": "retention", "id": range(len(prompts)), "question": retention["prompts"],
                           "expected": "", "key_fact": "", "generated": continuations, "changed": changed})
     metrics = {"prompts": len(prompts), "answers_changed": sum(changed),
@@ -241,27 +144,3 @@ def evaluate_stage(params, model_dir, baseline_table=None):
                                                      cfg["retention_new_tokens"], device, baseline_table)
     tables.append(table)
     return metrics, pd.concat(tables, ignore_index=True)
-
-
-def delta(before, after):
-    """final - baseline for the headline numbers, in the same nested layout (for delta.json)."""
-    return {name: {k: round(after[name][k] - before[name][k], 4) for k in keys if k in after.get(name, {})}
-            for name, keys in HEADLINE.items() if name in after and name in before}
-
-
-def write_results(metrics, table, metrics_path, table_path):
-    write_atomically(table_path, table.round({"answer_nll": 4, "char_f1": 4}).to_csv(index=False))
-    write_atomically(metrics_path, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-
-
-def read_answers(path):
-    """A table written by write_results, typed back: flags as True/False/None (not scored for that
-    set), numbers as numbers, texts as texts (an empty answer stays "", not NaN)."""
-    table = pd.read_csv(path, keep_default_na=False, dtype=str)
-    for column in ("exact_match", "contains_answer", "states_key_fact", "ended_with_eos", "changed"):
-        if column in table:
-            table[column] = table[column].map({"True": True, "False": False, "": None})
-    for column in ("id", "char_f1", "generated_tokens", "answer_nll"):
-        if column in table:
-            table[column] = pd.to_numeric(table[column].replace("", None))
-    return table

@@ -34,8 +34,9 @@ before the first <|question|>, two <|answer|> in a block, an empty question or a
 marker-like text such as '<|anwser|>' or '<|endoftext|>' inside a value (the tokenizer could read it
 as a special token), a control character inside a value, invalid JSON (line:column), a missing,
 unknown, repeated or non-string key, a separator missing or matching more than once on a line, an
-unknown escape, an empty file. The same question (whitespace-normalised) with two different answers
-is an error naming both places; an exact duplicate pair is kept once (the first) with a warning.
+unknown escape, an empty file. The same question (normalised: whitespace collapsed, a final . ! ?
+dropped) with two different answers is an error naming both places; an exact duplicate pair is kept
+once (the first) with a warning.
 """
 
 import bisect
@@ -46,6 +47,7 @@ from collections import Counter
 from pathlib import Path
 
 from llm_fft.data import ANSWER_MARK, QUESTION_MARK, DatasetError
+from llm_fft.text import normalize
 
 FORMATS = ("custom_tokens", "json", "jsonl", "separator")
 DEFAULT_SEPARATOR = r" \| "
@@ -417,10 +419,6 @@ def _clean(value):
     return _newlines_to_lf(value).strip()
 
 
-def _normalised(text):
-    return " ".join(text.split())
-
-
 def _value_problems(question, answer):
     """What is wrong with one (already stripped) pair, the same checks for every format."""
     problems = []
@@ -445,7 +443,7 @@ def _check_and_merge(candidates):
     """Strip and check every candidate, merge exact duplicates, refuse conflicting answers.
 
     -> (pairs, warnings, problems), warnings and problems as (line, message). Questions and
-    answers are compared whitespace-normalised.
+    answers are compared normalised (llm_fft.text.normalize).
     """
     pairs, warnings, problems, first = [], [], [], {}
     for line, where, question, answer in candidates:
@@ -454,11 +452,11 @@ def _check_and_merge(candidates):
         if value_problems:
             problems += [(line, f"{where}: {p}") for p in value_problems]
             continue
-        earlier = first.get(_normalised(question))
+        earlier = first.get(normalize(question))
         if earlier is None:
-            first[_normalised(question)] = pair = {"question": question, "answer": answer, "where": where}
+            first[normalize(question)] = pair = {"question": question, "answer": answer, "where": where}
             pairs.append(pair)
-        elif _normalised(answer) == _normalised(earlier["answer"]):
+        elif normalize(answer) == normalize(earlier["answer"]):
             warnings.append((line, f"{where}: duplicate of the pair at {earlier['where']}, kept once: "
                                    f"{excerpt(question)}"))
         else:

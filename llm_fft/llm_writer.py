@@ -31,6 +31,7 @@ import torch
 
 from llm_fft.data import ANSWER_MARK, QUESTION_MARK, DatasetError
 from llm_fft.formats import write_pairs
+from llm_fft.text import normalize
 
 # Why a candidate pair is rejected. Each is counted under the first reason that applies, checked
 # in this order (see judge).
@@ -169,7 +170,8 @@ def _excerpt(text, width=60):
 
 
 def _normalise(text):
-    return " ".join(text.lower().split())
+    """The project's normaliser, case-folded: a copy in other capitals is still a copy."""
+    return normalize(text).casefold()
 
 
 def _writable(question, answer):

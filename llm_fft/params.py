@@ -4,7 +4,6 @@ import difflib
 import os
 import random
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +60,16 @@ def _as_tuple(kind):
     return kind if isinstance(kind, tuple) else (kind,)
 
 
+class ParamsError(ValueError):
+    """Bad params or inputs found before any heavy work; the message lists every problem."""
+
+
 def fail_if_problems(problems, what="params"):
-    """Print every problem at once and exit non-zero; do nothing when the list is empty."""
+    """Raise one ParamsError listing every problem; do nothing when the list is empty.
+    (Library code raises; each stage's entry point turns it into `error: ...` and a non-zero exit.)"""
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
-        sys.exit(f"error: {len(problems)} problem(s) with the {what}:\n{lines}")
+        raise ParamsError(f"{len(problems)} problem(s) with the {what}:\n{lines}")
 
 
 # Keys shared by several stages, checked by each stage that reads them.

@@ -21,6 +21,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from llm_fft.metrics import answer_changed
+
 # Sets in the order a reader needs them: what was trained, whether it generalised, what it cost.
 SET_ORDER = ("trained", "dev", "heldout", "retention")
 SET_LABELS = {"trained": "trained questions",
@@ -267,12 +269,8 @@ def _answer_mark(row):
     return MARK_WRONG
 
 
-def _normalize(text):
-    return " ".join(text.split())
-
-
 def _changed(before_row, after_row):
-    return _normalize(_text(before_row.generated)) != _normalize(_text(after_row.generated))
+    return answer_changed(_text(before_row.generated), _text(after_row.generated))
 
 
 def _question_sentence(set_name, before_rows, after_rows, trained_share):

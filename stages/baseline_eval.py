@@ -1,20 +1,19 @@
 """Stage baseline_eval: what the base model answers before fine-tuning.
 
-    python stages/baseline_eval.py
+    python -m stages.baseline_eval
 
-Reads evaluate.*, prompt.*, seed and device in params.yaml, models/base and the three evaluation
-sets (data/qa.jsonl, data/heldout_qa.jsonl, data/retention.yaml). Writes metrics/baseline.json and
-metrics/baseline_answers.csv (every question of every set with its answer and scores).
-final_eval runs the same code on models/finetuned.
+Reads evaluate.*, prompt.* and device in params.yaml, models/base, the question sets (data/qa.jsonl,
+data/dev_qa.jsonl, data/heldout_qa.jsonl) and the retention probe (data/retention.yaml). Writes
+metrics/baseline.json and metrics/baseline_answers.csv (every question of every set with its answer
+and scores). final_eval runs the same code on models/final.
 """
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.py: import llm_fft from the repo
-
-from llm_fft.evaluation import evaluate_stage, write_results
-from llm_fft.params import load_params
+from llm_fft.evaluation import evaluate_stage
+from llm_fft.metrics import write_results
+from llm_fft.params import ParamsError, load_params
 
 MODEL_DIR = Path("models/base")
 METRICS = Path("metrics/baseline.json")
@@ -30,4 +29,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ParamsError as e:  # the library raises; the stage says why in one message and exits non-zero
+        sys.exit(f"error: {e}")

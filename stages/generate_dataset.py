@@ -1,6 +1,6 @@
 """Stage generate_dataset: write data/dataset.txt, the held-out questions and a generation report.
 
-    python stages/generate_dataset.py
+    python -m stages.generate_dataset
 
 Reads generate_dataset.*, dataset.* and seed in params.yaml. Backends:
   template  every training phrasing of every fact in the facts file (data/facts.yaml), offline and
@@ -24,8 +24,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.py: import llm_fft from the repo
-
 import torch
 
 from llm_fft.data import DatasetError, load_facts, to_jsonl
@@ -33,7 +31,14 @@ from llm_fft.files import write_atomically
 from llm_fft.formats import DATASET_SPEC, read_pairs, write_pairs
 from llm_fft.llm_writer import HttpChat, LocalChat, TransportError, write_pairs_with_llm
 from llm_fft.model import ModelNotFound, load_base, prepare_tokenizer
-from llm_fft.params import fail_if_problems, load_params, problems_in_section, seed_everything, shared_problems
+from llm_fft.params import (
+    ParamsError,
+    fail_if_problems,
+    load_params,
+    problems_in_section,
+    seed_everything,
+    shared_problems,
+)
 
 OUT_FILE = Path("data/dataset.txt")
 HELDOUT = Path("data/heldout.jsonl")
@@ -149,4 +154,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ParamsError as e:  # the library raises; the stage says why in one message and exits non-zero
+        sys.exit(f"error: {e}")

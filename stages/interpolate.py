@@ -1,6 +1,6 @@
 """Stage interpolate: how far to move from the base model towards the fine-tuned one, chosen on dev.
 
-    python stages/interpolate.py
+    python -m stages.interpolate
 
 Weight interpolation (WiSE-FT, Wortsman et al., CVPR 2022): w = base + a * (finetuned - base). Each a
 in interpolate.weights is scored on the dev questions (data/dev_qa.jsonl, answered greedily as the
@@ -18,15 +18,16 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.py: import llm_fft from the repo
-
 import torch
 
 from llm_fft.data import read_jsonl, stop_ids
-from llm_fft.evaluation import EVAL_SPEC, answer_nll, answer_questions, contains, generation_limit, load_for_evaluation
+from llm_fft.evaluation import load_for_evaluation
 from llm_fft.files import write_atomically
+from llm_fft.generation import answer_questions, generation_limit
+from llm_fft.loss import answer_nll
+from llm_fft.metrics import contains
 from llm_fft.model import DTYPES, load_pretrained, save_model
-from llm_fft.params import fail_if_problems, load_params, problems_in_section
+from llm_fft.params import ParamsError, fail_if_problems, load_params, problems_in_section
 
 BASE_MODEL = Path("models/base")
 FINETUNED = Path("models/finetuned")
@@ -110,4 +111,7 @@ def main():
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
-    main()
+    try:
+        main()
+    except ParamsError as e:  # the library raises; the stage says why in one message and exits non-zero
+        sys.exit(f"error: {e}")

@@ -1,6 +1,6 @@
 """Stage make_rehearsal: text the base model writes itself, mixed into training against forgetting.
 
-    python stages/make_rehearsal.py
+    python -m stages.make_rehearsal
 
 Reads rehearsal.* in params.yaml, the general openings in rehearsal.prompts (data/rehearsal_prompts.yaml),
 data/retention.yaml (only to refuse an overlap with it) and models/base. The base model continues each
@@ -16,16 +16,15 @@ or prompts may be a rehearsal opening.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.py: import llm_fft from the repo
-
 import torch
 import yaml
 from tqdm import tqdm
 
-from llm_fft.data import IGNORE_INDEX, load_retention, normalize, to_jsonl, tokenize_text
+from llm_fft.data import IGNORE_INDEX, load_retention, to_jsonl, tokenize_text
 from llm_fft.files import write_atomically
 from llm_fft.model import load_pretrained
-from llm_fft.params import fail_if_problems, load_params, pick_device, problems_in_section, shared_problems
+from llm_fft.params import ParamsError, fail_if_problems, load_params, pick_device, problems_in_section, shared_problems
+from llm_fft.text import normalize
 
 BASE_MODEL = Path("models/base")
 RECORDS = Path("data/rehearsal.jsonl")
@@ -83,7 +82,7 @@ def continue_prompts(model, tokenizer, prompts, cfg, device):
         batch = tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt").to(device)
         output = model.generate(**batch, max_new_tokens=cfg["new_tokens"], pad_token_id=tokenizer.pad_token_id,
                                 eos_token_id=tokenizer.eos_token_id, **sampling)
-        for (prompt_index, prompt), ids, new_ids in zip(batch_jobs, prompt_ids,
+        for (prompt_index, _prompt), ids, new_ids in zip(batch_jobs, prompt_ids,
                                                         output[:, batch["input_ids"].shape[1]:].tolist()):
             if tokenizer.eos_token_id in new_ids:
                 new_ids = new_ids[:new_ids.index(tokenizer.eos_token_id) + 1]
@@ -114,4 +113,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ParamsError as e:  # the library raises; the stage says why in one message and exits non-zero
+        sys.exit(f"error: {e}")

@@ -1,6 +1,6 @@
 """Stage parse_qa: parse data/dataset.txt into tokenized training records, and tokenize the held-out set.
 
-    python stages/parse_qa.py
+    python -m stages.parse_qa
 
 Reads parse_qa.*, dataset.* and prompt.* in params.yaml, data/dataset.txt (any format of the README),
 data/statements.jsonl, data/dev.jsonl, data/heldout.jsonl and the tokenizer in models/base. Writes
@@ -15,15 +15,22 @@ problem listed by line, and nothing is written.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.py: import llm_fft from the repo
-
 from transformers import AutoTokenizer
 
-from llm_fft.data import (IGNORE_INDEX, PROMPT_SPEC, DatasetError, PromptError, build_prompt, read_jsonl,
-                          to_jsonl, tokenize_pair, tokenize_text)
+from llm_fft.data import (
+    IGNORE_INDEX,
+    PROMPT_SPEC,
+    DatasetError,
+    PromptError,
+    build_prompt,
+    read_jsonl,
+    to_jsonl,
+    tokenize_pair,
+    tokenize_text,
+)
 from llm_fft.files import write_atomically
 from llm_fft.formats import DATASET_SPEC, read_pairs
-from llm_fft.params import fail_if_problems, load_params, problems_in_section
+from llm_fft.params import ParamsError, fail_if_problems, load_params, problems_in_section
 
 DATASET = Path("data/dataset.txt")
 HELDOUT = Path("data/heldout.jsonl")
@@ -110,4 +117,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ParamsError as e:  # the library raises; the stage says why in one message and exits non-zero
+        sys.exit(f"error: {e}")

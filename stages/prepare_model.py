@@ -1,6 +1,6 @@
 """Stage prepare_model: turn the base model named in params.yaml into a plain transformers folder.
 
-    python stages/prepare_model.py
+    python -m stages.prepare_model
 
 Reads model.*, prompt.markers and seed, and writes models/base (safetensors weights, config,
 tokenizer with a pad token). With prompt.markers = special_tokens, <|question|> and <|answer|> become
@@ -12,13 +12,11 @@ model is downloaded once; either way dvc.lock records the hash of exactly the we
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python stages/x.py: import llm_fft from the repo
-
 import torch
 
 from llm_fft.data import ANSWER_MARK, PROMPT_SPEC, QUESTION_MARK
 from llm_fft.model import DTYPES, MODEL_SPEC, ModelNotFound, load_base, prepare_tokenizer, save_model
-from llm_fft.params import fail_if_problems, load_params, problems_in_section, shared_problems
+from llm_fft.params import ParamsError, fail_if_problems, load_params, problems_in_section, shared_problems
 
 OUT_DIR = Path("models/base")
 
@@ -48,4 +46,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ParamsError as e:  # the library raises; the stage says why in one message and exits non-zero
+        sys.exit(f"error: {e}")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from llm_fft.evaluation import char_f1, contains, delta, exact_match
+from llm_fft.metrics import char_f1, contains, delta, exact_match
 
 
 @pytest.mark.parametrize("generated, expected, result", [

@@ -21,7 +21,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["prepare_model", "generate_dataset", "parse_qa", "make_rehearsal", "baseline_eval", "finetune",
-          "interpolate", "final_eval"]
+          "interpolate", "final_eval", "report"]
+# The report stage's inputs among the results: it reruns exactly when one of them changed.
+REPORT_INPUTS = ["metrics/baseline.json", "metrics/baseline_answers.csv", "metrics/final.json",
+                 "metrics/final_answers.csv", "metrics/interpolation.json", "metrics/finetune/metrics.json",
+                 "metrics/finetune/plots/metrics/train/loss.tsv", "metrics/finetune/plots/metrics/dev/answer_nll.tsv"]
 TINY_FACTS = {"subject": "test", "facts": [
     {"answer": "27미터입니다.", "key": "27미터", "statements": ["별무리섬 등대의 높이는 27미터이다."],
      "questions": ["별무리섬 등대의 높이는?"], "dev": ["등대 꼭대기까지 몇 미터?"], "held_out": ["등대는 얼마나 높나요?"]},
@@ -72,6 +76,8 @@ def edit_params(repo, section, key, value):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
 
 
+# The tests on tiny_repo run `dvc repro` (minutes): each is marked slow. The ones on an empty
+# folder run one stage to its first error (seconds) and stay in `make test-fast`.
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory):
     """A copy of the repo's committed and new files, made tiny, committed to a fresh git repo."""
@@ -128,6 +134,7 @@ def first_repro(tiny_repo):
     return out, results(tiny_repo)
 
 
+@pytest.mark.slow
 def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
     assert stages_run(first_repro[0]) == STAGES
     assert not (tiny_repo / "models/checkpoints/finetune").exists()  # deleted after a successful finish
@@ -176,6 +183,7 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
     assert (kept["kept_epoch"], kept["kept_by"]) == (lowest, "lowest dev answer loss")
 
 
+@pytest.mark.slow
 def test_every_weight_was_trained_and_the_model_loads(tiny_repo, first_repro):
     from transformers import AutoModelForCausalLM
     base = AutoModelForCausalLM.from_pretrained(tiny_repo / "models/base").state_dict()
@@ -185,6 +193,7 @@ def test_every_weight_was_trained_and_the_model_loads(tiny_repo, first_repro):
     assert unchanged == []
 
 
+@pytest.mark.slow
 def test_held_out_questions_and_the_retention_probe_never_reach_training(tiny_repo, first_repro, tmp_path):
     """What finetune learns from (pairs, statements, rehearsal) holds no held-out question and none of
     the retention probe; and finetune and interpolate train and choose the same weights without those
@@ -209,6 +218,7 @@ def test_held_out_questions_and_the_retention_probe_never_reach_training(tiny_re
         assert all(torch.equal(ours[name], original[name]) for name in original), model
 
 
+@pytest.mark.slow
 def test_final_model_is_the_interpolation_chosen_on_dev(tiny_repo, first_repro):
     params = yaml.safe_load((tiny_repo / "params.yaml").read_text(encoding="utf-8"))["interpolate"]
     curve = json.loads((tiny_repo / "metrics/interpolation_curve.json").read_text())
@@ -238,12 +248,14 @@ def test_rehearsal_prompts_touching_the_retention_probe_are_refused(tmp_path):
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["rehearsal_prompts.yaml", "retention.yaml"]
 
 
+@pytest.mark.slow
 def test_second_repro_does_nothing(tiny_repo, first_repro):
     out = dvc("repro", cwd=tiny_repo).stdout
     assert stages_run(out) == []
     assert "up to date" in out
 
 
+@pytest.mark.slow
 def test_finetune_killed_midway_resumes_and_ends_as_if_never_killed(tiny_repo, first_repro):
     checkpoint = tiny_repo / "models/checkpoints/finetune/checkpoint.pt"
     run_ = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "-s", "finetune"], cwd=tiny_repo,
@@ -275,6 +287,7 @@ def test_finetune_killed_midway_resumes_and_ends_as_if_never_killed(tiny_repo, f
     assert not checkpoint.parent.exists()
 
 
+@pytest.mark.slow
 def test_forced_rerun_of_every_stage_is_byte_identical(tiny_repo, first_repro):
     assert stages_run(dvc("repro", "--force", cwd=tiny_repo).stdout) == STAGES
     assert results(tiny_repo) == first_repro[1]
@@ -289,14 +302,36 @@ def test_forced_rerun_of_every_stage_is_byte_identical(tiny_repo, first_repro):
     # a weight none of the defaults is, so the final model changes; no retraining
     (("interpolate", "weights", [0.5]), stages("interpolate", "final_eval")),
 ])
+@pytest.mark.slow
 def test_a_param_edit_reruns_only_the_stages_that_read_it(tiny_repo, first_repro, edit, expected):
     params = tiny_repo / "params.yaml"
     original = params.read_text(encoding="utf-8")
+    before = results(tiny_repo)
     edit_params(tiny_repo, *edit)
-    assert stages_run(dvc("repro", cwd=tiny_repo).stdout) == expected
+    ran = stages_run(dvc("repro", cwd=tiny_repo).stdout)
+    report_inputs_changed = any((tiny_repo / name).read_bytes() != before[name] for name in REPORT_INPUTS)
+    assert ran == expected + (["report"] if report_inputs_changed else [])
     restore(tiny_repo, params, original)
 
 
+@pytest.mark.parametrize("module, expected", [
+    # a metric: the evaluations (interpolate chooses by one) and the report, never training
+    ("llm_fft/metrics.py", ["baseline_eval", "interpolate", "final_eval", "report"]),
+    ("llm_fft/report.py", ["report"]),  # the report's look: nothing is evaluated again
+    ("llm_fft/loss.py", ["baseline_eval", "finetune", "interpolate", "final_eval"]),  # finetune's dev loss
+])
+@pytest.mark.slow
+def test_editing_a_module_changes_only_the_stages_that_import_it(tiny_repo, first_repro, module, expected):
+    path = tiny_repo / module
+    original = path.read_text(encoding="utf-8")
+    path.write_text(original + "\n# an edit\n", encoding="utf-8")
+    changed = json.loads(dvc("status", "--json", cwd=tiny_repo).stdout)
+    path.write_text(original, encoding="utf-8")
+    assert sorted(changed) == sorted(expected)
+    assert dvc("status", cwd=tiny_repo).stdout.strip() == "Data and pipelines are up to date."
+
+
+@pytest.mark.slow
 def test_editing_the_facts_reruns_everything_from_generate_dataset(tiny_repo, first_repro):
     facts = tiny_repo / "data/facts.yaml"
     original = facts.read_text(encoding="utf-8")
@@ -338,6 +373,7 @@ def test_bad_params_are_all_reported_before_any_work(tmp_path):
     assert "finetune.fsdp shards the model over processes: set finetune.processes > 1" in result.stderr
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_training_naming_the_step(tiny_repo, first_repro, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained(tiny_repo / "models/base")
@@ -373,6 +409,7 @@ def test_impossible_settings_fail_with_a_clear_message(tmp_path, monkeypatch, st
     assert list(tmp_path.iterdir()) == [tmp_path / "params.yaml"]  # nothing written
 
 
+@pytest.mark.slow
 def test_ask_and_chat_answer_as_the_final_evaluation_did(tiny_repo, first_repro):
     table = pd.read_csv(tiny_repo / "metrics/final_answers.csv", keep_default_na=False)
     one = run([sys.executable, "-m", "llm_fft.ask", table.question[0]], tiny_repo)
@@ -390,6 +427,7 @@ def test_ask_without_a_model_says_how_to_make_one(tmp_path, monkeypatch):
     assert "models/final holds no model: run `dvc repro` (or `make run`) first" in result.stderr
 
 
+@pytest.mark.slow
 def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, first_repro, tmp_path):
     """The file backend and the chat prompt style, switched with `dvc exp run -S` (a copy of the
     tiny repo, so the other tests keep theirs)."""
@@ -417,9 +455,11 @@ def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, fir
 
 
 @pytest.mark.parametrize("setting, rerun", [
-    ("prompt.style=plain", stages("parse_qa", "baseline_eval", "finetune", "interpolate", "final_eval")),  # the base model, dataset and rehearsal are reused
+    # the base model, dataset and rehearsal are reused
+    ("prompt.style=plain", stages("parse_qa", "baseline_eval", "finetune", "interpolate", "final_eval", "report")),
     ("prompt.markers=special_tokens", [s for s in STAGES if s != "generate_dataset"]),  # a new base model; the dataset is reused
 ])
+@pytest.mark.slow
 def test_plain_style_and_special_token_markers_through_dvc_exp_run(tiny_repo, first_repro, tmp_path, setting, rerun):
     repo = tmp_path / "repo"
     copy_repo(tiny_repo, repo)
@@ -447,6 +487,7 @@ ENGLISH_FACTS = {"facts": [  # SmolLM2-135M writes no usable Korean pairs (measu
 PLANTED_KEY = "sk-test-PLANTED-4d1f9c"
 
 
+@pytest.mark.slow
 def test_llm_backend_writes_the_dataset_through_dvc_locally_and_over_http(tiny_repo, first_repro, tmp_path):
     """A real dataset from the embedded model through `dvc repro generate_dataset`, in process and
     from a real OpenAI-compatible server on 127.0.0.1; the API key reaches the server and nothing else."""

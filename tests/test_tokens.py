@@ -7,9 +7,8 @@ import copy
 import pytest
 import torch
 
-from llm_fft.data import (IGNORE_INDEX, PROMPT_STYLES, PromptError, build_prompt, collate, stop_ids,
-                          tokenize_pair)
-from llm_fft.evaluation import answer_questions
+from llm_fft.data import IGNORE_INDEX, PROMPT_STYLES, PromptError, build_prompt, collate, stop_ids, tokenize_pair
+from llm_fft.generation import answer_questions
 
 PAIRS = [("별무리섬은 어느 바다에 있나요?", "별무리섬은 제주도 남쪽 바다에 있는 작은 섬입니다."),
          ("How tall is the lighthouse?", "27 metres."),

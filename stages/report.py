@@ -1,0 +1,63 @@
+"""Stage report: the before/after report, built from the files the other stages wrote.
+
+    python -m stages.report
+
+Reads metrics/baseline.json, metrics/final.json and their answer tables, the finetune loss curves
+(DVCLive TSV files), metrics/finetune/metrics.json (the epoch kept) and metrics/interpolation.json
+(the weight chosen). Writes metrics/report.md, metrics/report.html (self-contained: open it in a
+browser) and metrics/loss.png. It reads no params and loads no model, so a change to the report
+reruns only this stage.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from llm_fft.files import write_atomically
+from llm_fft.metrics import read_answers
+from llm_fft.report import ReportInputError, loss_curve_png, report_html, report_markdown
+
+BASELINE_METRICS = Path("metrics/baseline.json")
+BASELINE_ANSWERS = Path("metrics/baseline_answers.csv")
+FINAL_METRICS = Path("metrics/final.json")
+FINAL_ANSWERS = Path("metrics/final_answers.csv")
+TRAIN_LOSS = Path("metrics/finetune/plots/metrics/train/loss.tsv")
+DEV_LOSS = Path("metrics/finetune/plots/metrics/dev/answer_nll.tsv")
+FINETUNE_SUMMARY = Path("metrics/finetune/metrics.json")
+INTERPOLATION = Path("metrics/interpolation.json")
+REPORT_MD = Path("metrics/report.md")
+REPORT_HTML = Path("metrics/report.html")
+LOSS_PNG = Path("metrics/loss.png")
+
+
+def read_json(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def how_chosen(kept, chosen):
+    """Sentences for the report: the epoch finetune kept and the weight interpolate chose, and on what."""
+    epoch = f"Epoch kept: {kept['kept_epoch']} ({kept['kept_by']}"
+    epoch += f", {kept['kept_dev_answer_nll']} nats/token)." if "kept_dev_answer_nll" in kept else ")."
+    weight = (f"Interpolation weight: {chosen['chosen_weight']} (w = base + {chosen['chosen_weight']} x "
+              f"(fine-tuned - base)), chosen on {chosen['chosen_on']}.")
+    return [epoch, weight, "The held-out questions and the retention probe chose nothing: they only report."]
+
+
+def main():
+    before, after = read_json(BASELINE_METRICS), read_json(FINAL_METRICS)
+    before_table, after_table = read_answers(BASELINE_ANSWERS), read_answers(FINAL_ANSWERS)
+    choices = how_chosen(read_json(FINETUNE_SUMMARY), read_json(INTERPOLATION))
+    png = loss_curve_png(TRAIN_LOSS, DEV_LOSS if DEV_LOSS.exists() else None)
+    try:
+        markdown = report_markdown(before, after, before_table, after_table, LOSS_PNG.name, choices)
+        page = report_html(before, after, before_table, after_table, png, choices)
+    except ReportInputError as e:
+        sys.exit(f"error: {e}\n(rerun the evaluations: dvc repro final_eval)")
+    write_atomically(LOSS_PNG, png)
+    write_atomically(REPORT_MD, markdown)
+    write_atomically(REPORT_HTML, page)
+    print(f"wrote the report: {REPORT_HTML} (open it in a browser) / {REPORT_MD}, and {LOSS_PNG}")
+
+
+if __name__ == "__main__":
+    main()

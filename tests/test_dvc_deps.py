@@ -1,0 +1,58 @@
+"""dvc.yaml lists, for every stage, exactly the project modules its script imports (transitively).
+
+A module missing from a stage's deps means an edit to it does not rerun the stage (stale results); an
+extra one means an edit reruns a stage it cannot affect (a retrain for nothing).
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "llm_fft"
+
+
+def imported_modules(path):
+    """The llm_fft modules one file imports, as repo-relative paths (llm_fft/x.py)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == PACKAGE:
+            names = [node.module] if node.module != PACKAGE else [f"{PACKAGE}.{a.name}" for a in node.names]
+            found.update(names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE)
+    paths = {f"{name.replace('.', '/')}.py" for name in found}
+    return {p for p in paths if (REPO / p).is_file()}
+
+
+def transitive_modules(script):
+    seen, todo = set(), [script]
+    while todo:
+        for module in imported_modules(REPO / todo.pop()) - seen:
+            seen.add(module)
+            todo.append(module)
+    return seen
+
+
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_deps_list_exactly_the_modules_it_imports(name):
+    stage = STAGES[name]
+    command = stage["cmd"].split()  # python -m stages.NAME
+    assert command[:2] == ["python", "-m"], f"{name}: run a stage as a module, so the repo's own llm_fft is imported"
+    script = command[2].replace(".", "/") + ".py"
+    assert script.startswith("stages/") and script in stage["deps"], f"{name}: its script is not a dep"
+    declared = {d for d in stage["deps"] if d.startswith(f"{PACKAGE}/")}
+    imported = transitive_modules(script)
+    assert declared == imported, (f"{name}: dvc.yaml lists modules it does not import: {sorted(declared - imported)}; "
+                                  f"imports modules dvc.yaml does not list: {sorted(imported - declared)}")
+
+
+def test_the_walk_follows_imports_through_modules():
+    # final_eval imports evaluation, which imports metrics, which imports text: all three are found.
+    assert {"llm_fft/evaluation.py", "llm_fft/metrics.py", "llm_fft/text.py"} <= transitive_modules("stages/final_eval.py")
+    assert "llm_fft/metrics.py" not in transitive_modules("stages/finetune.py")
