@@ -44,11 +44,19 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, get_scheduler
 
 from llm_fft.data import IGNORE_INDEX, PROMPT_SPEC, collate, collate_packed, read_jsonl, stop_ids
-from llm_fft.evaluation import EVAL_SPEC, answer_questions, generation_limit
+from llm_fft.evaluation import EVAL_SPEC
 from llm_fft.files import write_atomically
+from llm_fft.generation import answer_questions, generation_limit
 from llm_fft.model import embedded_gguf, load_base, load_pretrained, prepare_tokenizer
-from llm_fft.params import fail_if_problems, load_params, problems_in_section, seed_everything, shared_problems
-from llm_fft.training import PRECISIONS, autocast_for, make_optimizer, train_step
+from llm_fft.params import (
+    ParamsError,
+    fail_if_problems,
+    load_params,
+    problems_in_section,
+    seed_everything,
+    shared_problems,
+)
+from llm_fft.training import FINETUNE_SPEC, autocast_for, make_optimizer, train_step
 
 RECORDS = Path("data/qa.jsonl")
 BASE_MODEL = Path("models/base")
@@ -64,16 +72,10 @@ BENCH_SPEC = {
     "packed_length": (int, lambda v: v >= 2, "an integer >= 2 (tokens per packed row)"),
     "packed_batch_size": (int, lambda v: v >= 1, "an integer >= 1 (packed rows per step)"),
 }
-# The finetune keys the benchmark trains with; stages/finetune.py checks the whole section.
-FINETUNE_KEYS_READ = {
-    "lr": (float, lambda v: 0 < v < 1, "a float in (0, 1)"),
-    "batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
-    "weight_decay": ((int, float), lambda v: v >= 0, "a number >= 0"),
-    "warmup_steps": (int, lambda v: v >= 0, "an integer >= 0 (optimizer steps)"),
-    "lr_schedule": (str, None, "a transformers.get_scheduler name"),
-    "max_grad_norm": ((int, float), lambda v: v > 0, "a number > 0"),
-    "precision": (str, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-}
+# The finetune keys the benchmark trains with, under the finetune stage's own rules
+# (stages/finetune.py checks the whole section).
+FINETUNE_KEYS_READ = {key: FINETUNE_SPEC[key] for key in ("lr", "batch_size", "weight_decay", "warmup_steps",
+                                                         "lr_schedule", "max_grad_norm", "precision")}
 
 # kakaocorp/kanana-nano-2.1b-base's shape: every config field that sets the cost of a step.
 KANANA_SHAPE = dict(hidden_size=1792, intermediate_size=8064, num_hidden_layers=32, num_attention_heads=24,
@@ -470,4 +472,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ParamsError as e:  # the library raises; the command says why in one message and exits non-zero
+        sys.exit(f"error: {e}")

@@ -1,5 +1,5 @@
-"""The optimisation step and the checkpoints of stages/finetune.py (the step is kept here so a
-benchmark can time the same code)."""
+"""The optimisation step, the processes and the checkpoints of stages/finetune.py (the step is kept
+here so a benchmark can time the same code)."""
 
 import contextlib
 import hashlib
@@ -7,20 +7,52 @@ import json
 import math
 import os
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_state_dict)
+from accelerate import Accelerator
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from llm_fft.data import IGNORE_INDEX
 
 PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16-pure")
+SCHEDULES = ("linear", "cosine", "constant_with_warmup")
+# The finetune section of params.yaml (see llm_fft.params.problems_in_section); the benchmark checks
+# the keys it trains with against the same rules.
+FINETUNE_SPEC = {
+    "lr": (float, lambda v: 0 < v < 1, "a float in (0, 1)"),
+    "epochs": (int, lambda v: v >= 1, "an integer >= 1"),
+    "batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
+    "weight_decay": ((int, float), lambda v: v >= 0, "a number >= 0"),
+    "warmup_steps": (int, lambda v: v >= 0, "an integer >= 0 (optimizer steps)"),
+    "lr_schedule": (str, lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+    "max_grad_norm": ((int, float), lambda v: v > 0, "a number > 0"),
+    "precision": (str, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    "log_every": (int, lambda v: v >= 1, "an integer >= 1 (optimizer steps)"),
+    "checkpoint_every": (int, lambda v: v >= 0, "an integer >= 0 (optimizer steps; 0 = never)"),
+    "processes": (int, lambda v: v >= 1, "an integer >= 1 (1 = no DDP; N = one per GPU)"),
+    "fsdp": (bool, None, "true or false"),
+    "group_by_length": (bool, None, "true or false"),
+    "packing": (bool, None, "true or false"),
+    "gradient_checkpointing": (bool, None, "true or false"),
+    "compile": (bool, None, "true or false"),
+    "rehearsal_ratio": ((int, float), lambda v: v >= 0, "a number >= 0 (rehearsal texts per task example)"),
+    "select_epoch": (str, lambda v: v in ("last", "best_dev_loss"), "last or best_dev_loss"),
+}
+
+
+class TrainingError(ValueError):
+    """A run that cannot start or go on; the message says why and what to do. The finetune stage
+    prints it as `error: <message>` and exits non-zero."""
 
 
 def autocast_for(device, precision):
@@ -86,6 +118,87 @@ def shard(model, device):
             fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
+
+
+class Processes:
+    """The training processes as the finetune loop meets them. Everything that differs with
+    finetune.processes > 1 happens here; with one process each method is the plain thing (wrap and
+    unwrap change nothing, own_rows is the whole batch, mean is the loss itself, wait returns).
+
+    N processes are N copies of the stage started by `accelerate launch`: DDP keeps the whole model
+    in each and averages the gradients in backward; FSDP (finetune.fsdp) keeps 1/N of it in each.
+    Every process draws the same global batches and trains on its own rows of them.
+    """
+
+    def __init__(self, device, fsdp):
+        # One process, or one per GPU (CPU process) when started by `accelerate launch`.
+        self.accelerator = Accelerator(cpu=device.type == "cpu")
+        self.fsdp = fsdp
+        self.device = self.accelerator.device
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.is_main = self.accelerator.is_main_process  # only it logs and writes; the others train
+
+    @property
+    def load_device(self):
+        """Where to read the model: FSDP reads it whole into CPU memory in every process, and wrap
+        keeps only this process's shard on the device."""
+        return "cpu" if self.fsdp else self.device
+
+    def wrap(self, model):
+        """FSDP: shard the model. DDP: wrap it, so that backward averages the processes' gradients
+        (FSDP does that itself). One process: nothing to do. The optimizer and scheduler are not
+        wrapped: they step once per step, as in one process."""
+        return shard(model, self.device) if self.fsdp else self.accelerator.prepare(model)
+
+    def unwrap(self, model):
+        """The model out of DDP's wrapper (an FSDP model is sharded in place: nothing to take off)."""
+        return self.accelerator.unwrap_model(model)
+
+    def own_rows(self, global_batch):
+        """This process's rows of the global batch: rank, rank + world, ...
+
+        A process left without an example (the epoch's last batch may be short) trains on a copy of
+        one with no label: it must take part in the gradient all-reduce, adding nothing."""
+        return global_batch[self.rank::self.world] or [{**global_batch[0],
+                                                        "labels": [IGNORE_INDEX] * len(global_batch[0]["labels"])}]
+
+    def loss_divisor(self, global_batch):
+        """train_step's num_items: None in one process (its batch's own mean).
+
+        Each process sums its answer-token losses and divides by the whole batch's count over
+        world: the mean of the processes' gradients is then exactly the gradient of the whole
+        batch's mean loss, as one process would compute it (the first label is never supervised:
+        it predicts nothing)."""
+        if self.world == 1:
+            return None
+        return sum(label != IGNORE_INDEX for r in global_batch for label in r["labels"][1:]) / self.world
+
+    def mean(self, loss):
+        """The loss to log: the whole batch's mean, from the processes' parts."""
+        if self.world == 1:
+            return loss
+        return self.accelerator.reduce(torch.tensor(loss, device=self.device), "mean").item()
+
+    def computes_dev_loss(self, keep_best):
+        """Whether this process computes the dev loss: the main process does; under FSDP every
+        process, since each forward needs all of them; when keeping the best epoch every process
+        too, so they all decide alike."""
+        return self.is_main or self.fsdp or keep_best
+
+    def whole_weights(self, model):
+        """The last weights, for save_model: None where the model holds them whole (one process,
+        DDP); under FSDP gathered from the shards (every process calls it, only the first receives them)."""
+        return gather_weights(model) if self.fsdp else None
+
+    def wait(self):
+        self.accelerator.wait_for_everyone()
+
+    def end(self):
+        """The processes leave together, their process group closed: one that exited with it open
+        while the main process was still saving aborted now and then in gloo's teardown (measured:
+        1 run in 20 of 2-process FSDP, "terminate called without an active exception")."""
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
 
 
 def epoch_examples(task, rehearsal, ratio, seed, epoch):
@@ -237,7 +350,8 @@ def save_checkpoint(path, fingerprint, step, history, model_state, optimizer_sta
 
 
 def load_checkpoint(path, fingerprint):
-    """The checkpoint's state, or None if there is none. Exits if it belongs to another run."""
+    """The checkpoint's state, or None if there is none. Raises TrainingError if it belongs to
+    another run."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -246,9 +360,9 @@ def load_checkpoint(path, fingerprint):
     changed = [k for k in fingerprint.keys() | state["fingerprint"].keys()
                if fingerprint.get(k) != state["fingerprint"].get(k)]
     if changed:
-        sys.exit(f"error: {path} was saved by a run with other params or data (differs in: "
-                 f"{', '.join(sorted(changed))}); refusing to resume it. Delete it to start over: "
-                 f"rm -r {path.parent}")
+        raise TrainingError(f"{path} was saved by a run with other params or data (differs in: "
+                            f"{', '.join(sorted(changed))}); refusing to resume it. Delete it to start over: "
+                            f"rm -r {path.parent}")
     return state
 
 

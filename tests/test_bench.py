@@ -32,6 +32,7 @@ def in_repo(monkeypatch):
 
 # --- The smoke run: what CI runs -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_field(tmp_path, in_repo, capsys):
     out = tmp_path / "bench.json"
     bench.main(["--smoke", "--out", str(out)])
@@ -78,6 +79,7 @@ def test_smoke_run_writes_every_field(tmp_path, in_repo, capsys):
     assert "evaluation, 6 questions" in printed
 
 
+@pytest.mark.slow
 def test_kanana_cases_run_on_any_device_and_fill_every_packed_row(in_repo):
     # On CUDA these run kanana's shape; here the smoke shape on the CPU takes the same path.
     params = load_params()
@@ -91,6 +93,18 @@ def test_kanana_cases_run_on_any_device_and_fill_every_packed_row(in_repo):
     assert dataset["real_tokens"] < dataset["padded_tokens"]
     assert packed["real_tokens"] == packed["padded_tokens"] == 2 * rows_per_step * bench.SMOKE_PACKED_LENGTH
     assert all(r["steps"] == 2 and r["mfu"] is None for r in rows)  # no peak FLOP/s for a CPU
+
+
+# --- The params -----------------------------------------------------------------------------------
+
+def test_the_finetune_keys_the_benchmark_reads_follow_the_finetune_stages_rules():
+    from llm_fft.params import ParamsError
+    from llm_fft.training import FINETUNE_SPEC
+    assert all(bench.FINETUNE_KEYS_READ[key] is FINETUNE_SPEC[key] for key in bench.FINETUNE_KEYS_READ)
+    params = load_params(REPO / "params.yaml")
+    params["finetune"]["lr_schedule"] = "cosin"
+    with pytest.raises(ParamsError, match="finetune.lr_schedule = 'cosin' is out of range"):
+        bench.check_params(params)
 
 
 # --- The fixed work ------------------------------------------------------------------------------
@@ -145,7 +159,8 @@ def assert_same_loss_and_gradients(model, batch, rtol, atol):
     (loss, grads), (fast_loss, fast_grads) = standard_and_fast(model, batch)
     torch.testing.assert_close(fast_loss, loss, rtol=rtol, atol=atol)
     for (name, _), g, fast_g in zip(model.named_parameters(), grads, fast_grads, strict=True):
-        torch.testing.assert_close(fast_g, g, rtol=rtol, atol=atol, msg=lambda m: f"gradient of {name}: {m}")
+        torch.testing.assert_close(fast_g, g, rtol=rtol, atol=atol,
+                                   msg=lambda m, name=name: f"gradient of {name}: {m}")
     return loss
 
 

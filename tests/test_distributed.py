@@ -20,6 +20,8 @@ from safetensors.torch import load_file
 
 from llm_fft.data import to_jsonl, tokenize_pair
 
+pytestmark = pytest.mark.slow  # every test here trains through the finetune stage, most in 2 processes
+
 REPO = Path(__file__).resolve().parents[1]
 # 9 examples in batches of 4: each epoch ends with a batch of one, which leaves the second of two
 # processes without an example (it must still take part in every step).

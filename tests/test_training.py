@@ -81,6 +81,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     assert_close_results(loss_and_grads(checkpointed, batch), plain)
 
 
+@pytest.mark.slow
 def test_compiled_decoder_gives_the_same_loss_and_gradients():
     batch = collate(RECORDS, pad_id=0)
     plain = loss_and_grads(tiny(LlamaConfig), batch)
@@ -150,3 +151,15 @@ def test_a_weight_snapshot_is_a_copy_that_training_leaves_alone():
         for parameter in model.parameters():
             parameter.add_(1.0)
     assert all(not torch.equal(snapshot[name], tensor) for name, tensor in model.state_dict().items())
+
+
+def test_a_checkpoint_of_another_run_is_refused_by_raising_not_exiting(tmp_path):
+    from llm_fft.training import TrainingError, load_checkpoint, save_checkpoint
+    path = tmp_path / "checkpoint.pt"
+    assert load_checkpoint(path, {"finetune.lr": 3e-4}) is None  # none yet: start from the beginning
+    scheduler = torch.optim.lr_scheduler.LambdaLR(make_optimizer(torch.nn.Linear(2, 2), 1e-3, 0.0), lambda step: 1.0)
+    save_checkpoint(path, {"finetune.lr": 3e-4, "seed": 1}, 3, [], {}, {}, scheduler)
+    assert load_checkpoint(path, {"finetune.lr": 3e-4, "seed": 1})["step"] == 3
+    # The stage turns the error into its `error: ...` line; the library only raises.
+    with pytest.raises(TrainingError, match=r"\(differs in: finetune\.lr\); refusing to resume it"):
+        load_checkpoint(path, {"finetune.lr": 1e-4, "seed": 1})
