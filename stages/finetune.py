@@ -163,7 +163,8 @@ def launch_if_multiprocess(processes):
     if processes > 1 and "WORLD_SIZE" not in os.environ:
         sys.exit(subprocess.call([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                                   str(ACCELERATE_CONFIG), "--num_processes", str(processes),
-                                  "-m", "stages.finetune"]))  # a module, as dvc.yaml runs it
+                                  # the copies start as this one did: as a module (dvc.yaml) or a file
+                                  *(["-m", __spec__.name] if __spec__ else [__file__])]))
 
 
 class Data(NamedTuple):
