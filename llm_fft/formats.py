@@ -436,6 +436,10 @@ def _value_problems(question, answer):
         bad = _BAD_CHARACTER.search(value)
         if bad:
             problems.append(f"control character U+{ord(bad[0]):04X} inside the {name}: {excerpt(value)}")
+        # A chat's reply pasted whole: its ``` fence lines would silently join a multi-line value.
+        if any(line.strip().startswith("```") for line in value.split("\n")):
+            problems.append(f"a Markdown code fence (```) inside the {name}: delete the lines the chat "
+                            f"added around the dataset: {excerpt(value)}")
     return problems
 
 
