@@ -26,6 +26,7 @@ from llm_fft.data import IGNORE_INDEX
 
 PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16-pure")
 SCHEDULES = ("linear", "cosine", "constant_with_warmup")
+REHEARSAL_LOSSES = ("ce", "kl")
 # The finetune section of params.yaml (see llm_fft.params.problems_in_section); the benchmark checks
 # the keys it trains with against the same rules.
 FINETUNE_SPEC = {
@@ -46,6 +47,7 @@ FINETUNE_SPEC = {
     "gradient_checkpointing": (bool, None, "true or false"),
     "compile": (bool, None, "true or false"),
     "rehearsal_ratio": ((int, float), lambda v: v >= 0, "a number >= 0 (rehearsal texts per task example)"),
+    "rehearsal_loss": (str, lambda v: v in REHEARSAL_LOSSES, f"one of {', '.join(REHEARSAL_LOSSES)}"),
     "select_epoch": (str, lambda v: v in ("last", "best_dev_loss"), "last or best_dev_loss"),
 }
 
@@ -221,15 +223,26 @@ def make_optimizer(model, lr, weight_decay):
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
 
 
-def train_step(model, batch, optimizer, scheduler, max_grad_norm, autocast, num_items=None):
+def train_step(model, batch, optimizer, scheduler, max_grad_norm, autocast, num_items=None, distill=None):
     """One optimizer step on one batch; returns (loss, gradient norm before clipping) as floats.
 
     The loss is the mean cross-entropy over supervised tokens (-100 skipped), as model(**batch).loss,
     computed by supervised_token_loss where the architecture allows it (it skips unsupervised work);
     num_items: the sum is divided by it instead of by the batch's own supervised tokens.
+    distill: (teacher, batch of rehearsal rows), for finetune.rehearsal_loss = kl. Those rows add their
+    distillation_loss, batch may be None (no task row), and both parts share one divisor, so the loss
+    stays a mean over every supervised token of the step.
     """
     with autocast:
-        loss = supervised_token_loss(model, batch, num_items)
+        if distill is None:
+            loss = supervised_token_loss(model, batch, num_items)
+        else:
+            teacher, distill_batch = distill
+            if num_items is None:
+                num_items = sum(supervised_positions(b) for b in (batch, distill_batch) if b is not None)
+            loss = distillation_loss(model, teacher, distill_batch, num_items)
+            if batch is not None:
+                loss = loss + supervised_token_loss(model, batch, num_items)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
@@ -279,6 +292,32 @@ def supervised_token_loss(model, batch, num_items=None):
     if num_items is None:
         return F.cross_entropy(logits.float(), targets[supervised])
     return F.cross_entropy(logits.float(), targets[supervised], reduction="sum") / num_items
+
+
+def supervised_positions(batch):
+    """How many positions of the batch predict a supervised token (the first label predicts nothing)."""
+    return (batch["labels"][:, 1:] != IGNORE_INDEX).sum().item()
+
+
+def distillation_loss(model, teacher, batch, num_items):
+    """KL(teacher || model) of the next-token distributions, summed over the vocabulary and over the
+    supervised positions, divided by num_items (finetune.rehearsal_loss = kl; teacher: the frozen base).
+
+    Cross-entropy on the base model's sampled rehearsal text teaches those sampled tokens, and a few
+    hundred texts seen every epoch are soon learned by heart. The KL teaches, at every position, the
+    whole distribution the base model had there, which is what its answers to everything else come
+    from (self-distillation; Hinton et al. 2015, Li & Hoiem's "Learning without Forgetting" 2016).
+    """
+    targets = batch["labels"][:, 1:]
+    supervised = targets != IGNORE_INDEX  # padding is masked by position, as for the cross-entropy
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        teacher_logits = teacher(**inputs, use_cache=False).logits[:, :-1][supervised]
+    logits = model(**inputs, use_cache=False).logits[:, :-1][supervised]
+    # fp32 log-probabilities under bf16 autocast, as for the cross-entropy.
+    kl = F.kl_div(F.log_softmax(logits.float(), dim=-1), F.log_softmax(teacher_logits.float(), dim=-1),
+                  log_target=True, reduction="sum")
+    return kl / num_items
 
 
 # --- Checkpoints: resume after a crash ---------------------------------------------------------

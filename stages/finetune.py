@@ -4,7 +4,8 @@
 
 Reads finetune.*, model.dtype, seed and device in params.yaml, data/qa.jsonl (the question/answer
 pairs), data/statements_qa.jsonl (the facts as plain text), data/rehearsal.jsonl (the base model's own
-text; finetune.rehearsal_ratio of it is mixed into every epoch), data/dev_qa.jsonl and models/base.
+text; finetune.rehearsal_ratio of it is mixed into every epoch, learned by cross-entropy or, with
+finetune.rehearsal_loss kl, distilled from the base model), data/dev_qa.jsonl and models/base.
 It never reads the held-out questions: they only report. Writes models/finetuned (save_pretrained:
 model and tokenizer; the last epoch's weights, or with finetune.select_epoch best_dev_loss the epoch
 whose dev answer loss was lowest) and, through DVCLive, metrics/finetune/ (loss and learning rate per
@@ -89,6 +90,7 @@ def main():
     seed_everything(seed)
     procs = Processes(pick_device(params["device"]), cfg["fsdp"])
     model, tokenizer, optimizer, scheduler = set_up(cfg, procs, total_steps)
+    teacher = load_teacher(cfg, procs) if cfg["rehearsal_loss"] == "kl" and data.rehearsal else None
     # history: (loss, lr, dev answer loss or None) of every step done, replayed into DVCLive.
     # best: (epoch, dev loss, whole weights on the CPU) of the lowest dev loss so far (best_dev_loss).
     start_step, history, best = 0, [], None
@@ -109,7 +111,7 @@ def main():
                 continue  # done before the crash
             step += 1
             loss, lr, grad_norm = train_one_step(model, optimizer, scheduler, autocast, global_batch, tokenizer,
-                                                 cfg, procs)
+                                                 cfg, procs, teacher)
             if not math.isfinite(loss):
                 log.end()
                 sys.exit(f"error: loss is {loss} at step {step} (epoch {epoch}); no model saved. "
@@ -177,7 +179,8 @@ class Data(NamedTuple):
 def load_data(cfg, seed):
     """The task, the rehearsal pool and the dev questions; warns when one batch holds the whole epoch."""
     task = read_jsonl(RECORDS) + read_jsonl(STATEMENT_RECORDS)
-    rehearsal = read_jsonl(REHEARSAL_RECORDS) if cfg["rehearsal_ratio"] else []
+    # Tagged so that rehearsal_loss = kl can tell them from the task rows in a batch.
+    rehearsal = [{**r, "rehearsal": True} for r in read_jsonl(REHEARSAL_RECORDS)] if cfg["rehearsal_ratio"] else []
     dev = read_jsonl(DEV_RECORDS)
     if cfg["select_epoch"] == "best_dev_loss" and not dev:
         raise TrainingError(f"finetune.select_epoch = best_dev_loss needs dev questions, and {DEV_RECORDS} has none "
@@ -213,6 +216,13 @@ def set_up(cfg, procs, total_steps):
     return model, tokenizer, optimizer, scheduler
 
 
+def load_teacher(cfg, procs):
+    """The frozen base model that rehearsal_loss = kl distils from: a second copy of the weights
+    (in the master dtype, ~0.5 GB for the embedded model), never trained."""
+    teacher, _ = load_pretrained(BASE_MODEL, master_dtype(cfg["precision"]), procs.device)
+    return teacher.eval().requires_grad_(False)
+
+
 def resume(checkpoint, model, optimizer, scheduler):
     """Put back the weights, AdamW and schedule state and the RNGs of the checkpoint (every process
     takes its part); returns (steps done, history, best)."""
@@ -228,7 +238,8 @@ def plan(model, procs, cfg, data, total_steps):
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)  # whole counts under FSDP too
     return (f"training {n_params / 1e6:.1f}M parameters on {procs.device} x {procs.world} process(es)"
             f"{' (FSDP)' if procs.fsdp else ''} ({cfg['precision']}{': bf16 autocast' if auto_bf16 else ''}): "
-            f"{len(data.task)} task examples + {data.per_epoch - len(data.task)} rehearsal texts per epoch, "
+            f"{len(data.task)} task examples + {data.per_epoch - len(data.task)} rehearsal texts "
+            f"({cfg['rehearsal_loss']}) per epoch, "
             f"{cfg['epochs']} epochs, {total_steps} steps")
 
 
@@ -249,15 +260,23 @@ def epoch_batches(data, cfg, seed, epoch):
     return DataLoader(records, batch_size=cfg["batch_size"], sampler=order, collate_fn=list, generator=shuffle)
 
 
-def train_one_step(model, optimizer, scheduler, autocast, global_batch, tokenizer, cfg, procs):
+def train_one_step(model, optimizer, scheduler, autocast, global_batch, tokenizer, cfg, procs, teacher):
     """One optimizer step on this process's rows of the global batch. Returns (the whole batch's
-    mean loss, the learning rate of the step, the gradient norm before clipping)."""
-    rows = procs.own_rows(global_batch)
-    batch = collate_packed(rows) if cfg["packing"] else collate(rows, tokenizer.pad_token_id)
-    batch = {k: v.to(procs.device) for k, v in batch.items()}
+    mean loss, the learning rate of the step, the gradient norm before clipping).
+    With a teacher (rehearsal_loss = kl) the rehearsal rows are a batch of their own, distilled."""
+    def to_batch(rows):
+        batch = collate_packed(rows) if cfg["packing"] else collate(rows, tokenizer.pad_token_id)
+        return {k: v.to(procs.device) for k, v in batch.items()}
+
+    rows, distill = procs.own_rows(global_batch), None
+    if teacher is not None:
+        rehearsal_rows = [r for r in rows if r.get("rehearsal")]
+        rows = [r for r in rows if not r.get("rehearsal")]
+        distill = (teacher, to_batch(rehearsal_rows)) if rehearsal_rows else None
+    batch = to_batch(rows) if rows else None
     lr = scheduler.get_last_lr()[0]
     loss, grad_norm = train_step(model, batch, optimizer, scheduler, cfg["max_grad_norm"], autocast,
-                                 procs.loss_divisor(global_batch))
+                                 procs.loss_divisor(global_batch), distill)
     return procs.mean(loss), lr, grad_norm
 
 

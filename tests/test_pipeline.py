@@ -219,6 +219,22 @@ def test_held_out_questions_and_the_retention_probe_never_reach_training(tiny_re
 
 
 @pytest.mark.slow
+def test_rehearsal_distilled_from_the_base_model_is_learned_otherwise(tiny_repo, first_repro, tmp_path):
+    """finetune.rehearsal_loss = kl: the same examples and batches, the rehearsal rows learned from the
+    base model's distributions instead of their tokens; the model saved is the trained one."""
+    repo = tmp_path / "repo"
+    copy_repo(tiny_repo, repo)
+    edit_params(repo, "finetune", "checkpoint_every", 0)
+    edit_params(repo, "finetune", "rehearsal_loss", "kl")
+    out = run([sys.executable, "stages/finetune.py"], repo).stdout
+    assert "task examples + 2 rehearsal texts (kl) per epoch" in out
+    distilled, learned, base = (load_file(path / "model.safetensors") for path in (
+        repo / "models/finetuned", tiny_repo / "models/finetuned", tiny_repo / "models/base"))
+    assert any(not torch.equal(distilled[name], learned[name]) for name in learned)
+    assert any(not torch.equal(distilled[name], base[name]) for name in base)
+
+
+@pytest.mark.slow
 def test_final_model_is_the_interpolation_chosen_on_dev(tiny_repo, first_repro):
     params = yaml.safe_load((tiny_repo / "params.yaml").read_text(encoding="utf-8"))["interpolate"]
     curve = json.loads((tiny_repo / "metrics/interpolation_curve.json").read_text())

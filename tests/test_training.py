@@ -163,3 +163,52 @@ def test_a_checkpoint_of_another_run_is_refused_by_raising_not_exiting(tmp_path)
     # The stage turns the error into its `error: ...` line; the library only raises.
     with pytest.raises(TrainingError, match=r"\(differs in: finetune\.lr\); refusing to resume it"):
         load_checkpoint(path, {"finetune.lr": 1e-4, "seed": 1})
+
+
+def test_distillation_is_zero_against_itself_and_ignores_padding():
+    from llm_fft.training import distillation_loss
+    model = tiny(LlamaConfig)
+    teacher = tiny(LlamaConfig).eval().requires_grad_(False)  # same seed: the same weights
+    batch = collate(RECORDS, pad_id=0)
+    assert distillation_loss(model, teacher, batch, num_items=10).item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    # By hand: KL summed over the vocabulary at each supervised position (labels[1:] != -100).
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    supervised = batch["labels"][:, 1:] != -100
+    p_log = torch.log_softmax(teacher(**inputs).logits[:, :-1][supervised], -1)
+    q_log = torch.log_softmax(model(**inputs).logits[:, :-1][supervised], -1)
+    expected = (p_log.exp() * (p_log - q_log)).sum() / 10
+    loss = distillation_loss(model, teacher, batch, num_items=10)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert loss.item() > 0
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None for name, p in model.named_parameters() if "embed_tokens" not in name)
+    # Padding after an example (longer neighbours) changes nothing: masked by position, not by token id.
+    alone = collate(RECORDS[:1], pad_id=0)
+    padded = {k: v[:1] for k, v in batch.items()}
+    count = (alone["labels"][:, 1:] != -100).sum().item()
+    torch.testing.assert_close(distillation_loss(model, teacher, alone, count),
+                               distillation_loss(model, teacher, padded, count), rtol=1e-5, atol=1e-6)
+
+
+def test_a_step_with_distilled_rows_is_the_mean_over_every_supervised_token():
+    from llm_fft.training import distillation_loss, supervised_positions
+    teacher = tiny(LlamaConfig).eval().requires_grad_(False)
+    model = tiny(LlamaConfig)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    task, rehearsal = collate(RECORDS[:2], pad_id=0), collate(RECORDS[2:], pad_id=0)
+    count = supervised_positions(task) + supervised_positions(rehearsal)
+    with torch.no_grad():
+        expected = (supervised_token_loss(model, task, count) + distillation_loss(model, teacher, rehearsal, count)).item()
+    optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    loss, _ = train_step(model, task, optimizer, scheduler, 1.0, contextlib.nullcontext(), distill=(teacher, rehearsal))
+    assert loss == pytest.approx(expected, rel=1e-5)
+    # A batch of rehearsal rows alone is a step too.
+    loss, _ = train_step(model, None, optimizer, scheduler, 1.0, contextlib.nullcontext(), distill=(teacher, rehearsal))
+    assert loss > 0
