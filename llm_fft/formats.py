@@ -22,7 +22,9 @@ Escape rule of the separator format: a backslash makes the next character litera
     \n  a line break inside a value
 A separator match that covers an escaped character or its backslash does not count, so with the
 default separator `a \| b | c` is the pair ('a | b', 'c'); a '#' that starts a question is written
-'\#' so the line is not a comment. A backslash before any other letter or digit, or at the end of a
+'\#' so the line is not a comment, and list numbering that belongs to a question '1\. ' (unescaped,
+'1. ', '2) ', '- ', '* ' or '• ' starting a question is an error: a chat's list pasted whole). A
+header row ('질문 | 답', 'Question | Answer') is an error too. A backslash before any other letter or digit, or at the end of a
 line, is an error (a Windows path must be written C:\\Users). write_pairs applies the rule, so every
 value reads back exactly.
 
@@ -62,6 +64,13 @@ _MARKER_LIKE = re.compile(r"<\|[^<>|\s]{1,40}\|>")
 # Control characters other than tab and line break, and lone surrogates (only JSON \ud800 makes them).
 _BAD_CHARACTER = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+# The start of a question that is a Markdown list item ("1. ", "2) ", "- ", "* ", "• "): a chat's
+# numbered list pasted whole. Written '1\. ' when it belongs to the question.
+_LIST_MARKER = re.compile(r"(\d{1,3}[.)]|[-*•])\s")
+# Both sides of a header row that a chat or a spreadsheet puts above the pairs ("질문 | 답").
+_HEADER_WORDS = frozenset({"질문", "답", "답변", "정답", "q", "a", "question", "answer", "questions", "answers"})
 
 
 def separator_problem(separator):
@@ -366,10 +375,21 @@ def _parse_separator(text, filename, pattern):
                                    f"{len(matches)} times (columns {columns}); escape a literal one "
                                    f"with a backslash: {excerpt(content)}"))
         else:
-            match = matches[0]
-            candidates.append((line, where, _unescape(content[:match.start()]),
-                               _unescape(content[match.end():])))
+            question, answer = content[:matches[0].start()], content[matches[0].end():]
+            if marker := _LIST_MARKER.match(question.strip()):
+                problems.append((line, f"{where}: the question starts with list numbering or a bullet "
+                                       f"'{marker.group(1)}': delete it, or escape it "
+                                       f"('1\\. ') if it belongs to the question: {excerpt(content)}"))
+            elif _is_header_row(question, answer):
+                problems.append((line, f"{where}: a header row, not a pair: delete the line or start it "
+                                       f"with '#': {excerpt(content)}"))
+            else:
+                candidates.append((line, where, _unescape(question), _unescape(answer)))
     return candidates, problems
+
+
+def _is_header_row(question, answer):
+    return all(v.strip().rstrip(":").strip().casefold() in _HEADER_WORDS for v in (question, answer))
 
 
 def _compile_separator(separator):
@@ -533,6 +553,11 @@ def _separator_line(question, answer, pattern, joint):
               answer.replace("\\", "\\\\").replace("\n", "\\n")]
     if fields[0].startswith("#"):
         fields[0] = "\\" + fields[0]  # else the line reads as a comment
+    if marker := _LIST_MARKER.match(fields[0]):  # else it reads as a pasted list's numbering
+        fields[0] = fields[0][:marker.end(1) - 1] + "\\" + fields[0][marker.end(1) - 1:]
+    if _is_header_row(question, answer):
+        raise ValueError(f"the pair ({question!r}, {answer!r}) reads as a header row in the separator "
+                         "format; write it in another format")
     while True:
         line = fields[0] + joint + fields[1]
         joint_span = (len(fields[0]), len(fields[0]) + len(joint))

@@ -29,6 +29,7 @@ PAIRS = [
     ("  What does 'a | b' mean?  ", ' "a or b" — with a \\ backslash '),
     ("JSON {} and \\| and \\n literally?", 'yes: {"k": 1}\tand a tab'),
     ("#1 starts with a hash?", "first line\nsecond line"),
+    ("1. numbered, and the number belongs to the question?", "- yes, and a dash starts the answer"),
     ("a | b | c", "|edge|"),
     ("ends with a pipe |", "\\"),
     ("ends with a backslash \\", "| starts with a pipe"),
@@ -61,11 +62,12 @@ def test_every_format_gives_byte_identical_pairs():
 
 
 def test_separator_output_follows_the_escape_rule():
-    text = write_pairs(PAIRS[1:6], "separator")
+    text = write_pairs(PAIRS[1:7], "separator")
     assert text.splitlines() == [
         r"""What does 'a \| b' mean? | "a or b" — with a \\ backslash""",
         "JSON {} and \\\\| and \\\\n literally? | yes: {\"k\": 1}\tand a tab",
         r"\#1 starts with a hash? | first line\nsecond line",
+        r"1\. numbered, and the number belongs to the question? | - yes, and a dash starts the answer",
         r"a \| b \| c | |edge|",
         r"ends with a pipe \| | \\",
     ]
@@ -192,3 +194,9 @@ def test_text_that_starts_like_json_but_has_separators_is_ambiguous():
         read_pairs(raw, "d.txt")
     pairs, _ = read_pairs(raw, "d.txt", "separator")  # named explicitly, it reads
     assert question_answers(pairs) == [("[공지] 인구는?", "312명")]
+
+
+def test_a_header_pair_cannot_be_written_in_the_separator_format():
+    with pytest.raises(ValueError, match="reads as a header row"):
+        write_pairs([("질문", "답")], "separator")
+    assert read_pairs(write_pairs([("질문", "답")], "jsonl").encode(), "d.jsonl")[0][0]["question"] == "질문"
