@@ -148,7 +148,7 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
     assert json.loads((tiny_repo / "metrics/dataset.json").read_text()) == {
         "backend": "template", "requested": 4, "accepted": 4, "rejected": {}, "statements": 1,
         "dev_questions": 2, "heldout_questions": 2}
-    assert "5 task examples + 2 rehearsal texts per epoch" in first_repro[0]
+    assert "5 task examples + 2 rehearsal texts (ce) per epoch" in first_repro[0]
 
     baseline = json.loads((tiny_repo / "metrics/baseline.json").read_text())
     final = json.loads((tiny_repo / "metrics/final.json").read_text())
