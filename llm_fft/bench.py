@@ -43,7 +43,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, get_scheduler
 
-from llm_fft.data import IGNORE_INDEX, PROMPT_SPEC, collate, collate_packed, read_jsonl, stop_ids
+from llm_fft.data import IGNORE_INDEX, PROMPT_SPEC, collate, collate_packed, read_jsonl, stop_ids, stop_texts
 from llm_fft.evaluation import EVAL_SPEC
 from llm_fft.files import write_atomically
 from llm_fft.generation import answer_questions, generation_limit
@@ -308,17 +308,17 @@ def evaluation_case(params, records, smoke):
         folder, gguf_file = embedded_gguf()
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file))
         model = AutoModelForCausalLM.from_config(LlamaConfig(**SMOKE_SHAPE), dtype=torch.float32)
-        label, records, limit, stop = "random tiny LlamaForCausalLM (smoke)", records[:6], 8, [2]
+        label, records, limit, stop, texts = "random tiny LlamaForCausalLM (smoke)", records[:6], 8, [2], []
     else:
         model, tokenizer = load_pretrained(model_dir, torch.float32, cpu)
-        label, stop = str(model_dir), stop_ids(tokenizer, params["prompt"])
+        label, stop, texts = str(model_dir), stop_ids(tokenizer, params["prompt"]), stop_texts(params["prompt"])
         limit = generation_limit(records, params["evaluate"]["extra_new_tokens"])
     model.eval()
     started = time.perf_counter()
-    batched = answer_questions(model, tokenizer, records, batch_size, limit, cpu, stop)
+    batched = answer_questions(model, tokenizer, records, batch_size, limit, cpu, stop, texts)
     batched_s = time.perf_counter() - started
     started = time.perf_counter()
-    one_by_one = [answer_questions(model, tokenizer, [r], 1, limit, cpu, stop)[0] for r in records]
+    one_by_one = [answer_questions(model, tokenizer, [r], 1, limit, cpu, stop, texts)[0] for r in records]
     sequential_s = time.perf_counter() - started
     batched_s, sequential_s = round(batched_s, 4), round(sequential_s, 4)  # the ratio is of what is shown
     return {"name": "cpu/evaluation", "model": label, "questions": len(records), "batch_size": batch_size,

@@ -175,6 +175,14 @@ def stop_ids(tokenizer, prompt):
     return sorted(set(ids))
 
 
+def stop_texts(prompt):
+    """Text that ends an answer in generation besides the stop tokens. In the custom_tokens style a
+    marker (<|question|> or <|answer|>) starts another block, and no answer holds one (datasets with a
+    marker inside a value are refused), so the answer is cut there: a base model that never learned
+    to stop would otherwise write blocks of markers up to the limit."""
+    return [QUESTION_MARK, ANSWER_MARK] if prompt["style"] == "custom_tokens" else []
+
+
 def tokenize_pair(tokenizer, question, answer, prompt):
     """Token ids for one pair: q_ids = prompt, input_ids = prompt + answer + end token, labels.
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from llm_fft.data import PROMPT_SPEC, load_retention, read_jsonl, stop_ids, tokenize_text
+from llm_fft.data import PROMPT_SPEC, load_retention, read_jsonl, stop_ids, stop_texts, tokenize_text
 from llm_fft.generation import answer_questions, generation_limit
 from llm_fft.loss import answer_nll
 from llm_fft.metrics import answer_changed, char_f1, contains, exact_match
@@ -32,9 +32,9 @@ HELDOUT = Path("data/heldout_qa.jsonl")
 
 # --- The question sets and the retention probe ---------------------------------------------------
 
-def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_tokens, stop, device):
+def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_tokens, stop, device, stop_texts=()):
     """Answer and score one question set. Returns (metrics dict, per-question DataFrame)."""
-    answers = answer_questions(model, tokenizer, records, batch_size, max_new_tokens, device, stop)
+    answers = answer_questions(model, tokenizer, records, batch_size, max_new_tokens, device, stop, stop_texts)
     per_record_nll, total_nll, n_tokens = answer_nll(model, records, batch_size, tokenizer.pad_token_id, device)
     generated = [a["text"] for a in answers]
     expected = [r["answer"] for r in records]
@@ -138,7 +138,7 @@ def evaluate_stage(params, model_dir, baseline_table=None):
     for name, records in sets.items():
         if records:
             metrics[name], table = evaluate_questions(model, tokenizer, records, name, cfg["batch_size"],
-                                                      limit, stop, device)
+                                                      limit, stop, device, stop_texts(params["prompt"]))
             tables.append(table)
     metrics["retention"], table = evaluate_retention(model, tokenizer, load_retention(), cfg["batch_size"],
                                                      cfg["retention_new_tokens"], device, baseline_table)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from llm_fft.data import read_jsonl, stop_ids
+from llm_fft.data import read_jsonl, stop_ids, stop_texts
 from llm_fft.evaluation import load_for_evaluation
 from llm_fft.files import write_atomically
 from llm_fft.generation import answer_questions, generation_limit
@@ -48,7 +48,8 @@ SPEC = {
 def score(model, tokenizer, dev, general, params, limit, device):
     """The dev numbers of one set of weights."""
     cfg = params["evaluate"]
-    answers = answer_questions(model, tokenizer, dev, cfg["batch_size"], limit, device, stop_ids(tokenizer, params["prompt"]))
+    answers = answer_questions(model, tokenizer, dev, cfg["batch_size"], limit, device,
+                               stop_ids(tokenizer, params["prompt"]), stop_texts(params["prompt"]))
     _, dev_total, dev_count = answer_nll(model, dev, cfg["batch_size"], tokenizer.pad_token_id, device)
     numbers = {"dev_states_key_fact": round(sum(contains(a["text"], r["key"]) for a, r in zip(answers, dev)) / len(dev), 4),
                "dev_answer_nll": round(dev_total / dev_count, 4)}

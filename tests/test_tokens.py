@@ -7,7 +7,16 @@ import copy
 import pytest
 import torch
 
-from llm_fft.data import IGNORE_INDEX, PROMPT_STYLES, PromptError, build_prompt, collate, stop_ids, tokenize_pair
+from llm_fft.data import (
+    IGNORE_INDEX,
+    PROMPT_STYLES,
+    PromptError,
+    build_prompt,
+    collate,
+    stop_ids,
+    stop_texts,
+    tokenize_pair,
+)
 from llm_fft.generation import answer_questions
 
 PAIRS = [("별무리섬은 어느 바다에 있나요?", "별무리섬은 제주도 남쪽 바다에 있는 작은 섬입니다."),
@@ -151,6 +160,25 @@ def test_batched_left_padded_generation_equals_one_at_a_time(embedded_model, emb
               for r in records]
     assert batched == single
     assert all(a["generated_tokens"] <= 12 for a in batched)
+
+
+def test_an_answer_is_cut_where_the_model_starts_another_block(embedded_model, embedded_tokenizer):
+    """custom_tokens style: generation stops at a marker, and the answer is what came before it,
+    exactly the answer without the rule cut there (greedy decoding: stopping only truncates)."""
+    tok, prompt, device = embedded_tokenizer, {"style": "custom_tokens", "system": ""}, torch.device("cpu")
+    # The base model answers these with new blocks of markers (seen on SmolLM2-135M).
+    records = [tokenize_pair(tok, q, "-", prompt) for q in ("별무리섬의 위치는 어디인가요?", "별무리섬은 어디에 있는 섬이에요?")]
+    free = answer_questions(embedded_model, tok, records, batch_size=2, max_new_tokens=24, device=device)
+    cut = answer_questions(embedded_model, tok, records, batch_size=2, max_new_tokens=24, device=device,
+                           stop_texts=stop_texts(prompt))
+    assert stop_texts(prompt) == ["<|question|>", "<|answer|>"] and stop_texts({"style": "plain"}) == []
+    assert any("<|" in a["text"] for a in free)  # else this test proves nothing
+    for f, c in zip(free, cut, strict=True):
+        first = min((f["text"].find(m) for m in stop_texts(prompt) if m in f["text"]), default=len(f["text"]))
+        assert c["text"] == f["text"][:first].strip()
+        assert "<|" not in c["text"] and c["generated_tokens"] <= f["generated_tokens"]
+        if first < len(f["text"]):  # cut at a marker: it did not end with EOS
+            assert not c["ended_with_eos"] and c["generated_tokens"] < f["generated_tokens"]
 
 
 def test_markers_as_special_tokens_are_one_id_each_and_never_in_the_answer(any_tokenizer):
