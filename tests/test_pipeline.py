@@ -379,7 +379,7 @@ def test_bad_params_are_all_reported_before_any_work(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["finetune"]["lr"] = -1.0
     params["finetune"]["epoch"] = params["finetune"].pop("epochs")
-    params["finetune"].update(fsdp=True, processes=1)
+    params["finetune"].update(fsdp=True, processes=1, rehearsal_loss="kl")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     result = run([sys.executable, REPO / "stages/finetune.py"], tmp_path, check=False)
     assert result.returncode != 0
@@ -387,6 +387,7 @@ def test_bad_params_are_all_reported_before_any_work(tmp_path):
     assert "finetune.epoch is not a known key (did you mean 'epochs'?)" in result.stderr
     assert "finetune.epochs is missing" in result.stderr
     assert "finetune.fsdp shards the model over processes: set finetune.processes > 1" in result.stderr
+    assert "finetune.rehearsal_loss kl keeps a whole copy of the base model in every process" in result.stderr
 
 
 @pytest.mark.slow
