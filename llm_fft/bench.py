@@ -3,14 +3,21 @@
     python -m llm_fft.bench              # the cases below; prints a table
     python -m llm_fft.bench --smoke      # CI: a tiny random Llama, 2 steps, same code paths and fields
 
-Cases, each on a fresh copy of its model, with the same examples in the same order:
-  cpu/notebook   the embedded model, the seed notebook's method: every example padded with EOS to
-                 the dataset's longest, padding learned, no attention mask, plain torch AdamW
-  cpu/ours       the same model and examples through stages/finetune.py's code: collate (dynamic
-                 padding, masked by position) and train_step
+Cases, each run bench.repeats times on a fresh copy of its model, with the same examples in the
+same order (the JSON gives the median run's real tokens/s with the min and max):
+  cpu/notebook-bf16
+                 the embedded model, the seed notebook's method as written: weights in bf16
+                 (torch_dtype=bfloat16), every example padded with EOS to the dataset's longest,
+                 padding learned, no attention mask, plain torch AdamW
+  cpu/notebook-fp32
+                 the same method on fp32 weights
+  cpu/ours-fp32, cpu/ours-bf16-autocast
+                 the same model and examples through stages/finetune.py's code (collate: dynamic
+                 padding, masked by position; train_step) in fp32, and in bf16 autocast over fp32
+                 weights
   cpu/ours-packed
-                 the same again with finetune.packing: each batch one row, no padding, attention
-                 kept within each example (collate_packed)
+                 ours with finetune.precision and finetune.packing: each batch one row, no padding,
+                 attention kept within each example (collate_packed)
   cuda/kanana-dataset, cuda/kanana-packed
                  a randomly initialised LlamaForCausalLM shaped like kanana-nano-2.1b-base (nothing
                  is downloaded), ours with bf16 autocast over fp32 weights, fused AdamW and SDPA, at
@@ -21,9 +28,11 @@ Cases, each on a fresh copy of its model, with the same examples in the same ord
                  left-padded, sorted by length) against one question at a time, on the same
                  questions, model (models/finetuned if it exists, else models/base) and limit
 
-Throughput counts real tokens only: padding is not work done. The ratio ours/notebook is printed
-and written as ours_vs_notebook. Timings on a shared CPU are noisy: compare medians of runs.
-The benchmark is a tool, not a test; CI runs only --smoke.
+Throughput counts real tokens only: padding is not work done. The ratios of median real tokens/s
+are printed and written under "ratios": at matched precision (fp32 against fp32, bf16 autocast
+against the notebook's pure bf16) and ours as finetune.precision sets it against the notebook as
+written. Timings on a shared CPU are noisy: run it on an idle machine. The benchmark is a tool,
+not a test; CI runs only --smoke.
 """
 
 import argparse
@@ -56,7 +65,7 @@ from llm_fft.params import (
     seed_everything,
     shared_problems,
 )
-from llm_fft.training import FINETUNE_SPEC, autocast_for, make_optimizer, train_step
+from llm_fft.training import FINETUNE_SPEC, autocast_for, make_optimizer, native_bf16, train_step
 
 RECORDS = Path("data/qa.jsonl")
 BASE_MODEL = Path("models/base")
@@ -66,6 +75,8 @@ SMOKE_OUT = Path("metrics/bench_smoke.json")  # never overwrites the real benchm
 
 # The bench section of params.yaml (see llm_fft.params.problems_in_section).
 BENCH_SPEC = {
+    "repeats": (int, lambda v: v >= 1, "an integer >= 1 (runs of each case; the median is reported)"),
+    "evaluation_questions": (int, lambda v: v >= 1, "an integer >= 1 (questions of the evaluation case)"),
     "steps": (int, lambda v: v >= 1, "an integer >= 1 (timed optimizer steps per case)"),
     "warmup_steps": (int, lambda v: v >= 0, "an integer >= 0 (untimed steps before timing)"),
     "gpu_peak_tflops": ((int, float), lambda v: v > 0, "a number > 0 (the GPU's dense bf16 TFLOP/s)"),
@@ -85,7 +96,7 @@ KANANA_SHAPE = dict(hidden_size=1792, intermediate_size=8064, num_hidden_layers=
 SMOKE_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                    head_dim=16, num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True,
                    max_position_embeddings=512)
-SMOKE_STEPS, SMOKE_WARMUP, SMOKE_PACKED_LENGTH = 2, 1, 64
+SMOKE_STEPS, SMOKE_WARMUP, SMOKE_PACKED_LENGTH, SMOKE_REPEATS = 2, 1, 64, 2
 
 
 # --- The work: fixed batches, the same for every case ----------------------------------------------
@@ -260,6 +271,15 @@ def run_case(name, method, model, model_label, step_for, batches, real_counts, w
     }
 
 
+def median_run(runs):
+    """One row for a case run several times: the run of median real tokens/s, with the min and max
+    over the runs (an odd count has one median run; an even count takes the lower one's fields)."""
+    ranked = sorted(runs, key=lambda r: r["real_tokens_per_s"])
+    row = dict(ranked[(len(ranked) - 1) // 2])
+    speeds = [r["real_tokens_per_s"] for r in ranked]
+    return {**row, "repeats": len(runs), "real_tokens_per_s_min": speeds[0], "real_tokens_per_s_max": speeds[-1]}
+
+
 # --- The cases -----------------------------------------------------------------------------------
 
 def load_cpu_model(params, smoke):
@@ -277,30 +297,44 @@ def load_cpu_model(params, smoke):
     return model, prepare_tokenizer(tokenizer).pad_token_id, label
 
 
-def cpu_cases(params, records, batch_size, steps, warmup, smoke):
-    """cpu/notebook, cpu/ours and cpu/ours-packed: one model loaded once, a fresh deep copy per case."""
+CPU_CASES = ("cpu/notebook-bf16", "cpu/notebook-fp32", "cpu/ours-fp32", "cpu/ours-bf16-autocast", "cpu/ours-packed")
+
+
+def cpu_cases(params, records, batch_size, steps, warmup, repeats, smoke):
+    """The CPU_CASES, each run `repeats` times: one model loaded once, a fresh deep copy per run."""
     cfg, cpu = params["finetune"], torch.device("cpu")
     template, pad_id, label = load_cpu_model(params, smoke)
     examples = fixed_examples(records, batch_size, warmup + steps)
     longest = max(len(r["input_ids"]) for r in records)
     real_counts = [real_tokens(e) for e in examples]
-    cases = [("cpu/notebook", "notebook", notebook_stepper, [notebook_batch(e, longest, pad_id) for e in examples]),
-             ("cpu/ours", "ours", ours_stepper, [collate(e, pad_id) for e in examples]),
-             ("cpu/ours-packed", "ours, packing", ours_stepper, [collate_packed(e) for e in examples])]
+    notebook = [notebook_batch(e, longest, pad_id) for e in examples]
+    padded, packed = [collate(e, pad_id) for e in examples], [collate_packed(e) for e in examples]
+    # (name, method, step, batches, weights dtype, finetune.precision for ours)
+    cases = [("cpu/notebook-bf16", "notebook as written (bf16 weights)", notebook_stepper, notebook, torch.bfloat16, None),
+             ("cpu/notebook-fp32", "notebook, fp32 weights", notebook_stepper, notebook, torch.float32, None),
+             ("cpu/ours-fp32", "ours, fp32", ours_stepper, padded, torch.float32, "fp32"),
+             ("cpu/ours-bf16-autocast", "ours, bf16 autocast", ours_stepper, padded, torch.float32, "bf16-autocast"),
+             ("cpu/ours-packed", f"ours, packing ({cfg['precision']})", ours_stepper, packed, torch.float32,
+              cfg["precision"])]
     rows = []
-    for name, method, step_for, batches in cases:
-        seed_everything(params["seed"])
-        model = copy.deepcopy(template)
-        rows.append(run_case(name, method, model, label, step_for, batches, real_counts, warmup, cfg, cpu, None,
-                             examples_per_batch=batch_size))
-        del model
-        gc.collect()
+    for name, method, step_for, batches, dtype, precision in cases:
+        runs = []
+        for _ in range(repeats):
+            seed_everything(params["seed"])
+            model = copy.deepcopy(template).to(dtype)
+            runs.append(run_case(name, method, model, label, step_for, batches, real_counts, warmup,
+                                 {**cfg, "precision": precision or cfg["precision"]}, cpu, None,
+                                 examples_per_batch=batch_size))
+            del model
+            gc.collect()
+        rows.append(median_run(runs))
     return rows
 
 
-def evaluation_case(params, records, smoke):
+def evaluation_case(params, records, repeats, smoke):
     """Batched answering (the evaluation stages' code and evaluate.batch_size) against one question
-    at a time, on the same questions, model and generation limit; the ratio is what batching buys."""
+    at a time, on the same questions (the first bench.evaluation_questions), model and generation
+    limit, each timed `repeats` times; the ratio of the median times is what batching buys."""
     cpu, batch_size = torch.device("cpu"), params["evaluate"]["batch_size"]
     model_dir = FINETUNED_MODEL if (FINETUNED_MODEL / "config.json").is_file() else BASE_MODEL
     if smoke:
@@ -312,26 +346,32 @@ def evaluation_case(params, records, smoke):
     else:
         model, tokenizer = load_pretrained(model_dir, torch.float32, cpu)
         label, stop, texts = str(model_dir), stop_ids(tokenizer, params["prompt"]), stop_texts(params["prompt"])
-        limit = generation_limit(records, params["evaluate"]["extra_new_tokens"])
+        limit = generation_limit(records, params["evaluate"]["extra_new_tokens"])  # from all of them, as the stages
+        records = records[:params["bench"]["evaluation_questions"]]
     model.eval()
-    started = time.perf_counter()
-    batched = answer_questions(model, tokenizer, records, batch_size, limit, cpu, stop, texts)
-    batched_s = time.perf_counter() - started
-    started = time.perf_counter()
-    one_by_one = [answer_questions(model, tokenizer, [r], 1, limit, cpu, stop, texts)[0] for r in records]
-    sequential_s = time.perf_counter() - started
-    batched_s, sequential_s = round(batched_s, 4), round(sequential_s, 4)  # the ratio is of what is shown
+    batched_times, sequential_times = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        batched = answer_questions(model, tokenizer, records, batch_size, limit, cpu, stop, texts)
+        batched_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        one_by_one = [answer_questions(model, tokenizer, [r], 1, limit, cpu, stop, texts)[0] for r in records]
+        sequential_times.append(time.perf_counter() - started)
+    batched_s = round(statistics.median(batched_times), 4)  # the ratio is of what is shown
+    sequential_s = round(statistics.median(sequential_times), 4)
     return {"name": "cpu/evaluation", "model": label, "questions": len(records), "batch_size": batch_size,
             "max_new_tokens": limit, "generated_tokens": sum(a["generated_tokens"] for a in batched),
-            "batched_s": batched_s, "sequential_s": sequential_s,
-            "batched_vs_sequential": round(sequential_s / batched_s, 2),
+            "repeats": repeats, "batched_s": batched_s, "sequential_s": sequential_s,
+            "batched_s_min_max": [round(min(batched_times), 4), round(max(batched_times), 4)],
+            "sequential_s_min_max": [round(min(sequential_times), 4), round(max(sequential_times), 4)],
+            "batched_vs_sequential_ratio": round(sequential_s / batched_s, 2),
             "same_answers": batched == one_by_one}
 
 
 KANANA_CASES = ("cuda/kanana-dataset", "cuda/kanana-packed")
 
 
-def kanana_cases(params, records, batch_size, steps, warmup, smoke, device):
+def kanana_cases(params, records, batch_size, steps, warmup, repeats, smoke, device):
     """The kanana-shaped cases, ours only, each on a freshly initialised model: (rows, skipped).
 
     Run on CUDA; `device` is a parameter so that everything but the GPU itself can be tested on a
@@ -358,14 +398,21 @@ def kanana_cases(params, records, batch_size, steps, warmup, smoke, device):
     peak_tflops = bench["gpu_peak_tflops"] if device.type == "cuda" else None
     rows, skipped = [], []
     for name in KANANA_CASES:
-        seed_everything(params["seed"])
-        model = None
+        runs = []
         try:
-            with device:  # initialise on the device: 2.1B parameters are slow to fill on a CPU
-                model = AutoModelForCausalLM.from_config(LlamaConfig(**shape), dtype=torch.float32,
-                                                         attn_implementation="sdpa")
-            rows.append(run_case(name, "ours", model, label, ours_stepper, *work[name], warmup, cfg, device,
-                                 peak_tflops))
+            for _ in range(repeats):
+                seed_everything(params["seed"])
+                model = None
+                with device:  # initialise on the device: 2.1B parameters are slow to fill on a CPU
+                    model = AutoModelForCausalLM.from_config(LlamaConfig(**shape), dtype=torch.float32,
+                                                             attn_implementation="sdpa")
+                runs.append(run_case(name, "ours", model, label, ours_stepper, *work[name], warmup, cfg, device,
+                                     peak_tflops))
+                model = None
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            rows.append(median_run(runs))
         except torch.cuda.OutOfMemoryError as e:
             skipped.append({"name": name, "reason": f"out of GPU memory: {str(e).splitlines()[0]}"})
         finally:
@@ -391,32 +438,48 @@ def machine():
     }
 
 
-def report(cases, skipped, settings, evaluation):
+def ratios(cases, precision):
+    """Median real tokens/s of ours over the notebook's: at matched precision, and ours as
+    finetune.precision sets it on this CPU (auto: bf16 autocast where bf16 is native) against the
+    notebook as written. None where a case did not run, or finetune.precision is bf16-pure."""
+    speed = {c["name"]: c["real_tokens_per_s"] for c in cases}
+    default = {"fp32": "fp32", "bf16-autocast": "bf16-autocast",
+               "auto": "bf16-autocast" if native_bf16(torch.device("cpu")) else "fp32"}.get(precision)
+
+    def ratio(ours, notebook):
+        return round(speed[ours] / speed[notebook], 3) if ours in speed and notebook in speed else None
+
+    return {"fp32_ours_vs_notebook_ratio": ratio("cpu/ours-fp32", "cpu/notebook-fp32"),
+            "bf16_ours_autocast_vs_notebook_pure_ratio": ratio("cpu/ours-bf16-autocast", "cpu/notebook-bf16"),
+            "default_ours_vs_notebook_as_written_ratio":
+                ratio(f"cpu/ours-{default}", "cpu/notebook-bf16") if default else None,
+            "default_precision": default}
+
+
+def report(cases, skipped, settings, evaluation, precision):
     """The JSON document: fixed keys in a fixed order, whatever ran."""
-    by_name = {c["name"]: c for c in cases}
-    ratio = None
-    if "cpu/notebook" in by_name and "cpu/ours" in by_name:
-        ratio = round(by_name["cpu/ours"]["real_tokens_per_s"] / by_name["cpu/notebook"]["real_tokens_per_s"], 3)
     return {"machine": machine(), "settings": settings, "memory_measure": memory_measure(),
-            "cases": cases, "ours_vs_notebook": ratio, "skipped": skipped, "evaluation": evaluation}
+            "cases": cases, "ratios": ratios(cases, precision), "skipped": skipped, "evaluation": evaluation}
 
 
 def table(doc):
     """A short aligned table of the cases, the ratio and the skipped cases."""
-    header = ("case", "device", "real tok/s", "step s", "peak MB", "MFU", "real/padded tokens")
-    rows = [(c["name"], c["device"], f"{c['real_tokens_per_s']:.1f}", f"{c['step_s']:.3f}",
+    header = ("case", "device", "real tok/s (min-max)", "step s", "peak MB", "MFU", "real/padded tokens")
+    rows = [(c["name"], c["device"],
+             f"{c['real_tokens_per_s']:.1f} ({c['real_tokens_per_s_min']:.1f}-{c['real_tokens_per_s_max']:.1f})",
+             f"{c['step_s']:.3f}",
              f"{c['peak_memory_mb']:.0f}", "-" if c["mfu"] is None else f"{c['mfu']:.1%}",
              f"{c['real_tokens']}/{c['padded_tokens']}") for c in doc["cases"]]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
              for r in [header, *rows]]
-    if doc["ours_vs_notebook"] is not None:
-        lines.append(f"ours vs notebook (real tokens/s): {doc['ours_vs_notebook']:.2f}x")
+    lines += [f"{name}: {value:.2f}x" for name, value in doc["ratios"].items()
+              if name.endswith("_ratio") and value is not None]
     lines += [f"skipped {s['name']}: {s['reason']}" for s in doc["skipped"]]
     e = doc["evaluation"]
-    lines.append(f"evaluation, {e['questions']} questions ({e['model']}): batched (batch {e['batch_size']}) "
-                 f"{e['batched_s']:.1f} s, one at a time {e['sequential_s']:.1f} s: "
-                 f"{e['batched_vs_sequential']:.2f}x; same answers: {e['same_answers']}")
+    lines.append(f"evaluation, {e['questions']} questions ({e['model']}), medians of {e['repeats']}: batched "
+                 f"(batch {e['batch_size']}) {e['batched_s']:.1f} s, one at a time {e['sequential_s']:.1f} s: "
+                 f"{e['batched_vs_sequential_ratio']:.2f}x; same answers: {e['same_answers']}")
     return "\n".join(lines)
 
 
@@ -441,28 +504,30 @@ def main(argv=None):
     params = load_params()
     check_params(params)
     bench, batch_size = params["bench"], params["finetune"]["batch_size"]
-    steps, warmup = (SMOKE_STEPS, SMOKE_WARMUP) if args.smoke else (bench["steps"], bench["warmup_steps"])
+    steps, warmup, repeats = ((SMOKE_STEPS, SMOKE_WARMUP, SMOKE_REPEATS) if args.smoke
+                              else (bench["steps"], bench["warmup_steps"], bench["repeats"]))
     if args.smoke:
         records = synthetic_records(16, SMOKE_SHAPE["vocab_size"], params["seed"])
     elif RECORDS.is_file():
         records = read_jsonl(RECORDS)
     else:
         sys.exit(f"error: {RECORDS} is missing: run `dvc repro parse_qa` first (it tokenizes data/dataset.txt)")
-    settings = {"smoke": args.smoke, "steps": steps, "warmup_steps": warmup, "batch_size": batch_size,
+    settings = {"smoke": args.smoke, "steps": steps, "warmup_steps": warmup, "repeats": repeats,
+                "batch_size": batch_size, "precision": params["finetune"]["precision"],
                 "examples": len(records), "seed": params["seed"], "gpu_peak_tflops": bench["gpu_peak_tflops"],
                 "packed_length": SMOKE_PACKED_LENGTH if args.smoke else bench["packed_length"],
                 "packed_batch_size": bench["packed_batch_size"]}
 
-    cases = cpu_cases(params, records, batch_size, steps, warmup, args.smoke)
+    cases = cpu_cases(params, records, batch_size, steps, warmup, repeats, args.smoke)
     if torch.cuda.is_available():
-        cuda_rows, skipped = kanana_cases(params, records, batch_size, steps, warmup, args.smoke,
+        cuda_rows, skipped = kanana_cases(params, records, batch_size, steps, warmup, repeats, args.smoke,
                                           torch.device("cuda"))
     else:
         cuda_rows = []
         skipped = [{"name": n, "reason": "no CUDA GPU here (torch.cuda.is_available() is False)"}
                    for n in KANANA_CASES]
-    evaluation = evaluation_case(params, records, args.smoke)
-    doc = report(cases + cuda_rows, skipped, settings, evaluation)
+    evaluation = evaluation_case(params, records, repeats, args.smoke)
+    doc = report(cases + cuda_rows, skipped, settings, evaluation, params["finetune"]["precision"])
     out = args.out or (SMOKE_OUT if args.smoke else OUT)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(out, json.dumps(doc, indent=2) + "\n")

@@ -17,7 +17,8 @@ from llm_fft.params import load_params
 from llm_fft.training import supervised_token_loss
 
 CASE_FIELDS = {"name", "method", "device", "model", "parameters", "batch_size", "steps", "real_tokens",
-               "padded_tokens", "seconds", "real_tokens_per_s", "step_s", "peak_memory_mb", "mfu", "last_loss"}
+               "padded_tokens", "seconds", "real_tokens_per_s", "step_s", "peak_memory_mb", "mfu", "last_loss",
+               "repeats", "real_tokens_per_s_min", "real_tokens_per_s_max"}
 
 
 @pytest.fixture
@@ -38,27 +39,31 @@ def test_smoke_run_writes_every_field(tmp_path, in_repo, capsys):
     bench.main(["--smoke", "--out", str(out)])
     doc = json.loads(out.read_text(encoding="utf-8"))
 
-    assert list(doc) == ["machine", "settings", "memory_measure", "cases", "ours_vs_notebook", "skipped",
-                         "evaluation"]
+    assert list(doc) == ["machine", "settings", "memory_measure", "cases", "ratios", "skipped", "evaluation"]
     evaluation = doc["evaluation"]
     assert evaluation["name"] == "cpu/evaluation" and evaluation["questions"] == 6
     assert evaluation["batched_s"] > 0 and evaluation["sequential_s"] > 0
-    assert evaluation["batched_vs_sequential"] == pytest.approx(
+    assert evaluation["repeats"] == bench.SMOKE_REPEATS
+    assert evaluation["batched_vs_sequential_ratio"] == pytest.approx(
         evaluation["sequential_s"] / evaluation["batched_s"], rel=0.02)
     # Reported, not asserted: a random model's near-tied logits can flip with batch numerics (the
     # real-model equality is tested in test_tokens.py).
     assert isinstance(evaluation["same_answers"], bool)
     assert {"cpu", "cpu_count", "torch_threads", "torch", "transformers", "cuda_device"} <= set(doc["machine"])
     names = [c["name"] for c in doc["cases"]] + [s["name"] for s in doc["skipped"]]
-    assert names == ["cpu/notebook", "cpu/ours", "cpu/ours-packed", "cuda/kanana-dataset", "cuda/kanana-packed"]
-    notebook, ours, packed = doc["cases"][:3]
+    assert names == [*bench.CPU_CASES, "cuda/kanana-dataset", "cuda/kanana-packed"]
+    notebook_bf16, notebook, ours, ours_bf16, packed = doc["cases"][:5]
     for case in doc["cases"]:
         assert set(case) == CASE_FIELDS
         assert case["steps"] == bench.SMOKE_STEPS and case["batch_size"] == doc["settings"]["batch_size"]
         assert case["seconds"] > 0 and case["step_s"] > 0 and case["peak_memory_mb"] > 0
+        # The median run's own numbers, inside the range of the runs.
         assert case["real_tokens_per_s"] == pytest.approx(case["real_tokens"] / case["seconds"], rel=0.01)
-    for cpu_case in (notebook, ours, packed):
+        assert case["repeats"] == bench.SMOKE_REPEATS
+        assert case["real_tokens_per_s_min"] <= case["real_tokens_per_s"] <= case["real_tokens_per_s_max"]
+    for cpu_case in doc["cases"][:5]:
         assert cpu_case["device"] == "cpu" and cpu_case["mfu"] is None
+    assert notebook_bf16["method"] == "notebook as written (bf16 weights)" and ours_bf16["method"] == "ours, bf16 autocast"
 
     # The same examples in both cases: the same real tokens, padded differently. The synthetic
     # records are 13 to 47 tokens long; the notebook pads every row to the dataset's longest.
@@ -70,12 +75,18 @@ def test_smoke_run_writes_every_field(tmp_path, in_repo, capsys):
     assert notebook["padded_tokens"] == bench.SMOKE_STEPS * ours["batch_size"] * longest
     assert ours["padded_tokens"] == sum(len(b) * max(len(r["input_ids"]) for r in b) for b in timed)
     assert packed["padded_tokens"] == packed["real_tokens"] == ours["real_tokens"]  # packing pads nothing
-    assert doc["ours_vs_notebook"] == pytest.approx(ours["real_tokens_per_s"] / notebook["real_tokens_per_s"],
-                                                    abs=1e-3)
+    ratios = doc["ratios"]
+    assert ratios["fp32_ours_vs_notebook_ratio"] == pytest.approx(
+        ours["real_tokens_per_s"] / notebook["real_tokens_per_s"], abs=1e-3)
+    assert ratios["bf16_ours_autocast_vs_notebook_pure_ratio"] == pytest.approx(
+        ours_bf16["real_tokens_per_s"] / notebook_bf16["real_tokens_per_s"], abs=1e-3)
+    default = {"fp32": ours, "bf16-autocast": ours_bf16}[ratios["default_precision"]]
+    assert ratios["default_ours_vs_notebook_as_written_ratio"] == pytest.approx(
+        default["real_tokens_per_s"] / notebook_bf16["real_tokens_per_s"], abs=1e-3)
     if not torch.cuda.is_available():
         assert all("no CUDA GPU" in s["reason"] for s in doc["skipped"])
     printed = capsys.readouterr().out
-    assert "ours vs notebook (real tokens/s)" in printed and "cpu/notebook" in printed
+    assert "fp32_ours_vs_notebook_ratio: " in printed and "cpu/notebook-bf16" in printed
     assert "evaluation, 6 questions" in printed
 
 
@@ -84,7 +95,7 @@ def test_kanana_cases_run_on_any_device_and_fill_every_packed_row(in_repo):
     # On CUDA these run kanana's shape; here the smoke shape on the CPU takes the same path.
     params = load_params()
     records = bench.synthetic_records(16, bench.SMOKE_SHAPE["vocab_size"], params["seed"])
-    rows, skipped = bench.kanana_cases(params, records, batch_size=2, steps=2, warmup=1, smoke=True,
+    rows, skipped = bench.kanana_cases(params, records, batch_size=2, steps=2, warmup=1, repeats=2, smoke=True,
                                        device=torch.device("cpu"))
     assert skipped == [] and [r["name"] for r in rows] == list(bench.KANANA_CASES)
     dataset, packed = rows
@@ -92,7 +103,7 @@ def test_kanana_cases_run_on_any_device_and_fill_every_packed_row(in_repo):
     assert dataset["batch_size"] == 2 and packed["batch_size"] == rows_per_step
     assert dataset["real_tokens"] < dataset["padded_tokens"]
     assert packed["real_tokens"] == packed["padded_tokens"] == 2 * rows_per_step * bench.SMOKE_PACKED_LENGTH
-    assert all(r["steps"] == 2 and r["mfu"] is None for r in rows)  # no peak FLOP/s for a CPU
+    assert all(r["steps"] == 2 and r["repeats"] == 2 and r["mfu"] is None for r in rows)  # no peak FLOP/s for a CPU
 
 
 # --- The params -----------------------------------------------------------------------------------
