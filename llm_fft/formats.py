@@ -24,9 +24,9 @@ A separator match that covers an escaped character or its backslash does not cou
 default separator `a \| b | c` is the pair ('a | b', 'c'); a '#' that starts a question is written
 '\#' so the line is not a comment, and list numbering that belongs to a question '1\. ' (unescaped,
 '1. ', '2) ', '- ', '* ' or '• ' starting a question is an error: a chat's list pasted whole). A
-header row ('질문 | 답', 'Question | Answer') is an error too. A backslash before any other letter or digit, or at the end of a
-line, is an error (a Windows path must be written C:\\Users). write_pairs applies the rule, so every
-value reads back exactly.
+header row ('질문 | 답', 'Question | Answer') is an error too. A backslash before any other letter
+or digit, or at the end of a line, is an error (a Windows path must be written C:\\Users).
+write_pairs applies the rule, so every value reads back exactly.
 
 Every format: the file must be UTF-8 (a BOM is accepted and dropped); CRLF and lone CR read as line
 breaks; each value is stripped of surrounding whitespace (inner whitespace is kept). Then the whole
@@ -549,15 +549,15 @@ def _separator_text(pattern):
 
 def _separator_line(question, answer, pattern, joint):
     """question + joint + answer, escaped so the separator matches exactly once, at the joint."""
+    if _is_header_row(question, answer):
+        raise ValueError(f"the pair ({question!r}, {answer!r}) reads as a header row in the separator "
+                         "format; write it in another format")
     fields = [question.replace("\\", "\\\\").replace("\n", "\\n"),
               answer.replace("\\", "\\\\").replace("\n", "\\n")]
     if fields[0].startswith("#"):
         fields[0] = "\\" + fields[0]  # else the line reads as a comment
     if marker := _LIST_MARKER.match(fields[0]):  # else it reads as a pasted list's numbering
         fields[0] = fields[0][:marker.end(1) - 1] + "\\" + fields[0][marker.end(1) - 1:]
-    if _is_header_row(question, answer):
-        raise ValueError(f"the pair ({question!r}, {answer!r}) reads as a header row in the separator "
-                         "format; write it in another format")
     while True:
         line = fields[0] + joint + fields[1]
         joint_span = (len(fields[0]), len(fields[0]) + len(joint))
