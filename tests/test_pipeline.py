@@ -148,7 +148,7 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
     assert json.loads((tiny_repo / "metrics/dataset.json").read_text()) == {
         "backend": "template", "requested": 4, "accepted": 4, "rejected": {}, "statements": 1,
         "dev_questions": 2, "heldout_questions": 2}
-    assert "5 task examples + 2 rehearsal texts (ce) per epoch" in first_repro[0]
+    assert "5 task examples + 2 rehearsal texts (kl) per epoch" in first_repro[0]
 
     baseline = json.loads((tiny_repo / "metrics/baseline.json").read_text())
     final = json.loads((tiny_repo / "metrics/final.json").read_text())
@@ -219,19 +219,19 @@ def test_held_out_questions_and_the_retention_probe_never_reach_training(tiny_re
 
 
 @pytest.mark.slow
-def test_rehearsal_distilled_from_the_base_model_is_learned_otherwise(tiny_repo, first_repro, tmp_path):
-    """finetune.rehearsal_loss = kl: the same examples and batches, the rehearsal rows learned from the
-    base model's distributions instead of their tokens; the model saved is the trained one."""
+def test_rehearsal_learned_by_its_tokens_instead_of_distilled_trains_otherwise(tiny_repo, first_repro, tmp_path):
+    """finetune.rehearsal_loss ce against the default kl: the same examples and batches, the rehearsal
+    rows learned from their sampled tokens instead of the base model's distributions."""
     repo = tmp_path / "repo"
     copy_repo(tiny_repo, repo)
     edit_params(repo, "finetune", "checkpoint_every", 0)
-    edit_params(repo, "finetune", "rehearsal_loss", "kl")
+    edit_params(repo, "finetune", "rehearsal_loss", "ce")
     out = run([sys.executable, "stages/finetune.py"], repo).stdout
-    assert "task examples + 2 rehearsal texts (kl) per epoch" in out
-    distilled, learned, base = (load_file(path / "model.safetensors") for path in (
+    assert "task examples + 2 rehearsal texts (ce) per epoch" in out
+    learned, distilled, base = (load_file(path / "model.safetensors") for path in (
         repo / "models/finetuned", tiny_repo / "models/finetuned", tiny_repo / "models/base"))
-    assert any(not torch.equal(distilled[name], learned[name]) for name in learned)
-    assert any(not torch.equal(distilled[name], base[name]) for name in base)
+    assert any(not torch.equal(learned[name], distilled[name]) for name in distilled)
+    assert any(not torch.equal(learned[name], base[name]) for name in base)
 
 
 @pytest.mark.slow
