@@ -65,7 +65,7 @@ from llm_fft.params import (
     seed_everything,
     shared_problems,
 )
-from llm_fft.training import FINETUNE_SPEC, autocast_for, make_optimizer, native_bf16, train_step
+from llm_fft.training import FINETUNE_SPEC, autocast_for, make_optimizer, train_step
 
 RECORDS = Path("data/qa.jsonl")
 BASE_MODEL = Path("models/base")
@@ -443,8 +443,9 @@ def ratios(cases, precision):
     finetune.precision sets it on this CPU (auto: bf16 autocast where bf16 is native) against the
     notebook as written. None where a case did not run, or finetune.precision is bf16-pure."""
     speed = {c["name"]: c["real_tokens_per_s"] for c in cases}
-    default = {"fp32": "fp32", "bf16-autocast": "bf16-autocast",
-               "auto": "bf16-autocast" if native_bf16(torch.device("cpu")) else "fp32"}.get(precision)
+    # Which of the two cases finetune would train as: autocast_for's own rule, not a copy of it.
+    autocast = isinstance(autocast_for(torch.device("cpu"), precision), torch.autocast)
+    default = None if precision == "bf16-pure" else "bf16-autocast" if autocast else "fp32"
 
     def ratio(ours, notebook):
         return round(speed[ours] / speed[notebook], 3) if ours in speed and notebook in speed else None
