@@ -154,9 +154,11 @@ def check_params():
     cfg = params.get("finetune") or {}
     if cfg.get("fsdp") is True and cfg.get("processes") == 1:
         problems.append("params.yaml: finetune.fsdp shards the model over processes: set finetune.processes > 1")
-    if cfg.get("fsdp") is True and cfg.get("rehearsal_loss") == "kl":
+    # Without rehearsal no teacher is loaded, so kl costs nothing there.
+    if cfg.get("fsdp") is True and cfg.get("rehearsal_loss") == "kl" and cfg.get("rehearsal_ratio"):
         problems.append("params.yaml: finetune.rehearsal_loss kl keeps a whole copy of the base model in every "
-                        "process, which finetune.fsdp is there to avoid: use rehearsal_loss ce with fsdp")
+                        "process, which finetune.fsdp is there to avoid: use rehearsal_loss ce with fsdp "
+                        "(or finetune.rehearsal_ratio 0)")
     fail_if_problems(problems)
     return params
 
