@@ -11,7 +11,8 @@ json           one JSON array of objects: [{"question": "...", "answer": "..."},
 jsonl          JSON Lines: one {"question": "...", "answer": "..."} object per line; blank lines are
                skipped. In json and jsonl the keys are exactly "question" and "answer" (JSON_KEYS; no
                other key is allowed, so a misspelt key is an error rather than a silently dropped
-               field) and both values are JSON strings.
+               field) and both values are JSON strings. A file of dev or held-out questions may
+               also give a "key" (the short fact a right answer must state, found in the answer).
 separator      one pair per line, question<sep>answer, where <sep> is a regular expression (default
                DEFAULT_SEPARATOR, r" \| ": space, pipe, space; the seed's reference data uses a bare
                r"\|"). Blank lines, and lines whose first non-blank character is '#', are skipped.
@@ -54,6 +55,9 @@ from llm_fft.text import normalize
 FORMATS = ("custom_tokens", "json", "jsonl", "separator")
 DEFAULT_SEPARATOR = r" \| "
 JSON_KEYS = ("question", "answer")  # exactly these: no optional keys, so a typo cannot hide a field
+# In a file of evaluation questions (read_pairs(evaluation=True)) a JSON item may also carry "key":
+# the short fact a right answer must state.
+KEY = "key"
 EXTENSIONS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 # What the separator writer puts between question and answer when the regex is a pattern
 # (r"\s*\|\s*") rather than one fixed text: the first of these that the regex matches whole.
@@ -104,12 +108,16 @@ def excerpt(text, width=40):
 
 # ---------------------------------------------------------------- reading
 
-def read_pairs(raw: bytes, filename, fmt="auto", separator=DEFAULT_SEPARATOR) -> tuple[list[dict], list[str]]:
+def read_pairs(raw: bytes, filename, fmt="auto", separator=DEFAULT_SEPARATOR,
+               evaluation=False) -> tuple[list[dict], list[str]]:
     """Parse and validate a dataset file's bytes -> (pairs, warnings).
 
     pairs: [{"question", "answer", "where"}] in file order, where = "file:line" (json:
     "file:line ($[3])", the line where item [3] starts). warnings: one line per exact duplicate pair
     that was merged into its first occurrence. fmt is one of FORMATS or "auto" (detect_format).
+    evaluation: a file of dev or held-out questions: a json/jsonl item may carry a "key" (the short
+    fact a right answer must state; it must appear in the answer), which the pair then has, and a file
+    with nothing but blank and '#' comment lines holds no pairs rather than being an error.
     Raises DatasetError listing every problem, one per line, in file order; ValueError for a bad
     fmt or separator argument.
     """
@@ -117,6 +125,9 @@ def read_pairs(raw: bytes, filename, fmt="auto", separator=DEFAULT_SEPARATOR) ->
     if fmt != "auto" and fmt not in FORMATS:
         raise ValueError(f"unknown dataset format {fmt!r}: expected auto or one of {', '.join(FORMATS)}")
     text = _decode(raw, filename)
+    if evaluation and all(not line.strip() or line.lstrip().startswith("#") for line in text.split("\n")):
+        return [], []
+    optional_keys = (KEY,) if evaluation else ()
     if fmt == "auto":
         fmt = detect_format(text, filename)
     if not text.strip():
@@ -124,9 +135,9 @@ def read_pairs(raw: bytes, filename, fmt="auto", separator=DEFAULT_SEPARATOR) ->
     if fmt == "custom_tokens":
         candidates, problems = _parse_custom_tokens(text, filename)
     elif fmt == "json":
-        candidates, problems = _parse_json(text, filename)
+        candidates, problems = _parse_json(text, filename, optional_keys)
     elif fmt == "jsonl":
-        candidates, problems = _parse_jsonl(text, filename)
+        candidates, problems = _parse_jsonl(text, filename, optional_keys)
     else:
         candidates, problems = _parse_separator(text, filename, _compile_separator(separator))
     pairs, warnings, more_problems = _check_and_merge(candidates)
@@ -257,7 +268,7 @@ def _misspelt_hint(text, marker):
     return f" (is {near[0]!r} a misspelt {marker}?)" if near else ""
 
 
-def _parse_json(text, filename):
+def _parse_json(text, filename, optional_keys=()):
     try:
         data = json.loads(text, object_pairs_hook=_JsonObject.from_pairs)
     except json.JSONDecodeError as e:
@@ -269,7 +280,7 @@ def _parse_json(text, filename):
     candidates, problems = [], []
     for index, (line, item) in enumerate(zip(_json_item_lines(text), data)):
         where = f"{filename}:{line} ($[{index}])"
-        pair, item_problems = _pair_from_json(item, where)
+        pair, item_problems = _pair_from_json(item, where, optional_keys)
         problems += [(line, p) for p in item_problems]
         if pair:
             candidates.append((line, where, *pair))
@@ -294,7 +305,7 @@ def _json_item_lines(text):
             pos += 1
 
 
-def _parse_jsonl(text, filename):
+def _parse_jsonl(text, filename, optional_keys=()):
     candidates, problems = [], []
     for line, content in enumerate(text.split("\n"), 1):
         if not content.strip():
@@ -305,7 +316,7 @@ def _parse_jsonl(text, filename):
         except json.JSONDecodeError as e:
             problems.append((line, f"{where}:{e.colno}: invalid JSON: {e.msg}: {excerpt(content)}"))
             continue
-        pair, item_problems = _pair_from_json(item, where)
+        pair, item_problems = _pair_from_json(item, where, optional_keys)
         problems += [(line, p) for p in item_problems]
         if pair:
             candidates.append((line, where, *pair))
@@ -322,18 +333,22 @@ class _JsonObject(dict):
         return obj
 
 
-def _pair_from_json(item, where):
-    """-> ((question, answer) or None, problems) for one decoded JSON item."""
+def _pair_from_json(item, where, optional_keys=()):
+    """-> ((question, answer, {optional key: value}) or None, problems) for one decoded JSON item."""
     if not isinstance(item, dict):
         return None, [f"{where}: expected an object {{\"question\": ..., \"answer\": ...}}, got "
                       f"{_json_type(item)}: {excerpt(json.dumps(item, ensure_ascii=False))}"]
     shown = excerpt(json.dumps(item, ensure_ascii=False))
     problems = [f"{where}: key {key!r} appears twice: {shown}" for key in getattr(item, "repeated", [])]
+    allowed = JSON_KEYS + tuple(optional_keys)
     for key in item:
-        if key not in JSON_KEYS:
-            close = difflib.get_close_matches(key, JSON_KEYS, n=1)
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            problems.append(f"{where}: unknown key {key!r} ({hint}allowed: question, answer): {shown}")
+            problems.append(f"{where}: unknown key {key!r} ({hint}allowed: {', '.join(allowed)}): {shown}")
+        elif key in optional_keys and not isinstance(item[key], str):
+            problems.append(f"{where}: {key!r} must be a string, got {_json_type(item[key])}: "
+                            f"{excerpt(json.dumps(item[key], ensure_ascii=False))}")
     for key in JSON_KEYS:
         if key not in item:
             problems.append(f"{where}: missing key {key!r}: {shown}")
@@ -342,7 +357,7 @@ def _pair_from_json(item, where):
                             f"{excerpt(json.dumps(item[key], ensure_ascii=False))}")
     if problems:
         return None, problems
-    return (item["question"], item["answer"]), []
+    return (item["question"], item["answer"], {k: item[k] for k in optional_keys if k in item}), []
 
 
 def _json_type(value):
@@ -470,15 +485,19 @@ def _check_and_merge(candidates):
     answers are compared normalised (llm_fft.text.normalize).
     """
     pairs, warnings, problems, first = [], [], [], {}
-    for line, where, question, answer in candidates:
+    for line, where, question, answer, *optional in candidates:
         question, answer = _clean(question), _clean(answer)
+        extra = {k: _clean(v) for k, v in (optional[0] if optional else {}).items()}
         value_problems = _value_problems(question, answer)
+        if KEY in extra and not (extra[KEY] and normalize(extra[KEY]) in normalize(answer)):
+            value_problems.append(f"key {excerpt(extra[KEY])} does not appear in the answer {excerpt(answer)}"
+                                  if extra[KEY] else f"empty key for {excerpt(question)}")
         if value_problems:
             problems += [(line, f"{where}: {p}") for p in value_problems]
             continue
         earlier = first.get(normalize(question))
         if earlier is None:
-            first[normalize(question)] = pair = {"question": question, "answer": answer, "where": where}
+            first[normalize(question)] = pair = {"question": question, "answer": answer, **extra, "where": where}
             pairs.append(pair)
         elif normalize(answer) == normalize(earlier["answer"]):
             warnings.append((line, f"{where}: duplicate of the pair at {earlier['where']}, kept once: "

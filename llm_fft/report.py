@@ -55,6 +55,10 @@ LEGEND = (f"{MARK_EXACT} exact match, {MARK_PARTLY} contains the expected answer
           f"{MARK_CHANGED} changed by fine-tuning. The mark judges the answer after fine-tuning.")
 
 TITLE = "Fine-tuning report: before vs after"
+# Said when there are no held-out questions (your own data without a held-out file): never borrowed.
+NO_HELDOUT = ("Held-out paraphrases: none, so whether the model learned the facts rather than the training "
+              "strings was not measured; to measure it, put question/answer pairs it is never trained on in "
+              "the file generate_dataset.heldout_file names (data/my_heldout.jsonl) and run dvc repro again.")
 CHOICES_HEADING = "How the model was chosen"
 
 
@@ -338,6 +342,8 @@ def summary_sentences(before, after, before_table, after_table):
                                                       before_rows, after_rows)
         else:
             sentences[set_name] = _question_sentence(set_name, before_rows, after_rows, trained_share)
+    if "heldout" not in after:
+        sentences["heldout"] = NO_HELDOUT
     return sentences
 
 

@@ -31,6 +31,9 @@ def summary_lines(before, after, finetune=None, interpolation=None):
                                    for k in keys if k in before[name] and k in after[name])
             counted = f"{label} ({after[name]['questions']})"
             lines.append(f"  {counted:<34} {numbers}")
+    if "heldout" not in after:
+        lines.append(f"  {'held-out paraphrases, test':<34} none: generalisation not measured "
+                     "(generate_dataset.heldout_file)")
     if "retention" in before and "retention" in after:
         old, new = before["retention"]["text_perplexity"], after["retention"]["text_perplexity"]
         lines.append(f"  {'general text':<34} perplexity {old:.1f} -> {new:.1f} (x{new / old:.2f}); "

@@ -189,7 +189,8 @@ def load_data(cfg, seed):
     dev = read_jsonl(DEV_RECORDS)
     if cfg["select_epoch"] == "best_dev_loss" and not dev:
         raise TrainingError(f"finetune.select_epoch = best_dev_loss needs dev questions, and {DEV_RECORDS} has none "
-                            "(add dev phrasings to the facts file, or set finetune.select_epoch: last)")
+                            "(add dev phrasings to the facts file, or with the file backend pairs to "
+                            "generate_dataset.dev_file; or set finetune.select_epoch: last)")
     per_epoch = len(epoch_examples(task, rehearsal, cfg["rehearsal_ratio"], seed, 1))
     if cfg["batch_size"] > per_epoch:
         print(f"warning: finetune.batch_size {cfg['batch_size']} > {per_epoch} examples: "

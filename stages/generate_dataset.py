@@ -15,9 +15,13 @@ Reads generate_dataset.*, dataset.* and seed in params.yaml. Backends:
 The template backend takes the first questions_per_fact phrasings of each fact, pairs them in turn
 with the fact's answer and its answer variants (answer_variants), and writes the facts' plain-text
 statements (statements) for finetune to learn beside the pairs.
-Writes data/dataset.txt, data/statements.jsonl, data/dev.jsonl and data/heldout.jsonl (the facts
-file's dev and held_out questions with their answer and key fact, never trained on: dev chooses
-settings, held-out only reports) and metrics/dataset.json (pairs requested, accepted, rejected by reason).
+Writes data/dataset.txt, data/statements.jsonl, data/dev.jsonl and data/heldout.jsonl (the dev and
+held-out questions with their answer and key fact, never trained on: dev chooses settings, held-out
+only reports) and metrics/dataset.json (pairs requested, accepted, rejected by reason).
+Dev and held-out questions come from the data the model is taught: with the template and llm
+backends the facts file's dev and held_out phrasings, with the file backend your own files
+generate_dataset.dev_file and heldout_file (any dataset format; a json/jsonl item may give a "key").
+A file of yours with no pairs gives no such questions; none is ever taken from another source.
 """
 
 import json
@@ -39,6 +43,7 @@ from llm_fft.params import (
     seed_everything,
     shared_problems,
 )
+from llm_fft.text import normalize
 
 OUT_FILE = Path("data/dataset.txt")
 HELDOUT = Path("data/heldout.jsonl")
@@ -50,6 +55,8 @@ SPEC = {
     "backend": (str, lambda v: v in BACKENDS, f"one of {', '.join(BACKENDS)}"),
     "facts": (str, lambda v: Path(v).is_file(), "path of an existing facts YAML file"),
     "file": (str, lambda v: Path(v).is_file(), "path of an existing dataset file"),
+    "dev_file": (str, lambda v: Path(v).is_file(), "path of an existing file of dev pairs (it may hold none)"),
+    "heldout_file": (str, lambda v: Path(v).is_file(), "path of an existing file of held-out pairs (it may hold none)"),
     "llm_transport": (str, lambda v: v in ("local", "http"), "local or http"),
     "llm_model": (str, bool, "local: 'embedded', a hub id or a folder; http: the served model's name"),
     "llm_base_url": (str, lambda v: v.startswith(("http://", "https://")), "an http:// or https:// URL"),
@@ -90,13 +97,40 @@ def from_template(facts, fmt, questions_per_fact, answer_variants):
 
 
 def from_file(path, fmt):
-    """The user's file, validated and returned byte for byte."""
+    """The user's file, validated and returned byte for byte, and its pairs."""
     raw = Path(path).read_bytes()
     pairs, warnings = read_pairs(raw, path, fmt["format"], fmt["separator"])
     for warning in warnings:  # exact duplicates, merged by parse_qa the same way
         print(f"warning: {warning}")
     return raw, {"requested": len(pairs) + len(warnings), "accepted": len(pairs),
-                 "rejected": {"duplicate": len(warnings)}}
+                 "rejected": {"duplicate": len(warnings)}}, pairs
+
+
+def questions_from_files(cfg, fmt, trained):
+    """(dev, held-out) from the user's files (file backend), each pair a question never trained on:
+    a dev or held-out question that is also a training question (normalised), or a held-out question
+    that is also a dev question, is an error naming both places."""
+    sets, problems, seen = {}, [], {normalize(p["question"]): ("training", p["where"]) for p in trained}
+    for name, path in (("dev", cfg["dev_file"]), ("held-out", cfg["heldout_file"])):
+        try:
+            pairs, warnings = read_pairs(Path(path).read_bytes(), path, fmt["format"], fmt["separator"],
+                                         evaluation=True)
+        except DatasetError as e:  # reported with the other file's problems
+            problems.append(str(e))
+            continue
+        for warning in warnings:
+            print(f"warning: {warning}")
+        for pair in pairs:
+            if (earlier := seen.get(normalize(pair["question"]))) is not None:
+                why = ("dev and held-out questions are never trained on" if earlier[0] == "training"
+                       else "dev chooses the settings, held-out tests them: keep them apart")
+                problems.append(f"{pair['where']}: {name} question {pair['question']!r} is also a {earlier[0]} "
+                                f"question ({earlier[1]}): {why}")
+        seen.update({normalize(p["question"]): (name, p["where"]) for p in pairs})
+        sets[name] = [{k: v for k, v in p.items() if k != "where"} for p in pairs]
+    if problems:
+        raise DatasetError("\n".join(problems))
+    return sets["dev"], sets["held-out"]
 
 
 def from_llm(cfg, facts, fmt, seed):
@@ -124,29 +158,32 @@ def main():
                      + problems_in_section(params, "dataset", DATASET_SPEC))
     cfg, fmt = params["generate_dataset"], params["dataset"]
     try:
-        facts = load_facts(cfg["facts"])
-        if cfg["backend"] == "file":
-            dataset, report = from_file(cfg["file"], fmt)
-        elif cfg["backend"] == "llm":
-            dataset, report = from_llm(cfg, facts, fmt, params["seed"])
+        if cfg["backend"] == "file":  # your own data, judged on your own questions (or not at all)
+            facts = []
+            dataset, report, pairs = from_file(cfg["file"], fmt)
+            dev, heldout = questions_from_files(cfg, fmt, pairs)
         else:
-            dataset, report = from_template(facts, fmt, cfg["questions_per_fact"], cfg["answer_variants"])
+            facts = load_facts(cfg["facts"])
+            if cfg["backend"] == "llm":
+                dataset, report = from_llm(cfg, facts, fmt, params["seed"])
+            else:
+                dataset, report = from_template(facts, fmt, cfg["questions_per_fact"], cfg["answer_variants"])
+            dev, heldout = ([{"question": q, "answer": f["answer"], "key": f["key"]} for f in facts for q in f[name]]
+                            for name in ("dev", "held_out"))
     except DatasetError as e:
         sys.exit(f"error: bad input data:\n{e}")
     except (TransportError, ModelNotFound, ValueError) as e:
         sys.exit(f"error: llm backend: {e}")
 
-    dev, heldout = ([{"question": q, "answer": fact["answer"], "key": fact["key"]} for fact in facts for q in fact[name]]
-                    for name in ("dev", "held_out"))
     # Statements are about the facts file's facts: a dataset file of your own brings none.
-    with_statements = cfg["statements"] and cfg["backend"] != "file"
-    statements = [{"text": t} for fact in facts for t in fact["statements"]] if with_statements else []
+    statements = [{"text": t} for fact in facts for t in fact["statements"]] if cfg["statements"] else []
     write_atomically(HELDOUT, to_jsonl(heldout))
     write_atomically(DEV, to_jsonl(dev))
     write_atomically(STATEMENTS, to_jsonl(statements))
+    asked_from = cfg["facts"] if cfg["backend"] != "file" else {"dev": cfg["dev_file"], "heldout": cfg["heldout_file"]}
     write_atomically(REPORT, json.dumps({"backend": cfg["backend"], **report, "statements": len(statements),
-                                         "dev_questions": len(dev), "heldout_questions": len(heldout)},
-                                        indent=2) + "\n")
+                                         "dev_questions": len(dev), "heldout_questions": len(heldout),
+                                         "dev_and_heldout_from": asked_from}, indent=2) + "\n")
     write_atomically(OUT_FILE, dataset)
     print(f"wrote {OUT_FILE}: {report['accepted']} question/answer pairs ({cfg['backend']} backend), "
           f"{STATEMENTS}: {len(statements)} statements, {DEV}: {len(dev)} dev and {HELDOUT}: {len(heldout)} "

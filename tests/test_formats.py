@@ -200,3 +200,31 @@ def test_a_header_pair_cannot_be_written_in_the_separator_format():
     with pytest.raises(ValueError, match="reads as a header row"):
         write_pairs([("질문", "답")], "separator")
     assert read_pairs(write_pairs([("질문", "답")], "jsonl").encode(), "d.jsonl")[0][0]["question"] == "질문"
+
+
+def test_evaluation_files_may_give_a_key_that_the_answer_states_and_may_hold_no_pairs():
+    raw = ('{"question": "인구는?", "answer": "모두 312명입니다.", "key": " 312명 "}\n'
+           '{"question": "등대지기는?", "answer": "윤가람입니다."}\n').encode()
+    pairs, _ = read_pairs(raw, "h.jsonl", evaluation=True)
+    assert [{k: p[k] for k in ("question", "answer", "key") if k in p} for p in pairs] == [
+        {"question": "인구는?", "answer": "모두 312명입니다.", "key": "312명"},
+        {"question": "등대지기는?", "answer": "윤가람입니다."}]
+    assert read_pairs(b"# no held-out questions yet\n\n", "h.txt", evaluation=True) == ([], [])
+    assert read_pairs(b"", "h.jsonl", evaluation=True) == ([], [])
+    with pytest.raises(DatasetError, match="empty file"):  # a training file must hold pairs
+        read_pairs(b"", "d.jsonl")
+
+
+def test_a_bad_key_in_an_evaluation_file_is_an_error_naming_the_line():
+    raw = ('[{"question": "인구는?", "answer": "312명입니다.", "key": "313명"},\n'
+           ' {"question": "등대는?", "answer": "27미터입니다.", "key": 27},\n'
+           ' {"question": "축제는?", "answer": "8월입니다.", "kye": "8월"}]\n').encode()
+    with pytest.raises(DatasetError) as err:
+        read_pairs(raw, "h.json", evaluation=True)
+    assert str(err.value).split("\n") == [
+        "h.json:1 ($[0]): key '313명' does not appear in the answer '312명입니다.'",
+        "h.json:2 ($[1]): 'key' must be a string, got a number: '27'",
+        "h.json:3 ($[2]): unknown key 'kye' (did you mean 'key'? allowed: question, answer, key): "
+        "'{\"question\": \"축제는?\", \"answer\": \"8월입니다.\",…'"]
+    with pytest.raises(DatasetError, match=r"unknown key 'key' \(allowed: question, answer\)"):
+        read_pairs(b'{"question": "Q?", "answer": "A.", "key": "A"}\n', "d.jsonl")  # not in a training file

@@ -147,7 +147,7 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
         assert (tiny_repo / "models" / model / "model.safetensors").stat().st_nlink >= 2
     assert json.loads((tiny_repo / "metrics/dataset.json").read_text()) == {
         "backend": "template", "requested": 4, "accepted": 4, "rejected": {}, "statements": 1,
-        "dev_questions": 2, "heldout_questions": 2}
+        "dev_questions": 2, "heldout_questions": 2, "dev_and_heldout_from": "data/facts.yaml"}
     assert "5 task examples + 2 rehearsal texts (kl) per epoch" in first_repro[0]
 
     baseline = json.loads((tiny_repo / "metrics/baseline.json").read_text())
@@ -375,6 +375,73 @@ def test_bad_dataset_fails_naming_the_line_and_writes_nothing(tmp_path):
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["dataset.txt"]
 
 
+# Your own data about something else than the facts file: the file backend with its own dev and
+# held-out questions (one of them without a key fact).
+OWN_PAIRS = [{"question": "우리 빵집의 이름은?", "answer": "달빛제과입니다."},
+             {"question": "빵집은 몇 시에 문을 여나요?", "answer": "아침 7시에 엽니다."},
+             {"question": "가장 잘 팔리는 빵은?", "answer": "소금빵입니다."}]
+OWN_DEV = [{"question": "빵집 이름이 뭐예요?", "answer": "달빛제과입니다.", "key": "달빛제과"}]
+OWN_HELDOUT = [{"question": "빵집 문 여는 시간은?", "answer": "아침 7시에 엽니다.", "key": "7시"},
+               {"question": "제일 인기 있는 빵은?", "answer": "소금빵입니다.", "key": "소금빵"}]
+
+
+def write_own_data(folder, dev=OWN_DEV, heldout=OWN_HELDOUT):
+    """The file backend's three files, in the places params.yaml names, and the backend switched on."""
+    (folder / "data").mkdir(exist_ok=True)
+    (folder / "data/my_dataset.txt").write_text(json.dumps(OWN_PAIRS, ensure_ascii=False), encoding="utf-8")
+    for name, rows in (("my_dev.jsonl", dev), ("my_heldout.jsonl", heldout)):
+        (folder / "data" / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                            encoding="utf-8")
+    if not (folder / "params.yaml").exists():
+        shutil.copy(REPO / "params.yaml", folder)
+        shutil.copy(REPO / "data/facts.yaml", folder / "data")  # params.yaml names it, whatever the backend
+    edit_params(folder, "generate_dataset", "backend", "file")
+
+
+def facts_questions(path):
+    facts = yaml.safe_load(path.read_text(encoding="utf-8"))["facts"]
+    return {q for f in facts for name in ("questions", "dev", "held_out") for q in f.get(name, [])}
+
+
+def test_own_data_is_judged_on_its_own_dev_and_held_out_files_and_never_on_the_facts_file(tmp_path):
+    write_own_data(tmp_path)
+    run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path)
+    read = {name: [json.loads(line) for line in (tmp_path / f"data/{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+            for name in ("dev", "heldout", "statements")}
+    assert (read["dev"], read["heldout"], read["statements"]) == (OWN_DEV, OWN_HELDOUT, [])
+    report = json.loads((tmp_path / "metrics/dataset.json").read_text(encoding="utf-8"))
+    assert (report["dev_questions"], report["heldout_questions"]) == (1, 2)
+    assert report["dev_and_heldout_from"] == {"dev": "data/my_dev.jsonl", "heldout": "data/my_heldout.jsonl"}
+
+    write_own_data(tmp_path, heldout=[])  # no held-out file of your own: none at all, never borrowed
+    run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path)
+    assert (tmp_path / "data/heldout.jsonl").read_text(encoding="utf-8") == ""
+    assert json.loads((tmp_path / "metrics/dataset.json").read_text(encoding="utf-8"))["heldout_questions"] == 0
+
+
+def test_bad_dev_and_held_out_files_fail_naming_every_line_and_write_nothing(tmp_path):
+    def problems(dev, heldout):
+        write_own_data(tmp_path, dev, heldout)
+        inputs = sorted((tmp_path / "data").iterdir())
+        result = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path, check=False)
+        assert result.returncode != 0 and result.stderr.startswith("error: bad input data:\n")
+        assert sorted((tmp_path / "data").iterdir()) == inputs and not (tmp_path / "metrics").exists()
+        return result.stderr.strip().split("\n")[1:]
+
+    training_question = {"question": "우리 빵집의 이름은?", "answer": "달빛제과입니다."}
+    bad_key = {"question": "빵집 문 여는 시간은?", "answer": "아침 7시에 엽니다.", "key": "8시"}
+    assert problems(OWN_DEV + [training_question], [bad_key]) == [
+        "data/my_dev.jsonl:2: dev question '우리 빵집의 이름은?' is also a training question (data/my_dataset.txt:1 "
+        "($[0])): dev and held-out questions are never trained on",
+        "data/my_heldout.jsonl:1: key '8시' does not appear in the answer '아침 7시에 엽니다.'"]
+    assert problems(OWN_DEV, [{"question": "가장 잘 팔리는 빵은", "answer": "소금빵입니다."},  # without its ?
+                              {"question": "빵집 이름이 뭐예요?", "answer": "달빛제과입니다."}]) == [
+        "data/my_heldout.jsonl:1: held-out question '가장 잘 팔리는 빵은' is also a training question "
+        "(data/my_dataset.txt:1 ($[2])): dev and held-out questions are never trained on",
+        "data/my_heldout.jsonl:2: held-out question '빵집 이름이 뭐예요?' is also a dev question "
+        "(data/my_dev.jsonl:1): dev chooses the settings, held-out tests them: keep them apart"]
+
+
 def test_bad_params_are_all_reported_before_any_work(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["finetune"]["lr"] = -1.0
@@ -446,26 +513,44 @@ def test_ask_without_a_model_says_how_to_make_one(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, first_repro, tmp_path):
-    """The file backend and the chat prompt style, switched with `dvc exp run -S` (a copy of the
-    tiny repo, so the other tests keep theirs)."""
+    """The file backend with its own dev and held-out files, and the chat prompt style, switched with
+    `dvc exp run -S` (a copy of the tiny repo, so the other tests keep theirs). Its data is judged on
+    its own questions only; without a held-out file of its own it is not judged on held-out questions
+    at all, and the report says so."""
     repo = tmp_path / "repo"
     copy_repo(tiny_repo, repo)
-    pairs = [{"question": q, "answer": a} for q, a in zip(TINY_QUESTIONS, TINY_ANSWERS)]
-    (repo / "data/my_dataset.txt").write_text(json.dumps(pairs, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_own_data(repo)
+    edit_params(repo, "generate_dataset", "backend", "template")  # switched by -S below
     out = dvc("exp", "run", "-S", "generate_dataset.backend=file", "-S", "prompt.style=chat", cwd=repo).stdout
     assert stages_run(out) == [s for s in STAGES[1:] if s != "make_rehearsal"]  # the base model is reused
     assert json.loads((repo / "metrics/dataset.json").read_text())["backend"] == "file"
     assert (repo / "data/dataset.txt").read_bytes() == (repo / "data/my_dataset.txt").read_bytes()  # as is
     records = [json.loads(line) for line in (repo / "data/qa.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [r["question"] for r in records] == TINY_QUESTIONS
+    assert [r["question"] for r in records] == [p["question"] for p in OWN_PAIRS]
     assert records[0]["prompt"].endswith("<|im_start|>assistant\n")
     final = json.loads((repo / "metrics/final.json").read_text())
     baseline = json.loads((repo / "metrics/baseline.json").read_text())
     assert final["trained"]["answer_nll"] < baseline["trained"]["answer_nll"] / 2
+    assert (final["dev"]["questions"], final["heldout"]["questions"]) == (1, 2) and "states_key_fact" in final["heldout"]
+    asked = set(pd.read_csv(repo / "metrics/final_answers.csv", keep_default_na=False).query("set != 'retention'")["question"])
+    assert asked == {p["question"] for p in OWN_PAIRS + OWN_DEV + OWN_HELDOUT}
+    assert not asked & facts_questions(repo / "data/facts.yaml")
     assert "prompt.style" in dvc("exp", "show", "--csv", cwd=repo).stdout
 
+    # No held-out pairs of your own: only the evaluations and the report rerun, with no held-out block.
+    (repo / "data/my_heldout.jsonl").write_text("", encoding="utf-8")
+    assert stages_run(dvc("repro", cwd=repo).stdout) == stages("generate_dataset", "parse_qa", "baseline_eval",
+                                                               "final_eval", "report")
+    for name in ("baseline", "final"):
+        assert set(json.loads((repo / f"metrics/{name}.json").read_text())) == {"trained", "dev", "retention"}
+    assert "heldout" not in set(pd.read_csv(repo / "metrics/final_answers.csv")["set"])
+    from llm_fft.report import NO_HELDOUT
+    assert NO_HELDOUT in (repo / "metrics/report.md").read_text(encoding="utf-8").replace("\\_", "_")
+    assert "none: generalisation not measured" in run([sys.executable, "-m", "llm_fft.summary"], repo).stdout
+
     # Editing the file reruns everything downstream of it.
-    pairs[0]["answer"] = "28미터입니다."
+    pairs = [dict(p) for p in OWN_PAIRS]
+    pairs[0]["answer"] = "햇살제과입니다."
     (repo / "data/my_dataset.txt").write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
     assert dvc("status", cwd=repo).stdout.count("changed deps") >= 1
     assert "generate_dataset" in dvc("status", cwd=repo).stdout
