@@ -83,6 +83,53 @@ def _fact_problems(fact):
     return problems
 
 
+def load_unknown(path):
+    """The facts file's `unknown` list: questions about the subject that no fact answers (the
+    unknown-question probe: does the model say it does not know, or invent an answer?).
+
+    Returns the stripped questions ([] when the key is absent). Every problem is reported at once:
+    a non-list, an entry that is not a non-empty string or holds a marker, a question twice, and a
+    question that is also a training, dev or held-out question of a fact (the data answers that one).
+    """
+    path = Path(path)
+    try:
+        source = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DatasetError(f"{path}: cannot read facts: {e}") from e
+    unknown = source.get("unknown") if isinstance(source, dict) else None
+    if unknown is None:
+        return []
+    if not isinstance(unknown, list):
+        raise DatasetError(f"{path}: unknown must be a list of questions no fact answers, got {_excerpt(str(unknown))}")
+    answered = "the data answers it, so it is not unknown"
+    seen = {normalize(q): (f"a {'training' if name == 'questions' else name} question of facts[{i}]", answered)
+            for i, fact in enumerate(load_facts(path)) for name in ("questions", "dev", "held_out")
+            for q in fact[name]}
+    problems = []
+    for i, question in enumerate(unknown):
+        problem = _unknown_problem(question)
+        if problem is None and (earlier := seen.get(normalize(question))):
+            problem = f"{question.strip()!r} is also {earlier[0]}: {earlier[1]}"
+        if problem:
+            problems.append(f"{path}: unknown[{i}]: {problem}")
+        else:
+            seen[normalize(question)] = (f"unknown[{i}]", "ask it once")
+    if problems:
+        raise DatasetError("\n".join(problems))
+    return [q.strip() for q in unknown]
+
+
+def _unknown_problem(question):
+    """What is wrong with one entry of the unknown list, as a phrase (None: it is fine)."""
+    if not isinstance(question, str):
+        return f"expected a question, got the {type(question).__name__} {_excerpt(str(question))}"
+    if not question.strip():
+        return "empty question"
+    if QUESTION_MARK in question or ANSWER_MARK in question:
+        return f"the markers {QUESTION_MARK} / {ANSWER_MARK} cannot appear in text: {_excerpt(question)}"
+    return None
+
+
 RETENTION = Path("data/retention.yaml")
 
 

@@ -8,6 +8,8 @@ The sets:
   heldout    data/heldout_qa.jsonl: yet other phrasings, never trained on and never used to choose
              anything: the test. Dev and held-out questions carry the key fact a right answer must
              state (did it learn the fact, or only the strings?)
+  unknown    data/unknown_qa.jsonl: questions about the same subject that the data does not answer;
+             each answer either says it does not know (evaluate.abstain_phrases) or invents something
   retention  data/retention.yaml: general text (perplexity) and general prompts (greedy continuations,
              counted as changed or not against the baseline): what did fine-tuning cost elsewhere?
 """
@@ -21,13 +23,14 @@ import torch
 from llm_fft.data import PROMPT_SPEC, load_retention, read_jsonl, stop_ids, stop_texts, tokenize_text
 from llm_fft.generation import answer_questions, generation_limit
 from llm_fft.loss import answer_nll
-from llm_fft.metrics import answer_changed, char_f1, contains, exact_match
+from llm_fft.metrics import abstains, answer_changed, char_f1, contains, exact_match, invented
 from llm_fft.model import load_pretrained
 from llm_fft.params import fail_if_problems, pick_device, problems_in_section, seed_everything, shared_problems
 
 TRAINED = Path("data/qa.jsonl")
 DEV = Path("data/dev_qa.jsonl")
 HELDOUT = Path("data/heldout_qa.jsonl")
+UNKNOWN = Path("data/unknown_qa.jsonl")
 
 
 # --- The question sets and the retention probe ---------------------------------------------------
@@ -71,6 +74,29 @@ def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_toke
     return metrics, table
 
 
+def evaluate_unknown(model, tokenizer, records, batch_size, max_new_tokens, stop, device, stop_texts,
+                     abstain_phrases):
+    """Answer the questions the data does not answer, decoded as every other set is. There is no
+    right answer: each is counted as abstained (says it does not know) or invented (says something
+    else). Returns (metrics dict, per-question DataFrame)."""
+    answers = answer_questions(model, tokenizer, records, batch_size, max_new_tokens, device, stop, stop_texts)
+    generated = [a["text"] for a in answers]
+    abstained = [abstains(g, abstain_phrases) for g in generated]
+    table = pd.DataFrame({
+        "set": "unknown", "id": [r["id"] for r in records], "question": [r["question"] for r in records],
+        "expected": "", "key_fact": "", "generated": generated, "abstained": abstained,
+        "ended_with_eos": [a["ended_with_eos"] for a in answers],
+        "generated_tokens": [a["generated_tokens"] for a in answers],
+    })
+    metrics = {
+        "questions": len(records),
+        "abstained": round(sum(abstained) / len(records), 4),
+        "invented": round(sum(map(invented, generated, abstained)) / len(records), 4),
+        "mean_generated_tokens": round(table["generated_tokens"].mean(), 2),
+    }
+    return metrics, table
+
+
 def evaluate_retention(model, tokenizer, retention, batch_size, new_tokens, device, baseline_table):
     """Perplexity on general text and greedy continuations of general prompts, compared with the
     baseline's continuations (baseline_table; None when this is the baseline)."""
@@ -99,6 +125,9 @@ EVAL_SPEC = {
     "extra_new_tokens": (int, lambda v: v >= 0, "an integer >= 0 (tokens)"),
     "retention_new_tokens": (int, lambda v: v >= 1, "an integer >= 1 (tokens)"),
     "dtype": (str, lambda v: v in ("auto", "float32", "bfloat16"), "one of auto, float32, bfloat16"),
+    "abstain_phrases": (list, lambda v: bool(v) and all(isinstance(p, str) and p.strip() for p in v),
+                        "a non-empty list of non-empty strings (an answer to an unknown question holding one "
+                        "says it does not know)"),
 }
 
 
@@ -125,7 +154,8 @@ def load_for_evaluation(params, model_dir):
 def evaluate_stage(params, model_dir, baseline_table=None):
     """The whole evaluation, shared by baseline_eval and final_eval so they cannot drift.
 
-    Returns (metrics {trained, dev, heldout, retention}, one table of every question of every set).
+    Returns (metrics {trained, dev, heldout, unknown, retention}, one table of every question of every
+    set); a set without questions (no held-out file, no unknown questions) is left out.
     """
     model, tokenizer, device = load_for_evaluation(params, model_dir)
     cfg = params["evaluate"]
@@ -140,6 +170,11 @@ def evaluate_stage(params, model_dir, baseline_table=None):
             metrics[name], table = evaluate_questions(model, tokenizer, records, name, cfg["batch_size"],
                                                       limit, stop, device, stop_texts(params["prompt"]))
             tables.append(table)
+    # Same limit and stops as the sets above: the model gets the room a real answer gets, no more.
+    if unknown := read_jsonl(UNKNOWN):
+        metrics["unknown"], table = evaluate_unknown(model, tokenizer, unknown, cfg["batch_size"], limit, stop, device,
+                                                     stop_texts(params["prompt"]), cfg["abstain_phrases"])
+        tables.append(table)
     metrics["retention"], table = evaluate_retention(model, tokenizer, load_retention(), cfg["batch_size"],
                                                      cfg["retention_new_tokens"], device, baseline_table)
     tables.append(table)

@@ -40,6 +40,9 @@ unknown, repeated or non-string key, a separator missing or matching more than o
 unknown escape, an empty file. The same question (normalised: whitespace collapsed, a final . ! ?
 dropped) with two different answers is an error naming both places; an exact duplicate pair is kept
 once (the first) with a warning.
+
+A file of questions alone (read_questions: the unknown-question probe, questions the data does not
+answer) has one question per line, blank lines and '#' comment lines skipped, no escapes.
 """
 
 import bisect
@@ -148,6 +151,35 @@ def read_pairs(raw: bytes, filename, fmt="auto", separator=DEFAULT_SEPARATOR,
         # sorted is stable: problems on one line keep the order they were found in
         raise DatasetError("\n".join(message for _, message in sorted(problems, key=lambda p: p[0])))
     return pairs, [message for _, message in warnings]
+
+
+def read_questions(raw: bytes, filename, answered=None) -> list[dict]:
+    """A file of questions only, one per line (the unknown-question probe's file: questions the data
+    does not answer) -> [{"question", "where"}], where = "file:line". Blank lines and lines whose first
+    non-blank character is '#' are skipped; a file of nothing else holds no questions. answered:
+    {normalised question: where the data asks it, in words}. A marker or marker-like text, a control
+    character, the same question twice, or a question the data answers (normalised) is an error naming
+    the line; DatasetError lists every problem at once.
+    """
+    filename, answered = str(filename), answered or {}
+    questions, problems, first = [], [], {}
+    for line, content in enumerate(_decode(raw, filename).split("\n"), start=1):
+        question, where = content.strip(), f"{filename}:{line}"
+        if not question or question.startswith("#"):
+            continue
+        line_problems = _text_problems("question", question)
+        if (earlier := first.get(normalize(question))) is not None:
+            line_problems.append(f"question {excerpt(question)} is also at {earlier}: ask it once")
+        elif (asked := answered.get(normalize(question))) is not None:
+            line_problems.append(f"unknown question {excerpt(question)} is also {asked}: the data answers it, "
+                                 "so it is not unknown")
+        problems += [f"{where}: {p}" for p in line_problems]
+        if not line_problems:
+            first[normalize(question)] = where
+            questions.append({"question": question, "where": where})
+    if problems:
+        raise DatasetError("\n".join(problems))
+    return questions
 
 
 def detect_format(text: str, filename) -> str:
@@ -462,19 +494,26 @@ def _value_problems(question, answer):
     elif not answer:
         problems.append(f"empty answer to {excerpt(question)}")
     for name, value in (("question", question), ("answer", answer)):
-        marker = _MARKER_LIKE.search(value)
-        if marker and marker[0] in (QUESTION_MARK, ANSWER_MARK):
-            problems.append(f"marker {marker[0]} inside the {name}: {excerpt(value)}")
-        elif marker:
-            problems.append(f"marker-like text {marker[0]!r} inside the {name} (a misspelt marker? "
-                            f"special-token text is not allowed in pairs): {excerpt(value)}")
-        bad = _BAD_CHARACTER.search(value)
-        if bad:
-            problems.append(f"control character U+{ord(bad[0]):04X} inside the {name}: {excerpt(value)}")
-        # A chat's reply pasted whole: its ``` fence lines would silently join a multi-line value.
-        if any(line.strip().startswith("```") for line in value.split("\n")):
-            problems.append(f"a Markdown code fence (```) inside the {name}: delete the lines the chat "
-                            f"added around the dataset: {excerpt(value)}")
+        problems += _text_problems(name, value)
+    return problems
+
+
+def _text_problems(name, value):
+    """What is wrong with one value (a question or an answer) whatever the file it is in."""
+    problems = []
+    marker = _MARKER_LIKE.search(value)
+    if marker and marker[0] in (QUESTION_MARK, ANSWER_MARK):
+        problems.append(f"marker {marker[0]} inside the {name}: {excerpt(value)}")
+    elif marker:
+        problems.append(f"marker-like text {marker[0]!r} inside the {name} (a misspelt marker? "
+                        f"special-token text is not allowed in pairs): {excerpt(value)}")
+    bad = _BAD_CHARACTER.search(value)
+    if bad:
+        problems.append(f"control character U+{ord(bad[0]):04X} inside the {name}: {excerpt(value)}")
+    # A chat's reply pasted whole: its ``` fence lines would silently join a multi-line value.
+    if any(line.strip().startswith("```") for line in value.split("\n")):
+        problems.append(f"a Markdown code fence (```) inside the {name}: delete the lines the chat "
+                        f"added around the dataset: {excerpt(value)}")
     return problems
 
 

@@ -19,9 +19,10 @@ HEADLINE = {
     "dev": ["exact_match", "states_key_fact", "char_f1", "answer_nll", "ended_with_eos"],
     "heldout": ["exact_match", "states_key_fact", "char_f1", "answer_nll", "ended_with_eos"],
     "retention": ["text_nll", "text_perplexity", "answers_changed"],
+    "unknown": ["abstained", "invented"],
 }
 # The answer tables' True/False columns (empty = not scored for that set).
-BOOL_COLUMNS = ("exact_match", "contains_answer", "states_key_fact", "ended_with_eos", "changed")
+BOOL_COLUMNS = ("exact_match", "contains_answer", "states_key_fact", "ended_with_eos", "changed", "abstained")
 NUMBER_COLUMNS = ("id", "char_f1", "generated_tokens", "answer_nll")
 
 
@@ -54,6 +55,19 @@ def char_f1(generated, expected):
 def answer_changed(before, after):
     """Whether fine-tuning changed an answer (retention prompts; the report's mark uses the same rule)."""
     return normalize(before) != normalize(after)
+
+
+def abstains(generated, phrases):
+    """Whether an answer says it does not know: it contains one of the phrases (evaluate.abstain_phrases),
+    compared normalised and casefolded (모르겠습니다, I Don't know)."""
+    text = normalize(generated).casefold()
+    return any(normalize(phrase).casefold() in text for phrase in phrases)
+
+
+def invented(generated, abstained):
+    """Whether an answer to a question the data does not answer (the unknown set) invents something:
+    it says something (not empty) and does not say it does not know. The report counts by the same rule."""
+    return not abstained and bool(normalize(generated))
 
 
 def delta(before, after):

@@ -2,8 +2,8 @@
 
 Inputs (see the evaluation stages): `before` / `after` are {set: {metric: number}} dicts (the
 contents of metrics/baseline.json and metrics/final.json); `before_table` / `after_table` are the
-per-question DataFrames (same rows, same order) with the columns in TABLE_COLUMNS; the loss curve
-comes from the DVCLive TSV files of the finetune stage.
+per-question DataFrames (same rows, same order) with the columns in TABLE_COLUMNS (and abstained,
+when the unknown set has rows); the loss curve comes from the DVCLive TSV files of the finetune stage.
 
 Both pages carry the same content: the headline table (set x metric, before | after | change), one
 summary sentence per set computed from the numbers, the loss curve, then every question per set.
@@ -21,16 +21,21 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from llm_fft.metrics import answer_changed
+from llm_fft.metrics import answer_changed, invented
 
-# Sets in the order a reader needs them: what was trained, whether it generalised, what it cost.
-SET_ORDER = ("trained", "dev", "heldout", "retention")
+# Sets in the order a reader needs them: what was trained, whether it generalised, whether it invents
+# what it was never told, what it cost.
+SET_ORDER = ("trained", "dev", "heldout", "unknown", "retention")
 SET_LABELS = {"trained": "trained questions",
               "dev": "dev paraphrases (chose the settings)",
               "heldout": "held-out paraphrases (test)",
+              "unknown": "unknown questions (not in the data)",
               "retention": "retention (general text and prompts)"}
 # Its rows have no expected answer: an answer there is judged by whether fine-tuning changed it.
 RETENTION_SET = "retention"
+# Its rows have no expected answer either: the data does not answer them, so an answer either says it
+# does not know (the table's abstained column) or is invented.
+UNKNOWN_SET = "unknown"
 
 TABLE_COLUMNS = ("set", "id", "question", "expected", "key_fact", "generated", "exact_match",
                  "contains_answer", "char_f1", "states_key_fact", "ended_with_eos",
@@ -39,8 +44,8 @@ BOOL_COLUMNS = ("exact_match", "contains_answer", "states_key_fact", "ended_with
 
 # Metric names are matched by these words so that a new metric gets the right direction without
 # a code change; a metric matching neither (counts, mean_generated_tokens) gets no verdict.
-LOWER_IS_BETTER = ("nll", "perplexity", "loss", "changed")
-HIGHER_IS_BETTER = ("exact_match", "contains_answer", "f1", "states_key_fact", "ended_with_eos")
+LOWER_IS_BETTER = ("nll", "perplexity", "loss", "changed", "invented")
+HIGHER_IS_BETTER = ("exact_match", "contains_answer", "f1", "states_key_fact", "ended_with_eos", "abstained")
 
 # Share of questions right that the summary sentence calls high / low; in between is "partial".
 HIGH_SHARE = 0.9
@@ -50,9 +55,12 @@ RETENTION_NLL_TOLERANCE = 0.05
 
 MARK_EXACT, MARK_PARTLY, MARK_WRONG = "✅", "☑️", "❌"
 MARK_UNCHANGED, MARK_CHANGED = "＝", "🔁"
+MARK_NO_ANSWER = "∅"
 LEGEND = (f"{MARK_EXACT} exact match, {MARK_PARTLY} contains the expected answer or states the key fact, "
-          f"{MARK_WRONG} wrong; for retention prompts {MARK_UNCHANGED} same answer as before, "
-          f"{MARK_CHANGED} changed by fine-tuning. The mark judges the answer after fine-tuning.")
+          f"{MARK_WRONG} wrong; for unknown questions {MARK_EXACT} says it does not know, {MARK_WRONG} "
+          f"invented an answer, {MARK_NO_ANSWER} no answer; for retention prompts {MARK_UNCHANGED} same "
+          f"answer as before, {MARK_CHANGED} changed by fine-tuning. The mark judges the answer after "
+          "fine-tuning.")
 
 TITLE = "Fine-tuning report: before vs after"
 # Said when there are no held-out questions (your own data without a held-out file): never borrowed.
@@ -176,13 +184,16 @@ def _table_problems(before_table, after_table, set_names):
             problems.append(f"row {row}: before is {b.set}/{b.id}, after is {a.set}/{a.id}: "
                             "both tables must list the same questions in the same order")
     for name, table in (("before_table", before_table), ("after_table", after_table)):
+        if (table["set"] == UNKNOWN_SET).any() and "abstained" not in table.columns:
+            problems.append(f"{name}: missing column abstained (set {UNKNOWN_SET!r} has rows)")
+            continue
         for row, record in enumerate(table.itertuples()):
             where = f"{name} row {row} (id {_text(record.id)!r})"
             if record.set not in set_names:
                 problems.append(f"{where}: set {record.set!r} has no metrics (sets: {', '.join(set_names)})")
-            if record.set != RETENTION_SET and not _text(record.expected).strip():
+            if record.set not in (RETENTION_SET, UNKNOWN_SET) and not _text(record.expected).strip():
                 problems.append(f"{where}: empty expected answer in set {record.set!r}")
-            for column in BOOL_COLUMNS if record.set != RETENTION_SET else ():
+            for column in _flag_columns(record.set):
                 # str() covers Python and numpy bools alike, and the strings a CSV reader may leave;
                 # states_key_fact is empty (None) in sets whose questions carry no key fact.
                 allowed = ("True", "False") + (("None", "", "nan") if column == "states_key_fact" else ())
@@ -192,6 +203,12 @@ def _table_problems(before_table, after_table, set_names):
         if not (after_table["set"] == set_name).any():
             problems.append(f"set {set_name!r} has metrics but no rows in the tables")
     return problems
+
+
+def _flag_columns(set_name):
+    """The True/False columns a row of this set must have: the retention probe has none (its mark is
+    computed), the unknown set only abstained (nothing to match), every other set the scores."""
+    return {RETENTION_SET: (), UNKNOWN_SET: ("abstained",)}.get(set_name, BOOL_COLUMNS)
 
 
 def _check_inputs(before, after, before_table, after_table):
@@ -277,6 +294,17 @@ def _changed(before_row, after_row):
     return answer_changed(_text(before_row.generated), _text(after_row.generated))
 
 
+def _invented(row):
+    """Whether an answer to an unknown question invents something (metrics.invented, the evaluations' rule)."""
+    return invented(_text(row.generated), _flag(row.abstained))
+
+
+def _unknown_mark(row):
+    if _flag(row.abstained):
+        return MARK_EXACT
+    return MARK_WRONG if _invented(row) else MARK_NO_ANSWER
+
+
 def _question_sentence(set_name, before_rows, after_rows, trained_share):
     total = len(after_rows)
     right_after = sum(_answer_mark(r) != MARK_WRONG for r in after_rows)
@@ -324,6 +352,20 @@ def _retention_sentence(set_name, before_metrics, after_metrics, before_rows, af
     return "; ".join(parts) + f" — {verdict}."
 
 
+def _unknown_sentence(set_name, before_rows, after_rows):
+    total = len(after_rows)
+    invented_after, invented_before = sum(map(_invented, after_rows)), sum(map(_invented, before_rows))
+    abstained_after = sum(_flag(r.abstained) for r in after_rows)
+    abstained_before = sum(_flag(r.abstained) for r in before_rows)
+    verdict = ("fine-tuning made the model invent more" if invented_after > invented_before
+               else "fine-tuning made the model invent less" if invented_after < invented_before
+               else "fine-tuning did not change how often the model invents")
+    return (f"{_heading(set_name)}: {invented_after} of {total} answers invented something after fine-tuning, "
+            f"{invented_before} before ({abstained_after} said they did not know after, {abstained_before} "
+            f"before); the data does not answer these, so any answer other than a refusal is invented "
+            f"— {verdict}.")
+
+
 def summary_sentences(before, after, before_table, after_table):
     """{set: one sentence} computed from the numbers; says low when low, never more than the numbers show."""
     rows = {s: ([], []) for s in before}
@@ -340,6 +382,8 @@ def summary_sentences(before, after, before_table, after_table):
         if set_name == RETENTION_SET:
             sentences[set_name] = _retention_sentence(set_name, before[set_name], after[set_name],
                                                       before_rows, after_rows)
+        elif set_name == UNKNOWN_SET:
+            sentences[set_name] = _unknown_sentence(set_name, before_rows, after_rows)
         else:
             sentences[set_name] = _question_sentence(set_name, before_rows, after_rows, trained_share)
     if "heldout" not in after:
@@ -348,7 +392,7 @@ def summary_sentences(before, after, before_table, after_table):
 
 
 def _mark_header(set_name):
-    return "changed?" if set_name == RETENTION_SET else "correct"
+    return {RETENTION_SET: "changed?", UNKNOWN_SET: "abstained?"}.get(set_name, "correct")
 
 
 def question_rows(before_table, after_table):
@@ -358,6 +402,9 @@ def question_rows(before_table, after_table):
         if a.set == RETENTION_SET:
             changed = _changed(b, a)
             mark, css = (MARK_CHANGED, "changed") if changed else (MARK_UNCHANGED, "unchanged")
+        elif a.set == UNKNOWN_SET:  # an invented answer is highlighted as a wrong one
+            mark = _unknown_mark(a)
+            css = {MARK_EXACT: "abstained", MARK_WRONG: "wrong", MARK_NO_ANSWER: "no-answer"}[mark]
         else:
             mark = _answer_mark(a)
             css = {MARK_EXACT: "exact", MARK_PARTLY: "partly", MARK_WRONG: "wrong"}[mark]

@@ -34,6 +34,10 @@ def summary_lines(before, after, finetune=None, interpolation=None):
     if "heldout" not in after:
         lines.append(f"  {'held-out paraphrases, test':<34} none: generalisation not measured "
                      "(generate_dataset.heldout_file)")
+    if "unknown" in before and "unknown" in after:  # questions the data does not answer
+        counted = f"unknown questions ({after['unknown']['questions']})"
+        lines.append(f"  {counted:<34} invented {before['unknown']['invented']:.3f} -> "
+                     f"{after['unknown']['invented']:.3f}")
     if "retention" in before and "retention" in after:
         old, new = before["retention"]["text_perplexity"], after["retention"]["text_perplexity"]
         lines.append(f"  {'general text':<34} perplexity {old:.1f} -> {new:.1f} (x{new / old:.2f}); "

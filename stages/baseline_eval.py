@@ -3,7 +3,8 @@
     python -m stages.baseline_eval
 
 Reads evaluate.*, prompt.* and device in params.yaml, models/base, the question sets (data/qa.jsonl,
-data/dev_qa.jsonl, data/heldout_qa.jsonl) and the retention probe (data/retention.yaml). Writes
+data/dev_qa.jsonl, data/heldout_qa.jsonl, and data/unknown_qa.jsonl: questions the data does not
+answer) and the retention probe (data/retention.yaml). Writes
 metrics/baseline.json and metrics/baseline_answers.csv (every question of every set with its answer
 and scores). final_eval runs the same code on models/final.
 """

@@ -17,11 +17,14 @@ with the fact's answer and its answer variants (answer_variants), and writes the
 statements (statements) for finetune to learn beside the pairs.
 Writes data/dataset.txt, data/statements.jsonl, data/dev.jsonl and data/heldout.jsonl (the dev and
 held-out questions with their answer and key fact, never trained on: dev chooses settings, held-out
-only reports) and metrics/dataset.json (pairs requested, accepted, rejected by reason).
+only reports), data/unknown.jsonl (questions the data does not answer: does the model invent an
+answer?) and metrics/dataset.json (pairs requested, accepted, rejected by reason).
 Dev and held-out questions come from the data the model is taught: with the template and llm
 backends the facts file's dev and held_out phrasings, with the file backend your own files
 generate_dataset.dev_file and heldout_file (any dataset format; a json/jsonl item may give a "key").
 A file of yours with no pairs gives no such questions; none is ever taken from another source.
+The unknown questions likewise: the facts file's `unknown` list, or with the file backend only
+generate_dataset.unknown_file (one question per line), never both.
 """
 
 import json
@@ -30,9 +33,9 @@ from pathlib import Path
 
 import torch
 
-from llm_fft.data import DatasetError, load_facts, to_jsonl
+from llm_fft.data import DatasetError, load_facts, load_unknown, to_jsonl
 from llm_fft.files import write_atomically
-from llm_fft.formats import DATASET_SPEC, read_pairs, write_pairs
+from llm_fft.formats import DATASET_SPEC, read_pairs, read_questions, write_pairs
 from llm_fft.llm_writer import HttpChat, LocalChat, TransportError, write_pairs_with_llm
 from llm_fft.model import ModelNotFound, load_base, prepare_tokenizer
 from llm_fft.params import (
@@ -49,6 +52,7 @@ OUT_FILE = Path("data/dataset.txt")
 HELDOUT = Path("data/heldout.jsonl")
 DEV = Path("data/dev.jsonl")
 STATEMENTS = Path("data/statements.jsonl")
+UNKNOWN = Path("data/unknown.jsonl")
 REPORT = Path("metrics/dataset.json")
 BACKENDS = ("template", "file", "llm")
 SPEC = {
@@ -57,6 +61,7 @@ SPEC = {
     "file": (str, lambda v: Path(v).is_file(), "path of an existing dataset file"),
     "dev_file": (str, lambda v: Path(v).is_file(), "path of an existing file of dev pairs (it may hold none)"),
     "heldout_file": (str, lambda v: Path(v).is_file(), "path of an existing file of held-out pairs (it may hold none)"),
+    "unknown_file": (str, lambda v: Path(v).is_file(), "path of an existing file of unknown questions (it may hold none)"),
     "llm_transport": (str, lambda v: v in ("local", "http"), "local or http"),
     "llm_model": (str, bool, "local: 'embedded', a hub id or a folder; http: the served model's name"),
     "llm_base_url": (str, lambda v: v.startswith(("http://", "https://")), "an http:// or https:// URL"),
@@ -133,13 +138,40 @@ def questions_from_files(cfg, fmt, trained):
     return sets["dev"], sets["held-out"]
 
 
-def from_llm(cfg, facts, fmt, seed):
-    """Pairs a language model wrote about the facts (or the topic), each one checked."""
+def unknown_from_file(path, trained, dev, heldout):
+    """The unknown questions of the user's file (file backend): one that is also a training, dev or
+    held-out question (normalised) is answered by the data, so it is an error naming both places."""
+    answered = {normalize(p["question"]): f"a training question ({p['where']})" for p in trained}
+    for name, pairs in (("dev", dev), ("held-out", heldout)):
+        answered.update({normalize(p["question"]): f"a {name} question" for p in pairs})
+    return [q["question"] for q in read_questions(Path(path).read_bytes(), path, answered)]
+
+
+def evaluation_questions_from_files(cfg, fmt, trained):
+    """(dev, held-out, unknown) from the user's files (file backend), the problems of all three files
+    in one DatasetError."""
+    problems, dev, heldout, unknown = [], [], [], []
+    try:
+        dev, heldout = questions_from_files(cfg, fmt, trained)
+    except DatasetError as e:
+        problems.append(str(e))
+    try:
+        unknown = unknown_from_file(cfg["unknown_file"], trained, dev, heldout)
+    except DatasetError as e:
+        problems.append(str(e))
+    if problems:
+        raise DatasetError("\n".join(problems))
+    return dev, heldout, unknown
+
+
+def from_llm(cfg, facts, unknown, fmt, seed):
+    """Pairs a language model wrote about the facts (or the topic), each one checked; a pair asking a
+    dev, held-out or unknown question is rejected (those are kept for the evaluation)."""
     seed_everything(seed)
     source = cfg["llm_topic"] or [fact["answer"] for fact in facts]
     pairs, report = write_pairs_with_llm(source, cfg["llm_pairs_per_fact"], llm_transport(cfg), seed,
                                          cfg["llm_max_attempts"],
-                                         held_out=[q for fact in facts for q in fact["held_out"] + fact["dev"]])
+                                         held_out=[q for fact in facts for q in fact["held_out"] + fact["dev"]] + unknown)
     if not pairs:
         sys.exit(f"error: the llm backend got no usable pair from {cfg['llm_model']!r} (rejected: "
                  f"{report['rejected']}); nothing written. A stronger model may be needed (the "
@@ -161,11 +193,11 @@ def main():
         if cfg["backend"] == "file":  # your own data, judged on your own questions (or not at all)
             facts = []
             dataset, report, pairs = from_file(cfg["file"], fmt)
-            dev, heldout = questions_from_files(cfg, fmt, pairs)
+            dev, heldout, unknown = evaluation_questions_from_files(cfg, fmt, pairs)
         else:
-            facts = load_facts(cfg["facts"])
+            facts, unknown = load_facts(cfg["facts"]), load_unknown(cfg["facts"])
             if cfg["backend"] == "llm":
-                dataset, report = from_llm(cfg, facts, fmt, params["seed"])
+                dataset, report = from_llm(cfg, facts, unknown, fmt, params["seed"])
             else:
                 dataset, report = from_template(facts, fmt, cfg["questions_per_fact"], cfg["answer_variants"])
             dev, heldout = ([{"question": q, "answer": f["answer"], "key": f["key"]} for f in facts for q in f[name]]
@@ -180,14 +212,16 @@ def main():
     write_atomically(HELDOUT, to_jsonl(heldout))
     write_atomically(DEV, to_jsonl(dev))
     write_atomically(STATEMENTS, to_jsonl(statements))
+    write_atomically(UNKNOWN, to_jsonl([{"question": q} for q in unknown]))
     asked_from = cfg["facts"] if cfg["backend"] != "file" else {"dev": cfg["dev_file"], "heldout": cfg["heldout_file"]}
     write_atomically(REPORT, json.dumps({"backend": cfg["backend"], **report, "statements": len(statements),
                                          "dev_questions": len(dev), "heldout_questions": len(heldout),
+                                         "unknown_questions": len(unknown),
                                          "dev_and_heldout_from": asked_from}, indent=2) + "\n")
     write_atomically(OUT_FILE, dataset)
     print(f"wrote {OUT_FILE}: {report['accepted']} question/answer pairs ({cfg['backend']} backend), "
-          f"{STATEMENTS}: {len(statements)} statements, {DEV}: {len(dev)} dev and {HELDOUT}: {len(heldout)} "
-          f"held-out questions, report in {REPORT}")
+          f"{STATEMENTS}: {len(statements)} statements, {DEV}: {len(dev)} dev, {HELDOUT}: {len(heldout)} "
+          f"held-out and {UNKNOWN}: {len(unknown)} unknown questions, report in {REPORT}")
 
 
 if __name__ == "__main__":

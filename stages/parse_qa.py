@@ -3,11 +3,12 @@
     python -m stages.parse_qa
 
 Reads parse_qa.*, dataset.* and prompt.* in params.yaml, data/dataset.txt (any format of the README),
-data/statements.jsonl, data/dev.jsonl, data/heldout.jsonl and the tokenizer in models/base. Writes
-data/qa.jsonl (one record per pair: question, answer, prompt, q_ids, input_ids, labels),
+data/statements.jsonl, data/dev.jsonl, data/heldout.jsonl, data/unknown.jsonl and the tokenizer in
+models/base. Writes data/qa.jsonl (one record per pair: question, answer, prompt, q_ids, input_ids, labels),
 data/statements_qa.jsonl (each statement as plain text, every token learned), data/dev_qa.jsonl and
-data/heldout_qa.jsonl (the same as qa.jsonl for the dev and held-out questions, plus their key fact)
-and data/preview.md, which shows decoded inputs and decoded supervised
+data/heldout_qa.jsonl (the same as qa.jsonl for the dev and held-out questions, plus their key fact),
+data/unknown_qa.jsonl (the questions no fact answers: question, prompt and q_ids only, since there is
+no answer to learn or score) and data/preview.md, which shows decoded inputs and decoded supervised
 labels for a few examples. Any malformed pair or over-long example stops the stage with every
 problem listed by line, and nothing is written.
 """
@@ -23,6 +24,7 @@ from llm_fft.data import (
     DatasetError,
     PromptError,
     build_prompt,
+    prompt_ids,
     read_jsonl,
     to_jsonl,
     tokenize_pair,
@@ -36,11 +38,13 @@ DATASET = Path("data/dataset.txt")
 HELDOUT = Path("data/heldout.jsonl")
 DEV = Path("data/dev.jsonl")
 STATEMENTS = Path("data/statements.jsonl")
+UNKNOWN = Path("data/unknown.jsonl")
 BASE_MODEL = Path("models/base")
 RECORDS = Path("data/qa.jsonl")
 HELDOUT_RECORDS = Path("data/heldout_qa.jsonl")
 DEV_RECORDS = Path("data/dev_qa.jsonl")
 STATEMENT_RECORDS = Path("data/statements_qa.jsonl")
+UNKNOWN_RECORDS = Path("data/unknown_qa.jsonl")
 PREVIEW = Path("data/preview.md")
 SPEC = {
     "max_length": (int, lambda v: v >= 8, "an integer >= 8 (tokens)"),
@@ -75,6 +79,20 @@ def tokenize_all(tokenizer, pairs, prompt, max_length, where):
     return records, too_long
 
 
+def tokenize_questions(tokenizer, questions, prompt, max_length, where):
+    """Records for questions without an answer [{question}] (the unknown-question probe): the prompt
+    and its ids only, nothing to learn or to score a loss on; a problem for each over max_length."""
+    records, too_long = [], []
+    for i, row in enumerate(questions):
+        q_ids = prompt_ids(tokenizer, row["question"], prompt)
+        if len(q_ids) > max_length:
+            too_long.append(f"{where(i)}: prompt has {len(q_ids)} tokens, more than parse_qa.max_length = "
+                            f"{max_length}: {row['question']!r}")
+        records.append({"id": i, "question": row["question"],
+                        "prompt": build_prompt(row["question"], prompt, tokenizer), "q_ids": q_ids})
+    return records, too_long
+
+
 def main():
     params = load_params()
     fail_if_problems(problems_in_section(params, "parse_qa", SPEC) + problems_in_section(params, "dataset", DATASET_SPEC)
@@ -86,7 +104,7 @@ def main():
         sys.exit(f"error: bad dataset:\n{e}")
     for warning in warnings:
         print(f"warning: {warning}")
-    heldout, dev, statements = read_jsonl(HELDOUT), read_jsonl(DEV), read_jsonl(STATEMENTS)
+    heldout, dev, statements, unknown = read_jsonl(HELDOUT), read_jsonl(DEV), read_jsonl(STATEMENTS), read_jsonl(UNKNOWN)
 
     tokenizer = AutoTokenizer.from_pretrained(BASE_MODEL)
     try:
@@ -95,6 +113,8 @@ def main():
                                                          lambda i, p: f"{HELDOUT}:{i + 1}")
         dev_records, dev_too_long = tokenize_all(tokenizer, dev, prompt, cfg["max_length"],
                                                  lambda i, p: f"{DEV}:{i + 1}")
+        unknown_records, unknown_too_long = tokenize_questions(tokenizer, unknown, prompt, cfg["max_length"],
+                                                               lambda i: f"{UNKNOWN}:{i + 1}")
     except PromptError as e:
         sys.exit(f"error: {e}")
     statement_records = [{"id": i, "text": s["text"], **tokenize_text(tokenizer, s["text"])}
@@ -102,18 +122,20 @@ def main():
     too_long += [f"{STATEMENTS}:{r['id'] + 1}: statement has {len(r['input_ids'])} tokens, more than "
                  f"parse_qa.max_length = {cfg['max_length']}" for r in statement_records
                  if len(r["input_ids"]) > cfg["max_length"]]
-    fail_if_problems(too_long + heldout_too_long + dev_too_long,
+    fail_if_problems(too_long + heldout_too_long + dev_too_long + unknown_too_long,
                      what="dataset (raise parse_qa.max_length or shorten these)")
 
     write_atomically(RECORDS, to_jsonl(records))
     write_atomically(HELDOUT_RECORDS, to_jsonl(heldout_records))
     write_atomically(DEV_RECORDS, to_jsonl(dev_records))
     write_atomically(STATEMENT_RECORDS, to_jsonl(statement_records))
+    write_atomically(UNKNOWN_RECORDS, to_jsonl(unknown_records))
     write_atomically(PREVIEW, preview(tokenizer, records[:cfg["preview_examples"]]))
     lengths = [len(r["input_ids"]) for r in records]
     print(f"wrote {RECORDS}: {len(records)} records, {sum(lengths)} tokens, longest {max(lengths)} "
           f"(limit {cfg['max_length']}); {STATEMENT_RECORDS}: {len(statement_records)}, {DEV_RECORDS}: "
-          f"{len(dev_records)}, {HELDOUT_RECORDS}: {len(heldout_records)} records; preview in {PREVIEW}")
+          f"{len(dev_records)}, {HELDOUT_RECORDS}: {len(heldout_records)}, {UNKNOWN_RECORDS}: {len(unknown_records)} "
+          f"records; preview in {PREVIEW}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""The facts source, the params loader and atomic writes."""
+"""The facts source (its facts and its unknown questions), the params loader and atomic writes."""
 
 import difflib
 from pathlib import Path
 
 import pytest
 
-from llm_fft.data import DatasetError, load_facts
+from llm_fft.data import DatasetError, load_facts, load_unknown
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_load_facts_reports_every_bad_fact(tmp_path):
@@ -39,6 +41,53 @@ def test_load_facts_reports_every_bad_fact(tmp_path):
     ]
 
 
+def test_load_unknown_reports_every_bad_question(tmp_path):
+    facts = tmp_path / "facts.yaml"
+    facts.write_text(
+        "facts:\n"
+        "  - {answer: 'A.', key: A, questions: ['Q?'], dev: ['D?'], held_out: ['H?']}\n"
+        "unknown:\n"
+        "  - ' U? '\n"               # fine: stripped
+        "  - ''\n"
+        "  - 3\n"
+        "  - 'x <|question|> y'\n"
+        "  - 'Q?'\n"
+        "  - 'D?'\n"
+        "  - 'H'\n"                  # the held-out question, normalised (a final ? does not count)
+        "  - 'U?'\n", encoding="utf-8")
+    with pytest.raises(DatasetError) as err:
+        load_unknown(facts)
+    answered = "the data answers it, so it is not unknown"
+    assert str(err.value).splitlines() == [
+        f"{facts}: unknown[1]: empty question",
+        f"{facts}: unknown[2]: expected a question, got the int '3'",
+        f"{facts}: unknown[3]: the markers <|question|> / <|answer|> cannot appear in text: 'x <|question|> y'",
+        f"{facts}: unknown[4]: 'Q?' is also a training question of facts[0]: {answered}",
+        f"{facts}: unknown[5]: 'D?' is also a dev question of facts[0]: {answered}",
+        f"{facts}: unknown[6]: 'H' is also a held_out question of facts[0]: {answered}",
+        f"{facts}: unknown[7]: 'U?' is also unknown[0]: ask it once",
+    ]
+
+
+def test_load_unknown_is_a_list_or_nothing_and_leaves_load_facts_as_it_was(tmp_path):
+    facts = tmp_path / "facts.yaml"
+    facts.write_text("facts:\n  - {answer: 'A.', questions: ['Q?']}\n", encoding="utf-8")
+    assert load_unknown(facts) == []  # absent: no probe
+    facts.write_text("facts:\n  - {answer: 'A.', questions: ['Q?']}\nunknown: ['U?']\n", encoding="utf-8")
+    assert load_unknown(facts) == ["U?"]
+    assert load_facts(facts) == [{"answer": "A.", "key": "", "answers": [], "statements": [], "questions": ["Q?"],
+                                  "dev": [], "held_out": []}]
+    facts.write_text("facts:\n  - {answer: 'A.', questions: ['Q?']}\nunknown: U?\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"facts.yaml: unknown must be a list of questions no fact answers, got 'U\?'"):
+        load_unknown(facts)
+
+
+def test_default_facts_have_about_a_dozen_unknown_questions():
+    unknown = load_unknown(REPO / "data" / "facts.yaml")  # checked against every phrasing of every fact
+    assert 10 <= len(unknown) <= 16 and all("별무리섬" in q or any(
+        name in q for name in ("물결초등학교", "은하호", "파도소리 식당", "달빛귤", "해오름봉")) for q in unknown)
+
+
 def similarity(a, b):
     """Character similarity of two questions, punctuation and spaces ignored (0 to 1)."""
     def letters(text):
@@ -47,7 +96,7 @@ def similarity(a, b):
 
 
 def test_default_facts_keep_training_dev_and_held_out_phrasings_apart():
-    facts = load_facts(Path(__file__).resolve().parents[1] / "data" / "facts.yaml")
+    facts = load_facts(REPO / "data" / "facts.yaml")
     assert len(facts) >= 24
     questions = [q for f in facts for q in f["questions"] + f["dev"] + f["held_out"]]
     assert len(set(questions)) == len(questions)  # no phrasing twice, held-out and dev never trained on

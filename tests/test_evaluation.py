@@ -1,8 +1,19 @@
-"""The metric functions on hand-computed cases (Korean included), and delta.json's arithmetic."""
+"""The metric functions on hand-computed cases (Korean included), delta.json's arithmetic, the
+unknown-question probe's scoring (no model) and the answer tables read back."""
 
+from pathlib import Path
+
+import pandas as pd
 import pytest
+import yaml
 
-from llm_fft.metrics import char_f1, contains, delta, exact_match
+from llm_fft import evaluation
+from llm_fft.evaluation import EVAL_SPEC, evaluate_unknown
+from llm_fft.metrics import abstains, char_f1, contains, delta, exact_match, invented, read_answers, write_results
+from llm_fft.params import problems_in_section
+
+PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
+PHRASES = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))["evaluate"]["abstain_phrases"]
 
 
 @pytest.mark.parametrize("generated, expected, result", [
@@ -49,3 +60,65 @@ def test_delta_is_final_minus_baseline_for_the_headline_numbers():
                     "ended_with_eos": 1.0},
         "retention": {"text_nll": 0.25, "text_perplexity": 2.0987, "answers_changed": 3},
     }
+
+
+@pytest.mark.parametrize("generated, abstained", [
+    ("잘 모르겠습니다.", True),
+    ("그 정보는 알 수 없습니다", True),
+    ("별무리섬의 면적에 대한 정보가 없습니다.", True),
+    ("I Don't Know.", True),                        # casefolded
+    ("I  do not\nknow", True),                      # whitespace normalised
+    ("Sorry, I'm NOT SURE about that.", True),
+    ("별무리섬의 면적은 12제곱킬로미터입니다.", False),  # an answer, made up
+    ("윤가람입니다.", False),
+    ("", False),
+])
+def test_abstains_with_the_default_phrases(generated, abstained):
+    assert abstains(generated, PHRASES) is abstained
+
+
+def test_invented_is_any_answer_that_is_neither_empty_nor_a_refusal():
+    assert invented("12제곱킬로미터입니다.", abstained=False)
+    assert not invented("모르겠습니다.", abstained=True)
+    assert not invented("", abstained=False) and not invented(" . ", abstained=False)  # said nothing
+
+
+def test_unknown_set_is_answered_like_the_others_and_counted_abstained_or_invented(monkeypatch):
+    calls = []
+
+    def canned(model, tokenizer, records, batch_size, max_new_tokens, device, stop, stop_texts):
+        calls.append((batch_size, max_new_tokens, stop, stop_texts))
+        texts = ["모르겠습니다.", "윤가람입니다.", "", "12제곱킬로미터입니다."]
+        return [{"text": t, "generated_tokens": 2 * i + 1, "ended_with_eos": bool(i % 2)} for i, t in enumerate(texts)]
+
+    monkeypatch.setattr(evaluation, "answer_questions", canned)
+    records = [{"id": i, "question": f"Q{i}?", "prompt": f"Q{i}?", "q_ids": [1, 2]} for i in range(4)]
+    metrics, table = evaluate_unknown(None, None, records, 8, 40, [0], "cpu", ["<|question|>"], PHRASES)
+    assert calls == [(8, 40, [0], ["<|question|>"])]  # the generation limit and stops it was given
+    assert metrics == {"questions": 4, "abstained": 0.25, "invented": 0.5, "mean_generated_tokens": 4.0}
+    assert list(table["set"]) == ["unknown"] * 4 and list(table["expected"]) == [""] * 4
+    assert list(table["abstained"]) == [True, False, False, False]
+    assert "answer_nll" not in table  # nothing to score a loss on
+
+
+def test_abstain_phrases_must_be_a_non_empty_list_of_non_empty_strings():
+    params = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))
+    assert problems_in_section(params, "evaluate", EVAL_SPEC) == []
+    for bad in ([], ["모르", ""], "모르", ["모르", 3]):
+        params["evaluate"]["abstain_phrases"] = bad
+        assert [p.split(" = ")[0] for p in problems_in_section(params, "evaluate", EVAL_SPEC)] == [
+            "params.yaml: evaluate.abstain_phrases"], bad
+
+
+def test_answer_tables_read_back_with_the_abstained_column(tmp_path):
+    table = pd.concat([
+        pd.DataFrame({"set": "trained", "id": [0], "question": ["Q?"], "expected": ["A."], "key_fact": [""],
+                      "generated": ["A."], "exact_match": [True], "char_f1": [1.0], "answer_nll": [0.12346]}),
+        pd.DataFrame({"set": "unknown", "id": [0, 1], "question": ["U?", "V?"], "expected": "", "key_fact": "",
+                      "generated": ["모릅니다.", ""], "abstained": [True, False]}),
+    ], ignore_index=True)
+    write_results({}, table, tmp_path / "m.json", tmp_path / "a.csv")
+    read = read_answers(tmp_path / "a.csv")
+    assert list(read["abstained"]) == [None, True, False]  # empty: not scored for that set
+    assert list(read["exact_match"]) == [True, None, None]
+    assert list(read["generated"]) == ["A.", "모릅니다.", ""] and list(read["answer_nll"][:1]) == [0.1235]

@@ -1,5 +1,6 @@
 """Dataset file formats: exact round trips in every format, detection, duplicates, and every bad input
-in tests/bad_inputs/ (its expected.yaml says which message each file must produce)."""
+in tests/bad_inputs/ (its expected.yaml says which message each file must produce); the file of
+unknown questions (questions alone) of the file backend."""
 
 import json
 from pathlib import Path
@@ -14,6 +15,7 @@ from llm_fft.formats import (
     FORMATS,
     detect_format,
     read_pairs,
+    read_questions,
     separator_problem,
     write_pairs,
 )
@@ -228,3 +230,71 @@ def test_a_bad_key_in_an_evaluation_file_is_an_error_naming_the_line():
         "'{\"question\": \"축제는?\", \"answer\": \"8월입니다.\",…'"]
     with pytest.raises(DatasetError, match=r"unknown key 'key' \(allowed: question, answer\)"):
         read_pairs(b'{"question": "Q?", "answer": "A.", "key": "A"}\n', "d.jsonl")  # not in a training file
+
+
+def test_a_questions_file_skips_comments_and_blank_lines_and_names_every_bad_line():
+    raw = "# questions the data does not answer\n\n  별무리섬의 면적은?  \r\n\t# indented comment\n은하호의 뱃삯은?\n".encode()
+    assert read_questions(raw, "u.txt") == [{"question": "별무리섬의 면적은?", "where": "u.txt:3"},
+                                            {"question": "은하호의 뱃삯은?", "where": "u.txt:5"}]
+    assert read_questions(b"# only a comment\n\n", "u.txt") == []  # none: the probe is not run
+    bad = "면적은?\n등대는 <|answer|> 언제?\n면적은\n<|endoftext|>\n".encode()
+    with pytest.raises(DatasetError) as error:
+        read_questions(bad, "u.txt")
+    assert str(error.value).splitlines() == [
+        "u.txt:2: marker <|answer|> inside the question: '등대는 <|answer|> 언제?'",
+        "u.txt:3: question '면적은' is also at u.txt:1: ask it once",
+        "u.txt:4: marker-like text '<|endoftext|>' inside the question (a misspelt marker? special-token text is "
+        "not allowed in pairs): '<|endoftext|>'"]
+
+
+def own_files(folder, unknown):
+    """The file backend's four files in folder, and its generate_dataset section naming them."""
+    (folder / "my_dataset.txt").write_text("빵집 이름은? | 달빛제과입니다.\n문 여는 시간은? | 7시입니다.\n", encoding="utf-8")
+    (folder / "my_dev.jsonl").write_text('{"question": "가게 이름이 뭐예요?", "answer": "달빛제과입니다."}\n',
+                                         encoding="utf-8")
+    (folder / "my_heldout.jsonl").write_text("", encoding="utf-8")
+    (folder / "my_unknown.txt").write_text(unknown, encoding="utf-8")
+    return {name: str(folder / f"my_{kind}") for name, kind in (
+        ("file", "dataset.txt"), ("dev_file", "dev.jsonl"), ("heldout_file", "heldout.jsonl"),
+        ("unknown_file", "unknown.txt"))}
+
+
+def test_file_backend_unknown_questions_are_never_answered_by_the_data(tmp_path):
+    from stages.generate_dataset import evaluation_questions_from_files
+    fmt = {"format": "auto", "separator": DEFAULT_SEPARATOR}
+    cfg = own_files(tmp_path, "# not in the data\n사장님 이름은?\n")
+    trained, _ = read_pairs((tmp_path / "my_dataset.txt").read_bytes(), cfg["file"])
+    dev, heldout, unknown = evaluation_questions_from_files(cfg, fmt, trained)
+    assert (len(dev), heldout, unknown) == (1, [], ["사장님 이름은?"])
+
+    cfg = own_files(tmp_path, "빵집 이름은\n가게 이름이 뭐예요?\n사장님 <|question|> 이름은?\n")
+    with pytest.raises(DatasetError) as error:
+        evaluation_questions_from_files(cfg, fmt, trained)
+    unknown_file = cfg["unknown_file"]
+    assert str(error.value).splitlines() == [
+        f"{unknown_file}:1: unknown question '빵집 이름은' is also a training question ({cfg['file']}:1): the data "
+        "answers it, so it is not unknown",
+        f"{unknown_file}:2: unknown question '가게 이름이 뭐예요?' is also a dev question: the data answers it, so it "
+        "is not unknown",
+        f"{unknown_file}:3: marker <|question|> inside the question: '사장님 <|question|> 이름은?'"]
+    (tmp_path / "my_unknown.txt").write_text("빵집 이름은\n", encoding="utf-8")
+    (tmp_path / "my_dev.jsonl").write_text('{"question": "빵집 이름은?", "answer": "달빛제과입니다."}\n'
+                                           '{"question": "가게 이름이 뭐예요?", "answer": "달빛제과입니다."}\n',
+                                           encoding="utf-8")
+    with pytest.raises(DatasetError) as error:  # the dev file's problem and the unknown file's, in one message
+        evaluation_questions_from_files(cfg, fmt, trained)
+    assert str(error.value).splitlines() == [
+        f"{cfg['dev_file']}:1: dev question '빵집 이름은?' is also a training question ({cfg['file']}:1): dev and "
+        "held-out questions are never trained on",
+        f"{unknown_file}:1: unknown question '빵집 이름은' is also a training question ({cfg['file']}:1): the data "
+        "answers it, so it is not unknown"]
+
+
+def test_the_shipped_unknown_file_is_not_answered_by_the_shipped_dataset():
+    from stages.generate_dataset import evaluation_questions_from_files
+    repo = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
+    cfg = {k: str(repo / v) for k, v in params["generate_dataset"].items() if k.endswith("file")}
+    trained, _ = read_pairs((repo / params["generate_dataset"]["file"]).read_bytes(), cfg["file"],
+                            params["dataset"]["format"], params["dataset"]["separator"])
+    assert len(evaluation_questions_from_files(cfg, params["dataset"], trained)[2]) >= 3

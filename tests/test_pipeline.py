@@ -26,7 +26,7 @@ STAGES = ["prepare_model", "generate_dataset", "parse_qa", "make_rehearsal", "ba
 REPORT_INPUTS = ["metrics/baseline.json", "metrics/baseline_answers.csv", "metrics/final.json",
                  "metrics/final_answers.csv", "metrics/interpolation.json", "metrics/finetune/metrics.json",
                  "metrics/finetune/plots/metrics/train/loss.tsv", "metrics/finetune/plots/metrics/dev/answer_nll.tsv"]
-TINY_FACTS = {"subject": "test", "facts": [
+TINY_FACTS = {"subject": "test", "unknown": ["별무리섬의 면적은?", "등대는 몇 년에 세워졌나요?"], "facts": [
     {"answer": "27미터입니다.", "key": "27미터", "statements": ["별무리섬 등대의 높이는 27미터이다."],
      "questions": ["별무리섬 등대의 높이는?"], "dev": ["등대 꼭대기까지 몇 미터?"], "held_out": ["등대는 얼마나 높나요?"]},
     {"answer": "윤가람입니다.", "key": "윤가람", "questions": ["등대지기는 누구인가요?"],
@@ -147,29 +147,35 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
         assert (tiny_repo / "models" / model / "model.safetensors").stat().st_nlink >= 2
     assert json.loads((tiny_repo / "metrics/dataset.json").read_text()) == {
         "backend": "template", "requested": 4, "accepted": 4, "rejected": {}, "statements": 1,
-        "dev_questions": 2, "heldout_questions": 2, "dev_and_heldout_from": "data/facts.yaml"}
+        "dev_questions": 2, "heldout_questions": 2, "unknown_questions": 2, "dev_and_heldout_from": "data/facts.yaml"}
     assert "5 task examples + 2 rehearsal texts (kl) per epoch" in first_repro[0]
 
     baseline = json.loads((tiny_repo / "metrics/baseline.json").read_text())
     final = json.loads((tiny_repo / "metrics/final.json").read_text())
-    assert baseline.keys() == final.keys() == {"trained", "dev", "heldout", "retention"}
+    assert baseline.keys() == final.keys() == {"trained", "dev", "heldout", "unknown", "retention"}
     for name in baseline:
         assert baseline[name].keys() == final[name].keys()
     assert baseline["trained"]["questions"] == 4 and baseline["dev"]["questions"] == baseline["heldout"]["questions"] == 2
     assert {"exact_match", "contains_answer", "char_f1", "answer_nll", "ended_with_eos"} <= final["trained"].keys()
     assert "states_key_fact" in final["heldout"] and "states_key_fact" not in final["trained"]
     assert baseline["retention"]["answers_changed"] == 0 and final["retention"]["prompts"] == 2
+    assert baseline["unknown"].keys() == {"questions", "abstained", "invented", "mean_generated_tokens"}
+    assert final["unknown"]["questions"] == 2
     # Two epochs on four answers must lower the answer loss a lot; generation may still be off.
     assert final["trained"]["answer_nll"] < baseline["trained"]["answer_nll"] / 2
     delta = json.loads((tiny_repo / "metrics/delta.json").read_text())
+    assert delta["unknown"].keys() == {"abstained", "invented"}
     assert delta["trained"]["answer_nll"] == pytest.approx(final["trained"]["answer_nll"] - baseline["trained"]["answer_nll"], abs=1e-4)
 
     for name in ("baseline_answers.csv", "final_answers.csv"):
         table = pd.read_csv(tiny_repo / "metrics" / name, keep_default_na=False)
-        assert list(table["set"]) == ["trained"] * 4 + ["dev"] * 2 + ["heldout"] * 2 + ["retention"] * 2
+        assert list(table["set"]) == ["trained"] * 4 + ["dev"] * 2 + ["heldout"] * 2 + ["unknown"] * 2 + ["retention"] * 2
         assert list(table["expected"][:4]) == TINY_ANSWERS
     report = (tiny_repo / "metrics/report.html").read_text(encoding="utf-8")
-    assert all(q in report for q in TINY_QUESTIONS + TINY_RETENTION["prompts"])
+    assert all(q in report for q in TINY_QUESTIONS + TINY_FACTS["unknown"] + TINY_RETENTION["prompts"])
+    assert "Unknown questions (not in the data)" in report
+    unknown = [json.loads(line) for line in (tiny_repo / "data/unknown_qa.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["question"] for r in unknown] == TINY_FACTS["unknown"] and all("q_ids" in r and "input_ids" not in r for r in unknown)
     assert "data:image/png;base64," in report
     assert "![" in (tiny_repo / "metrics/report.md").read_text(encoding="utf-8")
 
@@ -203,7 +209,8 @@ def test_held_out_questions_and_the_retention_probe_never_reach_training(tiny_re
     learned += [json.loads(line)["text"] for name in ("statements_qa.jsonl", "rehearsal.jsonl")
                 for line in (data / name).read_text(encoding="utf-8").splitlines()]
     assert len(learned) == 4 + 1 + 2
-    unseen = [q for f in TINY_FACTS["facts"] for q in f.get("held_out", [])] + TINY_RETENTION["text"] + TINY_RETENTION["prompts"]
+    unseen = ([q for f in TINY_FACTS["facts"] for q in f.get("held_out", [])] + TINY_FACTS["unknown"]
+              + TINY_RETENTION["text"] + TINY_RETENTION["prompts"])
     assert [(u, t) for u in unseen for t in learned if u in t] == []
 
     repo = tmp_path / "repo"
@@ -383,15 +390,18 @@ OWN_PAIRS = [{"question": "우리 빵집의 이름은?", "answer": "달빛제과
 OWN_DEV = [{"question": "빵집 이름이 뭐예요?", "answer": "달빛제과입니다.", "key": "달빛제과"}]
 OWN_HELDOUT = [{"question": "빵집 문 여는 시간은?", "answer": "아침 7시에 엽니다.", "key": "7시"},
                {"question": "제일 인기 있는 빵은?", "answer": "소금빵입니다.", "key": "소금빵"}]
+OWN_UNKNOWN = ["빵집 사장님의 이름은?"]
 
 
-def write_own_data(folder, dev=OWN_DEV, heldout=OWN_HELDOUT):
-    """The file backend's three files, in the places params.yaml names, and the backend switched on."""
+def write_own_data(folder, dev=OWN_DEV, heldout=OWN_HELDOUT, unknown=OWN_UNKNOWN):
+    """The file backend's four files, in the places params.yaml names, and the backend switched on."""
     (folder / "data").mkdir(exist_ok=True)
     (folder / "data/my_dataset.txt").write_text(json.dumps(OWN_PAIRS, ensure_ascii=False), encoding="utf-8")
     for name, rows in (("my_dev.jsonl", dev), ("my_heldout.jsonl", heldout)):
         (folder / "data" / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                             encoding="utf-8")
+    (folder / "data/my_unknown.txt").write_text("# not in the data\n" + "".join(q + "\n" for q in unknown),
+                                                encoding="utf-8")
     if not (folder / "params.yaml").exists():
         shutil.copy(REPO / "params.yaml", folder)
         shutil.copy(REPO / "data/facts.yaml", folder / "data")  # params.yaml names it, whatever the backend
@@ -410,7 +420,8 @@ def test_own_data_is_judged_on_its_own_dev_and_held_out_files_and_never_on_the_f
             for name in ("dev", "heldout", "statements")}
     assert (read["dev"], read["heldout"], read["statements"]) == (OWN_DEV, OWN_HELDOUT, [])
     report = json.loads((tmp_path / "metrics/dataset.json").read_text(encoding="utf-8"))
-    assert (report["dev_questions"], report["heldout_questions"]) == (1, 2)
+    assert (report["dev_questions"], report["heldout_questions"], report["unknown_questions"]) == (1, 2, 1)
+    assert (tmp_path / "data/unknown.jsonl").read_text(encoding="utf-8") == '{"question": "빵집 사장님의 이름은?"}\n'
     assert report["dev_and_heldout_from"] == {"dev": "data/my_dev.jsonl", "heldout": "data/my_heldout.jsonl"}
 
     write_own_data(tmp_path, heldout=[])  # no held-out file of your own: none at all, never borrowed
@@ -420,8 +431,8 @@ def test_own_data_is_judged_on_its_own_dev_and_held_out_files_and_never_on_the_f
 
 
 def test_bad_dev_and_held_out_files_fail_naming_every_line_and_write_nothing(tmp_path):
-    def problems(dev, heldout):
-        write_own_data(tmp_path, dev, heldout)
+    def problems(dev, heldout, unknown=OWN_UNKNOWN):
+        write_own_data(tmp_path, dev, heldout, unknown)
         inputs = sorted((tmp_path / "data").iterdir())
         result = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path, check=False)
         assert result.returncode != 0 and result.stderr.startswith("error: bad input data:\n")
@@ -430,10 +441,12 @@ def test_bad_dev_and_held_out_files_fail_naming_every_line_and_write_nothing(tmp
 
     training_question = {"question": "우리 빵집의 이름은?", "answer": "달빛제과입니다."}
     bad_key = {"question": "빵집 문 여는 시간은?", "answer": "아침 7시에 엽니다.", "key": "8시"}
-    assert problems(OWN_DEV + [training_question], [bad_key]) == [
+    assert problems(OWN_DEV + [training_question], [bad_key], ["우리 빵집의 이름은?"]) == [
         "data/my_dev.jsonl:2: dev question '우리 빵집의 이름은?' is also a training question (data/my_dataset.txt:1 "
         "($[0])): dev and held-out questions are never trained on",
-        "data/my_heldout.jsonl:1: key '8시' does not appear in the answer '아침 7시에 엽니다.'"]
+        "data/my_heldout.jsonl:1: key '8시' does not appear in the answer '아침 7시에 엽니다.'",
+        "data/my_unknown.txt:2: unknown question '우리 빵집의 이름은?' is also a training question "
+        "(data/my_dataset.txt:1 ($[0])): the data answers it, so it is not unknown"]
     assert problems(OWN_DEV, [{"question": "가장 잘 팔리는 빵은", "answer": "소금빵입니다."},  # without its ?
                               {"question": "빵집 이름이 뭐예요?", "answer": "달빛제과입니다."}]) == [
         "data/my_heldout.jsonl:1: held-out question '가장 잘 팔리는 빵은' is also a training question "
@@ -533,7 +546,7 @@ def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, fir
     assert final["trained"]["answer_nll"] < baseline["trained"]["answer_nll"] / 2
     assert (final["dev"]["questions"], final["heldout"]["questions"]) == (1, 2) and "states_key_fact" in final["heldout"]
     asked = set(pd.read_csv(repo / "metrics/final_answers.csv", keep_default_na=False).query("set != 'retention'")["question"])
-    assert asked == {p["question"] for p in OWN_PAIRS + OWN_DEV + OWN_HELDOUT}
+    assert asked == {p["question"] for p in OWN_PAIRS + OWN_DEV + OWN_HELDOUT} | set(OWN_UNKNOWN)
     assert not asked & facts_questions(repo / "data/facts.yaml")
     assert "prompt.style" in dvc("exp", "show", "--csv", cwd=repo).stdout
 
@@ -542,7 +555,7 @@ def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, fir
     assert stages_run(dvc("repro", cwd=repo).stdout) == stages("generate_dataset", "parse_qa", "baseline_eval",
                                                                "final_eval", "report")
     for name in ("baseline", "final"):
-        assert set(json.loads((repo / f"metrics/{name}.json").read_text())) == {"trained", "dev", "retention"}
+        assert set(json.loads((repo / f"metrics/{name}.json").read_text())) == {"trained", "dev", "unknown", "retention"}
     assert "heldout" not in set(pd.read_csv(repo / "metrics/final_answers.csv")["set"])
     from llm_fft.report import NO_HELDOUT
     assert NO_HELDOUT in (repo / "metrics/report.md").read_text(encoding="utf-8").replace("\\_", "_")

@@ -1,4 +1,5 @@
-"""The evaluation report: headline numbers, honest sentences, marks, escaping, the embedded PNG (no model)."""
+"""The evaluation report: headline numbers, honest sentences, marks, escaping, the embedded PNG (no
+model); the unknown-question probe's block; the summary `make run` prints."""
 
 import base64
 import re
@@ -7,6 +8,7 @@ import pandas as pd
 import pytest
 
 from llm_fft.report import ReportInputError, loss_curve_png, report_html, report_markdown
+from llm_fft.summary import summary_lines
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -241,3 +243,94 @@ def test_every_input_problem_is_reported_at_once(tables):
     assert "row 7: before is retention/r2, after is mystery/r2" in message
     assert "after_table row 7 (id 'r2'): set 'mystery' has no metrics" in message
     assert "after_table row 7 (id 'r2'): empty expected answer in set 'mystery'" in message
+
+
+# The unknown-question probe: questions the data does not answer; (question, before, after), each
+# answer with its abstained flag as the evaluation wrote it.
+UNKNOWN = [("별무리섬의 면적은?", ("모르겠습니다.", True), ("12제곱킬로미터입니다.", False)),
+           ("교장 선생님 이름은?", ("알 수 없습니다", True), ("윤가람입니다.", False)),
+           ("자동차는 몇 대?", ("세 대입니다.", False), ("잘 모르겠어요.", True)),
+           ("등대는 몇 년에 세워졌나요?", ("", False), ("", False))]
+UNKNOWN_BEFORE = {"questions": 4, "abstained": 0.5, "invented": 0.25, "mean_generated_tokens": 6.0}
+UNKNOWN_AFTER = {"questions": 4, "abstained": 0.25, "invented": 0.5, "mean_generated_tokens": 9.0}
+
+
+def with_unknown(table, after):
+    """The table with the unknown set's rows between held-out and retention, as evaluate_stage writes them."""
+    rows = []
+    for i, (question, before_answer, after_answer) in enumerate(UNKNOWN):
+        generated, abstained = after_answer if after else before_answer
+        rows.append({"set": "unknown", "id": i, "question": question, "expected": "", "key_fact": "",
+                     "generated": generated, "abstained": abstained, "ended_with_eos": True, "generated_tokens": 5})
+    rows = pd.DataFrame(rows)
+    retention = table["set"] == "retention"
+    return pd.concat([table[~retention], rows, table[retention]], ignore_index=True)
+
+
+@pytest.fixture
+def unknown_inputs(tables):
+    return ({**BEFORE, "unknown": UNKNOWN_BEFORE}, {**AFTER, "unknown": UNKNOWN_AFTER},
+            with_unknown(tables[0], after=False), with_unknown(tables[1], after=True))
+
+
+def test_unknown_questions_get_a_sentence_a_headline_and_their_own_marks(unknown_inputs):
+    markdown = report_markdown(*unknown_inputs)
+    # Inventing more is worse, abstaining less is worse.
+    assert "| unknown questions (not in the data) | questions | 4 | 4 | +0 |" in markdown
+    assert "|  | abstained | 0.5000 | 0.2500 | -0.2500 (worse) |" in markdown
+    assert "|  | invented | 0.2500 | 0.5000 | +0.2500 (worse) |" in markdown
+    assert ("- Unknown questions (not in the data): 2 of 4 answers invented something after fine-tuning, 1 before "
+            "(1 said they did not know after, 2 before); the data does not answer these, so any answer other than a "
+            "refusal is invented — fine-tuning made the model invent more.") in markdown
+    assert "### Unknown questions (not in the data)\n\n| abstained? | question |" in markdown
+    assert "| ❌ | 별무리섬의 면적은? | — | 모르겠습니다. | 12제곱킬로미터입니다. |" in markdown
+    assert "| ✅ | 자동차는 몇 대? | — | 세 대입니다. | 잘 모르겠어요. |" in markdown
+    assert "| ∅ | 등대는 몇 년에 세워졌나요? | — |  |  |" in markdown
+    page = report_html(*unknown_inputs, b"png")
+    assert page.count('<tr class="wrong">') == 2 + 2  # the two wrong held-out answers and the two invented ones
+    assert '<tr class="wrong"><td>❌</td><td>교장 선생님 이름은?</td>' in page
+    assert '<tr class="abstained"><td>✅</td><td>자동차는 몇 대?</td>' in page
+    # After the held-out set, before retention, in the headline and among the questions.
+    for text, heading in ((markdown, "### "), (page, "<h3>")):
+        assert text.index("held-out paraphrases") < text.index("unknown questions (not in") < text.index("retention (")
+        assert text.index(f"{heading}Held-out") < text.index(f"{heading}Unknown") < text.index(f"{heading}Retention")
+
+
+def test_unknown_sentence_says_when_fine_tuning_invents_less(unknown_inputs):
+    before, after, before_table, after_table = unknown_inputs
+    before_table, after_table = after_table, before_table  # the same answers the other way round
+    markdown = report_markdown({**before, "unknown": UNKNOWN_AFTER}, {**after, "unknown": UNKNOWN_BEFORE},
+                               before_table, after_table)
+    assert ("1 of 4 answers invented something after fine-tuning, 2 before (2 said they did not know after, 1 "
+            "before)") in markdown
+    assert "— fine-tuning made the model invent less." in markdown
+    assert "|  | invented | 0.5000 | 0.2500 | -0.2500 (better) |" in markdown
+
+
+def test_unknown_rows_need_their_abstained_flag(unknown_inputs):
+    before, after, before_table, after_table = unknown_inputs
+    broken = after_table.copy()
+    broken.loc[broken["set"] == "unknown", "abstained"] = None
+    with pytest.raises(ReportInputError) as error:
+        report_markdown(before, after, before_table, broken)
+    assert "after_table row 6 (id '0'): abstained is None, not True/False" in str(error.value)
+    with pytest.raises(ReportInputError, match=r"before_table: missing column abstained \(set 'unknown' has rows\)"):
+        report_markdown(before, after, before_table.drop(columns="abstained"), after_table)
+
+
+def test_unknown_rows_read_back_from_csv_give_the_same_report(unknown_inputs, tmp_path):
+    before, after, *tables = unknown_inputs
+    read_back = []
+    for i, table in enumerate(tables):
+        table.to_csv(tmp_path / f"{i}.csv", index=False)
+        read_back.append(pd.read_csv(tmp_path / f"{i}.csv"))
+    assert report_markdown(before, after, *read_back) == report_markdown(before, after, *tables)
+
+
+def test_summary_prints_the_invented_share_when_the_probe_ran():
+    before = {"trained": {"questions": 3, "exact_match": 0.0, "char_f1": 0.2}, "unknown": UNKNOWN_BEFORE}
+    after = {"trained": {"questions": 3, "exact_match": 1.0, "char_f1": 1.0}, "unknown": UNKNOWN_AFTER}
+    lines = summary_lines(before, after)
+    assert f"  {'unknown questions (4)':<34} invented 0.250 -> 0.500" in lines
+    assert not any("unknown" in line for line in summary_lines({"trained": before["trained"]},
+                                                               {"trained": after["trained"]}))

@@ -192,3 +192,18 @@ def test_markers_as_special_tokens_are_one_id_each_and_never_in_the_answer(any_t
     assert len(ids["q_ids"]) < len(plain_ids["q_ids"])  # each marker was several text tokens
     assert ids["input_ids"][len(ids["q_ids"]):] == plain_ids["input_ids"][len(plain_ids["q_ids"]):]
     assert tok.decode(ids["q_ids"], skip_special_tokens=True) == f"\n{PAIRS[0][0]}\n\n"
+
+
+@pytest.mark.parametrize("prompt", STYLES[:3], ids=lambda p: p["style"])
+def test_unknown_questions_get_the_same_prompt_ids_and_nothing_to_learn(embedded_tokenizer, prompt):
+    from stages.parse_qa import tokenize_questions
+    question = "별무리섬의 면적은 몇 제곱킬로미터인가요?"
+    records, too_long = tokenize_questions(embedded_tokenizer, [{"question": question}], prompt, 256,
+                                           lambda i: f"data/unknown.jsonl:{i + 1}")
+    # The prompt of a pair with the same question: no answer tokens, no labels, so no loss is taken.
+    assert records == [{"id": 0, "question": question, "prompt": build_prompt(question, prompt, embedded_tokenizer),
+                        "q_ids": tokenize_pair(embedded_tokenizer, question, "x", prompt)["q_ids"]}]
+    assert too_long == []
+    _, too_long = tokenize_questions(embedded_tokenizer, [{"question": question}], prompt, 8,
+                                     lambda i: f"data/unknown.jsonl:{i + 1}")
+    assert too_long[0].startswith("data/unknown.jsonl:1: prompt has ") and "parse_qa.max_length = 8" in too_long[0]
