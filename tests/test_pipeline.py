@@ -1,6 +1,7 @@
 """End to end: the real stages through `dvc repro` in a temporary copy of the repo, on the embedded
 model with a tiny dataset and few steps; then what DVC reruns after each kind of edit."""
 
+import contextlib
 import json
 import os
 import re
@@ -92,7 +93,9 @@ def tiny_repo(tmp_path_factory):
     (repo / "data" / "rehearsal_prompts.yaml").write_text(yaml.safe_dump(TINY_REHEARSAL, allow_unicode=True),
                                                           encoding="utf-8")
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
-    params["finetune"].update(epochs=2, batch_size=2, warmup_steps=0, log_every=1, checkpoint_every=1,
+    # One checkpoint per run, halfway (a checkpoint of the 135M model is ~1.6 GB on disk): enough to
+    # kill a run after it and resume.
+    params["finetune"].update(epochs=2, batch_size=2, warmup_steps=0, log_every=1, checkpoint_every=4,
                               rehearsal_ratio=0.4)
     params["rehearsal"].update(samples_per_prompt=1, new_tokens=6, dev_every=2)
     params["evaluate"].update(extra_new_tokens=2, retention_new_tokens=4)
@@ -326,15 +329,14 @@ def test_forced_rerun_of_every_stage_is_byte_identical(tiny_repo, first_repro):
     (("interpolate", "weights", [0.5]), stages("interpolate", "final_eval")),
 ])
 @pytest.mark.slow
-def test_a_param_edit_reruns_only_the_stages_that_read_it(tiny_repo, first_repro, edit, expected):
-    params = tiny_repo / "params.yaml"
-    original = params.read_text(encoding="utf-8")
+def test_a_param_edit_reruns_only_the_stages_that_read_it(tiny_repo, first_repro, edit, expected, tmp_path):
     before = results(tiny_repo)
-    edit_params(tiny_repo, *edit)
-    ran = stages_run(dvc("repro", cwd=tiny_repo).stdout)
-    report_inputs_changed = any((tiny_repo / name).read_bytes() != before[name] for name in REPORT_INPUTS)
-    assert ran == expected + (["report"] if report_inputs_changed else [])
-    restore(tiny_repo, params, original)
+    with undone(tiny_repo, tmp_path):
+        edit_params(tiny_repo, *edit)
+        ran = stages_run(dvc("repro", cwd=tiny_repo).stdout)
+        report_inputs_changed = any((tiny_repo / name).read_bytes() != before[name] for name in REPORT_INPUTS)
+        assert ran == expected + (["report"] if report_inputs_changed else [])
+    assert results(tiny_repo) == before
 
 
 @pytest.mark.parametrize("module, expected", [
@@ -355,19 +357,33 @@ def test_editing_a_module_changes_only_the_stages_that_import_it(tiny_repo, firs
 
 
 @pytest.mark.slow
-def test_editing_the_facts_reruns_everything_from_generate_dataset(tiny_repo, first_repro):
+def test_editing_the_facts_reruns_everything_from_generate_dataset(tiny_repo, first_repro, tmp_path):
     facts = tiny_repo / "data/facts.yaml"
-    original = facts.read_text(encoding="utf-8")
-    facts.write_text(original.replace("27미터", "28미터"), encoding="utf-8")
-    assert stages_run(dvc("repro", cwd=tiny_repo).stdout) == [s for s in STAGES[1:] if s != "make_rehearsal"]
-    restore(tiny_repo, facts, original)
+    with undone(tiny_repo, tmp_path):
+        facts.write_text(facts.read_text(encoding="utf-8").replace("27미터", "28미터"), encoding="utf-8")
+        assert stages_run(dvc("repro", cwd=tiny_repo).stdout) == [s for s in STAGES[1:] if s != "make_rehearsal"]
+    assert results(tiny_repo) == first_repro[1]
 
 
-def restore(repo, path, text):
-    """Undo an edit. DVC's run cache brings cached outputs back without retraining; stages whose
-    outputs are committed metrics (cache: false) rerun."""
-    path.write_text(text, encoding="utf-8")
-    assert "finetune" not in stages_run(dvc("repro", cwd=repo).stdout)
+# What a test that edits tiny_repo in place may change besides DVC's cache: the sources it edits,
+# the lock and every committed result (metrics/, DVCLive's curves included).
+STATE = ["params.yaml", "data/facts.yaml", "dvc.lock", "metrics"]
+
+
+@contextlib.contextmanager
+def undone(repo, tmp_path):
+    """Undo whatever the body edits and reruns in repo, running no stage: the state is put back from
+    a copy, and the cached outputs (models, data) are checked out of DVC's cache as dvc.lock names them."""
+    saved = tmp_path / "state"
+    for name in STATE:
+        (shutil.copytree if (repo / name).is_dir() else shutil.copy2)(repo / name, saved / name)
+    try:
+        yield
+    finally:
+        for name in STATE:
+            shutil.rmtree(repo / name) if (repo / name).is_dir() else (repo / name).unlink(missing_ok=True)
+            (shutil.copytree if (saved / name).is_dir() else shutil.copy2)(saved / name, repo / name)
+        dvc("checkout", "--force", cwd=repo)
     assert dvc("status", cwd=repo).stdout.strip() == "Data and pipelines are up to date."
 
 
