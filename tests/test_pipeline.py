@@ -375,6 +375,7 @@ def undone(repo, tmp_path):
     """Undo whatever the body edits and reruns in repo, running no stage: the state is put back from
     a copy, and the cached outputs (models, data) are checked out of DVC's cache as dvc.lock names them."""
     saved = tmp_path / "state"
+    (saved / "data").mkdir(parents=True)
     for name in STATE:
         (shutil.copytree if (repo / name).is_dir() else shutil.copy2)(repo / name, saved / name)
     try:
