@@ -2,7 +2,10 @@
 
 baseline_eval and final_eval both call evaluate_stage(): same sets, prompt ids, decoding and metrics.
 The sets:
-  trained    data/qa.jsonl: the questions trained on (did the model learn what it was taught?)
+  trained    data/qa.jsonl: the questions trained on (did the model learn what it was taught?).
+             Where a fact was trained with several answers (data/answer_variants.jsonl), each
+             question's own answer gives exact_match, and exact_match_any_answer also accepts, word
+             for word, any other answer trained for that fact
   dev        data/dev_qa.jsonl: other phrasings of the same facts, never trained on, that chose the
              epoch and the interpolation weight (so its numbers after fine-tuning are optimistic)
   heldout    data/heldout_qa.jsonl: yet other phrasings, never trained on and never used to choose
@@ -26,21 +29,32 @@ from llm_fft.loss import answer_nll
 from llm_fft.metrics import abstains, answer_changed, char_f1, contains, exact_match, invented
 from llm_fft.model import load_pretrained
 from llm_fft.params import fail_if_problems, pick_device, problems_in_section, seed_everything, shared_problems
+from llm_fft.text import normalize
 
 TRAINED = Path("data/qa.jsonl")
 DEV = Path("data/dev_qa.jsonl")
 HELDOUT = Path("data/heldout_qa.jsonl")
 UNKNOWN = Path("data/unknown_qa.jsonl")
+VARIANTS = Path("data/answer_variants.jsonl")
 
 
 # --- The question sets and the retention probe ---------------------------------------------------
 
-def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_tokens, stop, device, stop_texts=()):
-    """Answer and score one question set. Returns (metrics dict, per-question DataFrame)."""
+def accepted_answers(variants):
+    """{an answer: every answer trained for its fact} from the answer_variants records; an answer of
+    no record accepts only itself."""
+    return {normalize(answer): group["answers"] for group in variants for answer in group["answers"]}
+
+
+def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_tokens, stop, device, stop_texts=(),
+                       accepted=None):
+    """Answer and score one question set; accepted ({answer: its fact's trained answers}) gives
+    exact_match_any_answer. Returns (metrics dict, per-question DataFrame)."""
     answers = answer_questions(model, tokenizer, records, batch_size, max_new_tokens, device, stop, stop_texts)
     per_record_nll, total_nll, n_tokens = answer_nll(model, records, batch_size, tokenizer.pad_token_id, device)
     generated = [a["text"] for a in answers]
     expected = [r["answer"] for r in records]
+    accepted = accepted or {}
     keys = [r.get("key", "") for r in records]
     table = pd.DataFrame({
         "set": name,
@@ -50,6 +64,8 @@ def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_toke
         "key_fact": keys,
         "generated": generated,
         "exact_match": list(map(exact_match, generated, expected)),
+        "exact_match_any_answer": [any(exact_match(g, a) for a in accepted.get(normalize(e), [e]))
+                                   for g, e in zip(generated, expected)],
         "contains_answer": list(map(contains, generated, expected)),
         "char_f1": list(map(char_f1, generated, expected)),
         # Only sets whose records carry a key fact (the held-out set) can be scored on it.
@@ -62,6 +78,7 @@ def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_toke
     metrics = {
         "questions": len(records),
         "exact_match": round(table["exact_match"].mean(), 4),
+        "exact_match_any_answer": round(table["exact_match_any_answer"].mean(), 4),
         "contains_answer": round(table["contains_answer"].mean(), 4),
         "char_f1": round(table["char_f1"].mean(), 4),
         **({"states_key_fact": round(table["states_key_fact"].astype(float).mean(), 4)} if all(keys) else {}),
@@ -164,11 +181,12 @@ def evaluate_stage(params, model_dir, baseline_table=None):
     # One limit for every question set, from the questions that choose (interpolate uses the same):
     # dev and held-out questions ask for the trained answers.
     limit = generation_limit(sets["trained"] + sets["dev"], cfg["extra_new_tokens"])
+    accepted = accepted_answers(read_jsonl(VARIANTS))
     metrics, tables = {}, []
     for name, records in sets.items():
         if records:
             metrics[name], table = evaluate_questions(model, tokenizer, records, name, cfg["batch_size"],
-                                                      limit, stop, device, stop_texts(params["prompt"]))
+                                                      limit, stop, device, stop_texts(params["prompt"]), accepted)
             tables.append(table)
     # Same limit and stops as the sets above: the model gets the room a real answer gets, no more.
     if unknown := read_jsonl(UNKNOWN):

@@ -15,14 +15,14 @@ from llm_fft.text import normalize
 
 # The numbers delta.json reports as final - baseline, per set.
 HEADLINE = {
-    "trained": ["exact_match", "contains_answer", "char_f1", "answer_nll", "ended_with_eos"],
+    "trained": ["exact_match", "exact_match_any_answer", "contains_answer", "char_f1", "answer_nll", "ended_with_eos"],
     "dev": ["exact_match", "states_key_fact", "char_f1", "answer_nll", "ended_with_eos"],
     "heldout": ["exact_match", "states_key_fact", "char_f1", "answer_nll", "ended_with_eos"],
     "retention": ["text_nll", "text_perplexity", "answers_changed"],
     "unknown": ["abstained", "invented"],
 }
 # The answer tables' True/False columns (empty = not scored for that set).
-BOOL_COLUMNS = ("exact_match", "contains_answer", "states_key_fact", "ended_with_eos", "changed", "abstained")
+BOOL_COLUMNS = ("exact_match", "exact_match_any_answer", "contains_answer", "states_key_fact", "ended_with_eos", "changed", "abstained")
 NUMBER_COLUMNS = ("id", "char_f1", "generated_tokens", "answer_nll")
 
 

@@ -56,7 +56,7 @@ RETENTION_NLL_TOLERANCE = 0.05
 MARK_EXACT, MARK_PARTLY, MARK_WRONG = "✅", "☑️", "❌"
 MARK_UNCHANGED, MARK_CHANGED = "＝", "🔁"
 MARK_NO_ANSWER = "∅"
-LEGEND = (f"{MARK_EXACT} exact match, {MARK_PARTLY} contains the expected answer or states the key fact, "
+LEGEND = (f"{MARK_EXACT} exact match (its answer or another answer trained for the same fact), {MARK_PARTLY} contains the expected answer or states the key fact, "
           f"{MARK_WRONG} wrong; for unknown questions {MARK_EXACT} says it does not know, {MARK_WRONG} "
           f"invented an answer, {MARK_NO_ANSWER} no answer; for retention prompts {MARK_UNCHANGED} same "
           f"answer as before, {MARK_CHANGED} changed by fine-tuning. The mark judges the answer after "
@@ -283,7 +283,9 @@ def headline_rows(before, after):
 
 
 def _answer_mark(row):
-    if _flag(row.exact_match):
+    # Word for word its own answer, or another answer trained for the same fact (a table written before
+    # answer variants were scored has no such column).
+    if _flag(row.exact_match) or _flag(getattr(row, "exact_match_any_answer", None)):
         return MARK_EXACT
     if _flag(row.contains_answer) or _flag(row.states_key_fact):
         return MARK_PARTLY

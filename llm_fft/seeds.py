@@ -26,7 +26,7 @@ RESULT_FILES = {"final": Path("metrics/final.json"), "baseline": Path("metrics/b
                 "interpolation": Path("metrics/interpolation.json"),
                 "finetune": Path("metrics/finetune/metrics.json")}
 # What the printed table shows (every number is in the JSON file).
-SHOWN = ["final.trained.exact_match", "final.dev.states_key_fact", "final.heldout.states_key_fact",
+SHOWN = ["final.trained.exact_match", "final.trained.exact_match_any_answer", "final.dev.states_key_fact", "final.heldout.states_key_fact",
          "final.heldout.char_f1", "final.unknown.invented", "retention.perplexity_ratio", "final.retention.answers_changed",
          "interpolation.chosen_weight", "finetune.kept_epoch"]
 

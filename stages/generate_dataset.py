@@ -18,7 +18,9 @@ statements (statements) for finetune to learn beside the pairs.
 Writes data/dataset.txt, data/statements.jsonl, data/dev.jsonl and data/heldout.jsonl (the dev and
 held-out questions with their answer and key fact, never trained on: dev chooses settings, held-out
 only reports), data/unknown.jsonl (questions the data does not answer: does the model invent an
-answer?) and metrics/dataset.json (pairs requested, accepted, rejected by reason).
+answer?), data/answer_variants.jsonl (the answers trained for each fact that has several: the
+evaluations accept any of them word for word) and metrics/dataset.json (pairs requested, accepted,
+rejected by reason).
 Dev and held-out questions come from the data the model is taught: with the template and llm
 backends the facts file's dev and held_out phrasings, with the file backend your own files
 generate_dataset.dev_file and heldout_file (any dataset format; a json/jsonl item may give a "key").
@@ -53,6 +55,7 @@ HELDOUT = Path("data/heldout.jsonl")
 DEV = Path("data/dev.jsonl")
 STATEMENTS = Path("data/statements.jsonl")
 UNKNOWN = Path("data/unknown.jsonl")
+VARIANTS = Path("data/answer_variants.jsonl")
 REPORT = Path("metrics/dataset.json")
 BACKENDS = ("template", "file", "llm")
 SPEC = {
@@ -91,14 +94,17 @@ def llm_transport(cfg):
 def from_template(facts, fmt, questions_per_fact, answer_variants):
     """The first questions_per_fact phrasings of every fact (0: all), each paired with one answer:
     the fact's answer, or with answer_variants its answer and variants in turn, so the model does
-    not learn the fact as one fixed string."""
-    pairs = []
+    not learn the fact as one fixed string. Returns (dataset, report, the answers trained for each
+    fact that got more than one)."""
+    pairs, variants = [], []
     for fact in facts:
         answers = [fact["answer"], *fact["answers"]] if answer_variants else [fact["answer"]]
         questions = fact["questions"][:questions_per_fact or None]
         pairs += [(q, answers[i % len(answers)]) for i, q in enumerate(questions)]
+        if len(trained := answers[:len(questions)]) > 1:
+            variants.append({"answers": trained})
     return write_pairs(pairs, output_format(fmt), fmt["separator"]), {
-        "requested": len(pairs), "accepted": len(pairs), "rejected": {}}
+        "requested": len(pairs), "accepted": len(pairs), "rejected": {}}, variants
 
 
 def from_file(path, fmt):
@@ -190,6 +196,7 @@ def main():
                      + problems_in_section(params, "dataset", DATASET_SPEC))
     cfg, fmt = params["generate_dataset"], params["dataset"]
     try:
+        variants = []  # only the template backend knows which answers state the same fact
         if cfg["backend"] == "file":  # your own data, judged on your own questions (or not at all)
             facts = []
             dataset, report, pairs = from_file(cfg["file"], fmt)
@@ -199,7 +206,8 @@ def main():
             if cfg["backend"] == "llm":
                 dataset, report = from_llm(cfg, facts, unknown, fmt, params["seed"])
             else:
-                dataset, report = from_template(facts, fmt, cfg["questions_per_fact"], cfg["answer_variants"])
+                dataset, report, variants = from_template(facts, fmt, cfg["questions_per_fact"],
+                                                          cfg["answer_variants"])
             dev, heldout = ([{"question": q, "answer": f["answer"], "key": f["key"]} for f in facts for q in f[name]]
                             for name in ("dev", "held_out"))
     except DatasetError as e:
@@ -213,6 +221,7 @@ def main():
     write_atomically(DEV, to_jsonl(dev))
     write_atomically(STATEMENTS, to_jsonl(statements))
     write_atomically(UNKNOWN, to_jsonl([{"question": q} for q in unknown]))
+    write_atomically(VARIANTS, to_jsonl(variants))
     asked_from = cfg["facts"] if cfg["backend"] != "file" else {"dev": cfg["dev_file"], "heldout": cfg["heldout_file"]}
     write_atomically(REPORT, json.dumps({"backend": cfg["backend"], **report, "statements": len(statements),
                                          "dev_questions": len(dev), "heldout_questions": len(heldout),

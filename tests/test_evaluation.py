@@ -2,6 +2,7 @@
 unknown-question probe's scoring (no model) and the answer tables read back."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -122,3 +123,24 @@ def test_answer_tables_read_back_with_the_abstained_column(tmp_path):
     assert list(read["abstained"]) == [None, True, False]  # empty: not scored for that set
     assert list(read["exact_match"]) == [True, None, None]
     assert list(read["generated"]) == ["A.", "모릅니다.", ""] and list(read["answer_nll"][:1]) == [0.1235]
+
+
+def test_another_trained_answer_of_the_same_fact_counts_for_exact_match_any_answer(monkeypatch):
+    """exact_match is the question's own answer; exact_match_any_answer also accepts, word for word,
+    another answer trained for the same fact, never one of another fact."""
+    texts = ["주민은 312명입니다.", "섬에 312명이 삽니다.", "주민은 312명입니다.", "등대지기는 윤가람입니다."]
+    monkeypatch.setattr(evaluation, "answer_questions", lambda *args: [
+        {"text": t, "generated_tokens": 3, "ended_with_eos": True} for t in texts])
+    monkeypatch.setattr(evaluation, "answer_nll", lambda *args: ([0.1] * 4, 0.4, 4))
+    expected = ["주민은 312명입니다.", "주민은 312명입니다.", "섬에 312명이 삽니다.", "섬에 312명이 삽니다."]
+    records = [{"id": i, "question": f"Q{i}?", "answer": a, "q_ids": [1]} for i, a in enumerate(expected)]
+    accepted = evaluation.accepted_answers([{"answers": ["주민은 312명입니다.", "섬에 312명이 삽니다."]},
+                                            {"answers": ["등대지기는 윤가람입니다.", "윤가람이 지킵니다."]}])
+    tokenizer = SimpleNamespace(pad_token_id=0)
+    metrics, table = evaluation.evaluate_questions(None, tokenizer, records, "trained", 8, 40, [0], "cpu", (), accepted)
+    assert list(table["exact_match"]) == [True, False, False, False]
+    assert list(table["exact_match_any_answer"]) == [True, True, True, False]  # the last: another fact's answer
+    assert (metrics["exact_match"], metrics["exact_match_any_answer"]) == (0.25, 0.75)
+    # Without variants (the file and llm backends) the two are the same number.
+    metrics, _ = evaluation.evaluate_questions(None, tokenizer, records, "trained", 8, 40, [0], "cpu")
+    assert metrics["exact_match_any_answer"] == metrics["exact_match"] == 0.25

@@ -298,3 +298,16 @@ def test_the_shipped_unknown_file_is_not_answered_by_the_shipped_dataset():
     trained, _ = read_pairs((repo / params["generate_dataset"]["file"]).read_bytes(), cfg["file"],
                             params["dataset"]["format"], params["dataset"]["separator"])
     assert len(evaluation_questions_from_files(cfg, params["dataset"], trained)[2]) >= 3
+
+
+def test_template_backend_lists_the_answers_trained_for_each_fact():
+    """data/answer_variants.jsonl: the answers actually paired with a fact's questions, for facts
+    trained with more than one (what exact_match_any_answer accepts)."""
+    from stages.generate_dataset import from_template
+    fmt = {"format": "auto", "separator": " \\| "}
+    facts = [{"answer": "A1.", "answers": ["A2.", "A3."], "questions": ["q1?", "q2?"]},
+             {"answer": "B1.", "answers": ["B2."], "questions": ["q3?"]}]
+    _, report, variants = from_template(facts, fmt, 0, True)
+    assert report["accepted"] == 3
+    assert variants == [{"answers": ["A1.", "A2."]}]  # A3 is never trained; B has one trained answer
+    assert from_template(facts, fmt, 0, False)[2] == []

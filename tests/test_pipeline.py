@@ -160,6 +160,9 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
         assert baseline[name].keys() == final[name].keys()
     assert baseline["trained"]["questions"] == 4 and baseline["dev"]["questions"] == baseline["heldout"]["questions"] == 2
     assert {"exact_match", "contains_answer", "char_f1", "answer_nll", "ended_with_eos"} <= final["trained"].keys()
+    # One answer per fact here: no variants to accept, so both exact matches are one number.
+    assert (tiny_repo / "data/answer_variants.jsonl").read_text() == ""
+    assert final["trained"]["exact_match_any_answer"] == final["trained"]["exact_match"]
     assert "states_key_fact" in final["heldout"] and "states_key_fact" not in final["trained"]
     assert baseline["retention"]["answers_changed"] == 0 and final["retention"]["prompts"] == 2
     assert baseline["unknown"].keys() == {"questions", "abstained", "invented", "mean_generated_tokens"}
