@@ -23,7 +23,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from llm_fft.data import PROMPT_SPEC, load_retention, read_jsonl, stop_ids, stop_texts, tokenize_text
+from llm_fft.data import (
+    PROMPT_SPEC,
+    load_retention,
+    read_jsonl,
+    stop_ids,
+    stop_texts,
+    tokenize_pair,
+    tokenize_text,
+)
 from llm_fft.generation import answer_questions, generation_limit
 from llm_fft.loss import answer_nll
 from llm_fft.metrics import abstains, answer_changed, char_f1, contains, exact_match, invented
@@ -175,6 +183,11 @@ def evaluate_stage(params, model_dir, baseline_table=None):
     set); a set without questions (no held-out file, no unknown questions) is left out.
     """
     model, tokenizer, device = load_for_evaluation(params, model_dir)
+    return evaluate_model(params, model, tokenizer, device, baseline_table)
+
+
+def evaluate_model(params, model, tokenizer, device, baseline_table=None):
+    """evaluate_stage on a model already loaded by load_for_evaluation."""
     cfg = params["evaluate"]
     sets = {"trained": read_jsonl(TRAINED), "dev": read_jsonl(DEV), "heldout": read_jsonl(HELDOUT)}
     stop = stop_ids(tokenizer, params["prompt"])
@@ -196,4 +209,43 @@ def evaluate_stage(params, model_dir, baseline_table=None):
     metrics["retention"], table = evaluate_retention(model, tokenizer, load_retention(), cfg["batch_size"],
                                                      cfg["retention_new_tokens"], device, baseline_table)
     tables.append(table)
+    return metrics, pd.concat(tables, ignore_index=True)
+
+
+# --- The fair "before": the base model asked on its own chat template -----------------------------
+
+CHAT_SETS = ("heldout", "unknown")  # the test and the probe; dev only chooses
+
+
+def evaluate_chat_template(params, model, tokenizer, device):
+    """The held-out and unknown questions asked through the base model's own chat template, so
+    that "it did not know this" is shown on the prompt the model was tuned for too, not only on
+    markers it never saw. Same decoding, limit and scores as evaluate_model; the chat turn's end
+    token stops an answer. Returns (metrics, table), or (None, reason) when there is nothing to
+    compare: the model has no chat template, or the questions are asked through it already.
+    """
+    if params["prompt"]["style"] == "chat":
+        return None, "prompt.style is chat: the questions are asked through the chat template already"
+    if not getattr(tokenizer, "chat_template", None):
+        return None, "the base model has no chat template"
+    cfg, chat = params["evaluate"], {**params["prompt"], "style": "chat"}
+    files = {"trained": TRAINED, "dev": DEV, "heldout": HELDOUT, "unknown": UNKNOWN}
+    sets = {name: read_jsonl(path) for name, path in files.items()}
+    limit = generation_limit(sets["trained"] + sets["dev"], cfg["extra_new_tokens"])  # evaluate_model's
+    stop = stop_ids(tokenizer, chat)
+    metrics, tables = {}, []
+    for name in CHAT_SETS:
+        # The same questions, answers and key facts; only the prompt around the question differs.
+        records = [{**r, **tokenize_pair(tokenizer, r["question"], r.get("answer", ""), chat)} for r in sets[name]]
+        if not records:
+            continue
+        if name == "unknown":
+            metrics[name], table = evaluate_unknown(model, tokenizer, records, cfg["batch_size"], limit, stop, device,
+                                                    (), cfg["abstain_phrases"])
+        else:
+            metrics[name], table = evaluate_questions(model, tokenizer, records, name, cfg["batch_size"], limit,
+                                                      stop, device)
+        tables.append(table)
+    if not tables:
+        return None, "there are no held-out or unknown questions"
     return metrics, pd.concat(tables, ignore_index=True)

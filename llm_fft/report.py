@@ -68,6 +68,7 @@ NO_HELDOUT = ("Held-out paraphrases: none, so whether the model learned the fact
               "strings was not measured; to measure it, put question/answer pairs it is never trained on in "
               "the file generate_dataset.heldout_file names (data/my_heldout.jsonl) and run dvc repro again.")
 CHOICES_HEADING = "How the model was chosen"
+CHAT_HEADING = "Before, on the base model's own chat template"
 
 
 class ReportInputError(ValueError):
@@ -393,6 +394,28 @@ def summary_sentences(before, after, before_table, after_table):
     return sentences
 
 
+def chat_baseline_sentences(before, chat, after):
+    """Sentences comparing the base model asked through its own chat template (chat: the contents of
+    metrics/baseline_chat.json) with the same questions on the pipeline's prompt, before and after
+    fine-tuning: did the base model really not know, or did it only not understand the markers?"""
+    if "skipped" in chat:
+        return [f"Not measured: {chat['skipped']}."]
+    sentences = []
+    if "heldout" in chat and "states_key_fact" in chat["heldout"]:
+        n = chat["heldout"]["questions"]
+        counts = [round(m["heldout"]["states_key_fact"] * n) for m in (chat, before, after)]
+        sentences.append(f"{_heading('heldout')}: the base model stated the key fact in {counts[0]} of {n} "
+                         f"answers through its chat template, {counts[1]} on the pipeline's prompt; "
+                         f"{counts[2]} after fine-tuning.")
+    if "unknown" in chat:
+        n = chat["unknown"]["questions"]
+        counts = [round(m["unknown"][k] * n) for m in (chat, before) for k in ("invented", "abstained")]
+        sentences.append(f"{_heading('unknown')}: through its chat template the base model invented an answer "
+                         f"to {counts[0]} of {n} and said it did not know {counts[1]} times ({counts[2]} and "
+                         f"{counts[3]} on the pipeline's prompt).")
+    return sentences
+
+
 def _mark_header(set_name):
     return {RETENTION_SET: "changed?", UNKNOWN_SET: "abstained?"}.get(set_name, "correct")
 
@@ -434,9 +457,10 @@ def _expected_markdown(expected, key_fact):
     return markdown_cell(expected) + (f" (key fact: **{markdown_cell(key_fact)}**)" if key_fact else "")
 
 
-def report_markdown(before, after, before_table, after_table, loss_image="loss.png", choices=()):
+def report_markdown(before, after, before_table, after_table, loss_image="loss.png", choices=(), chat_before=()):
     """The report as markdown; the loss curve is linked as the image file loss_image (written beside it).
-    choices: sentences saying how the model was chosen (which epoch, which interpolation weight, on which set)."""
+    choices: sentences saying how the model was chosen (which epoch, which interpolation weight, on which set);
+    chat_before: chat_baseline_sentences."""
     _check_inputs(before, after, before_table, after_table)
     lines = [f"# {TITLE}", "", "## Headline", "",
              "| set | metric | before | after | change |", "|---|---|---:|---:|---|"]
@@ -449,6 +473,8 @@ def report_markdown(before, after, before_table, after_table, loss_image="loss.p
     lines += [f"- {markdown_cell(s)}" for s in summary_sentences(before, after, before_table, after_table).values()]
     if choices:
         lines += ["", f"## {CHOICES_HEADING}", ""] + [f"- {markdown_cell(c)}" for c in choices]
+    if chat_before:
+        lines += ["", f"## {CHAT_HEADING}", ""] + [f"- {markdown_cell(c)}" for c in chat_before]
     lines += ["", "## Training loss", "", f"![training loss per optimizer step]({loss_image})", "",
               "## Every question", "", LEGEND]
     per_set = question_rows(before_table, after_table)
@@ -491,7 +517,7 @@ def _expected_html(expected, key_fact):
     return _escape(expected) + key
 
 
-def report_html(before, after, before_table, after_table, loss_png, choices=()):
+def report_html(before, after, before_table, after_table, loss_png, choices=(), chat_before=()):
     """The report as one self-contained HTML page: inline CSS, the PNG as a data URI, no external assets."""
     _check_inputs(before, after, before_table, after_table)
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -511,6 +537,8 @@ def report_html(before, after, before_table, after_table, loss_png, choices=()):
     out.append("</ul>")
     if choices:
         out += [f"<h2>{CHOICES_HEADING}</h2>", "<ul>"] + [f"<li>{_escape(c)}</li>" for c in choices] + ["</ul>"]
+    if chat_before:
+        out += [f"<h2>{_escape(CHAT_HEADING)}</h2>", "<ul>"] + [f"<li>{_escape(c)}</li>" for c in chat_before] + ["</ul>"]
     out += ["<h2>Training loss</h2>",
             f'<img alt="training loss per optimizer step" '
             f'src="data:image/png;base64,{base64.b64encode(loss_png).decode("ascii")}">',

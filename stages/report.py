@@ -2,7 +2,8 @@
 
     python -m stages.report
 
-Reads metrics/baseline.json, metrics/final.json and their answer tables, the finetune loss curves
+Reads metrics/baseline.json, metrics/final.json and their answer tables, metrics/baseline_chat.json
+(the base model asked through its chat template), the finetune loss curves
 (DVCLive TSV files), metrics/finetune/metrics.json (the epoch kept) and metrics/interpolation.json
 (the weight chosen). Writes metrics/report.md, metrics/report.html (self-contained: open it in a
 browser) and metrics/loss.png. It reads no params and loads no model, so a change to the report
@@ -15,10 +16,17 @@ from pathlib import Path
 
 from llm_fft.files import write_atomically
 from llm_fft.metrics import read_answers
-from llm_fft.report import ReportInputError, loss_curve_png, report_html, report_markdown
+from llm_fft.report import (
+    ReportInputError,
+    chat_baseline_sentences,
+    loss_curve_png,
+    report_html,
+    report_markdown,
+)
 
 BASELINE_METRICS = Path("metrics/baseline.json")
 BASELINE_ANSWERS = Path("metrics/baseline_answers.csv")
+BASELINE_CHAT = Path("metrics/baseline_chat.json")
 FINAL_METRICS = Path("metrics/final.json")
 FINAL_ANSWERS = Path("metrics/final_answers.csv")
 TRAIN_LOSS = Path("metrics/finetune/plots/metrics/train/loss.tsv")
@@ -47,10 +55,11 @@ def main():
     before, after = read_json(BASELINE_METRICS), read_json(FINAL_METRICS)
     before_table, after_table = read_answers(BASELINE_ANSWERS), read_answers(FINAL_ANSWERS)
     choices = how_chosen(read_json(FINETUNE_SUMMARY), read_json(INTERPOLATION))
+    chat_before = chat_baseline_sentences(before, read_json(BASELINE_CHAT), after)
     png = loss_curve_png(TRAIN_LOSS, DEV_LOSS if DEV_LOSS.exists() else None)
     try:
-        markdown = report_markdown(before, after, before_table, after_table, LOSS_PNG.name, choices)
-        page = report_html(before, after, before_table, after_table, png, choices)
+        markdown = report_markdown(before, after, before_table, after_table, LOSS_PNG.name, choices, chat_before)
+        page = report_html(before, after, before_table, after_table, png, choices, chat_before)
     except ReportInputError as e:
         sys.exit(f"error: {e}\n(rerun the evaluations: dvc repro final_eval)")
     write_atomically(LOSS_PNG, png)

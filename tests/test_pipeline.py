@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = ["prepare_model", "generate_dataset", "parse_qa", "make_rehearsal", "baseline_eval", "finetune",
           "interpolate", "final_eval", "report"]
 # The report stage's inputs among the results: it reruns exactly when one of them changed.
-REPORT_INPUTS = ["metrics/baseline.json", "metrics/baseline_answers.csv", "metrics/final.json",
+REPORT_INPUTS = ["metrics/baseline.json", "metrics/baseline_answers.csv", "metrics/baseline_chat.json", "metrics/final.json",
                  "metrics/final_answers.csv", "metrics/interpolation.json", "metrics/finetune/metrics.json",
                  "metrics/finetune/plots/metrics/train/loss.tsv", "metrics/finetune/plots/metrics/dev/answer_nll.tsv"]
 TINY_FACTS = {"subject": "test", "unknown": ["별무리섬의 면적은?", "등대는 몇 년에 세워졌나요?"], "facts": [
@@ -120,6 +120,7 @@ def copy_repo(source, destination):
 
 # What a run leaves that must be identical when it is repeated or resumed.
 RESULT_FILES = ["dvc.lock", "metrics/dataset.json", "metrics/baseline.json", "metrics/baseline_answers.csv",
+                "metrics/baseline_chat.json", "metrics/baseline_chat_answers.csv",
                 "metrics/interpolation.json", "metrics/interpolation_curve.json",
                 "metrics/final.json", "metrics/final_answers.csv", "metrics/delta.json", "metrics/report.md",
                 "metrics/report.html", "metrics/loss.png", "metrics/finetune/metrics.json",
@@ -167,6 +168,12 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
     assert baseline["retention"]["answers_changed"] == 0 and final["retention"]["prompts"] == 2
     assert baseline["unknown"].keys() == {"questions", "abstained", "invented", "mean_generated_tokens"}
     assert final["unknown"]["questions"] == 2
+    # SmolLM2 has a chat template: the held-out and unknown questions asked through it as well.
+    chat = json.loads((tiny_repo / "metrics/baseline_chat.json").read_text())
+    assert chat.keys() == {"heldout", "unknown"} and chat["heldout"]["questions"] == 2
+    chat_table = pd.read_csv(tiny_repo / "metrics/baseline_chat_answers.csv", keep_default_na=False)
+    assert list(chat_table["set"]) == ["heldout"] * 2 + ["unknown"] * 2
+    assert "## Before, on the base model's own chat template" in (tiny_repo / "metrics/report.md").read_text()
     # Two epochs on four answers must lower the answer loss a lot; generation may still be off.
     assert final["trained"]["answer_nll"] < baseline["trained"]["answer_nll"] / 2
     delta = json.loads((tiny_repo / "metrics/delta.json").read_text())
@@ -561,6 +568,8 @@ def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, fir
     records = [json.loads(line) for line in (repo / "data/qa.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["question"] for r in records] == [p["question"] for p in OWN_PAIRS]
     assert records[0]["prompt"].endswith("<|im_start|>assistant\n")
+    assert json.loads((repo / "metrics/baseline_chat.json").read_text()) == {
+        "skipped": "prompt.style is chat: the questions are asked through the chat template already"}
     final = json.loads((repo / "metrics/final.json").read_text())
     baseline = json.loads((repo / "metrics/baseline.json").read_text())
     assert final["trained"]["answer_nll"] < baseline["trained"]["answer_nll"] / 2

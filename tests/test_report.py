@@ -7,7 +7,7 @@ import re
 import pandas as pd
 import pytest
 
-from llm_fft.report import ReportInputError, loss_curve_png, report_html, report_markdown
+from llm_fft.report import ReportInputError, chat_baseline_sentences, loss_curve_png, report_html, report_markdown
 from llm_fft.summary import summary_lines
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -334,3 +334,24 @@ def test_summary_prints_the_invented_share_when_the_probe_ran():
     assert f"  {'unknown questions (4)':<34} invented 0.250 -> 0.500" in lines
     assert not any("unknown" in line for line in summary_lines({"trained": before["trained"]},
                                                                {"trained": after["trained"]}))
+
+
+def test_chat_template_baseline_is_compared_in_its_own_section(unknown_inputs, loss_tsv):
+    """The base model asked through its own chat template: counts beside the pipeline's prompt's, before
+    and after; a model without a template says why it was not measured."""
+    before, after, before_table, after_table = unknown_inputs
+    chat = {"heldout": {**metrics(0.0, 0.0, 0.3, 0.6667, 1.5, 4.5, 1.0, 20.0)},
+            "unknown": {"questions": 4, "abstained": 0.75, "invented": 0.25, "mean_generated_tokens": 8.0}}
+    sentences = chat_baseline_sentences(before, chat, after)
+    assert sentences == [
+        "Held-out paraphrases (test): the base model stated the key fact in 2 of 3 answers through its chat "
+        "template, 0 on the pipeline's prompt; 1 after fine-tuning.",
+        "Unknown questions (not in the data): through its chat template the base model invented an answer to 1 "
+        "of 4 and said it did not know 3 times (1 and 2 on the pipeline's prompt)."]
+    markdown = report_markdown(before, after, before_table, after_table, chat_before=sentences)
+    assert "## Before, on the base model's own chat template\n\n- Held-out paraphrases (test): the base" in markdown
+    page = report_html(before, after, before_table, after_table, loss_curve_png(loss_tsv), chat_before=sentences)
+    assert "<h2>Before, on the base model&#x27;s own chat template</h2>" in page
+    assert chat_baseline_sentences(before, {"skipped": "the base model has no chat template"}, after) == [
+        "Not measured: the base model has no chat template."]
+    assert "chat template" not in report_markdown(before, after, before_table, after_table)  # no section
