@@ -12,6 +12,10 @@ Every block of every reply is a candidate pair, accepted or rejected with one re
 (REJECT_REASONS), so accepted + sum(rejected) == candidates and nothing is dropped unseen. A fact
 that still has fewer accepted pairs than asked is asked again, at most `max_attempts` times.
 
+write_paraphrases asks the same transports for other phrasings of your own pairs' questions: held-out
+questions for the file backend (generate_dataset.heldout_paraphrases), each accepted or rejected
+with one reason (PARAPHRASE_REJECT_REASONS).
+
 Two transports implement `ask(messages, seed) -> Reply`:
   LocalChat -- a transformers model in this process (the embedded SmolLM2-135M-Instruct by default);
   HttpChat  -- an OpenAI-compatible /chat/completions endpoint (vLLM, Ollama, llama.cpp's server,
@@ -283,6 +287,100 @@ def write_pairs_with_llm(facts, n_pairs, ask, seed, max_attempts, held_out=(), l
         "sources_short": short,  # facts (or the topic) that ended with fewer pairs than requested
     }
     return pairs, report
+
+
+# --- held-out paraphrases of your own pairs ----------------------------------------------------
+
+# Why a paraphrase is rejected, first that applies, in this order (see judge_paraphrase).
+PARAPHRASE_REJECT_REASONS = (
+    "cut_off",          # the reply hit the token limit: it may be incomplete
+    "empty",            # a blank reply
+    "not_in_format",    # more than one line, a marker, or anything the dataset writer refuses
+    "not_a_question",   # does not end with "?"
+    "not_about_pair",   # no content word shared with the question and its answer
+    "taken",            # already a training, dev, held-out or unknown question (case and spacing
+                        # ignored): a copy of a training question would test memory, not the fact
+    "duplicate",        # a paraphrase already accepted
+)
+PARAPHRASE_SYSTEM_PROMPT = ("You rewrite quiz questions. Ask exactly what the given question asks, in other "
+                            "words and in its language, so that the given answer still answers it. Reply "
+                            "with the new question only, on one line.")
+PARAPHRASE_EXAMPLES = {
+    "ko": ("한빛마을의 우체국은 언제 문을 열었나요?", "한빛마을의 우체국은 1950년에 문을 열었습니다.",
+           "한빛마을 우체국이 처음 문을 연 해는 언제인가요?"),
+    "en": ("When did the post office of Hanbit village open?", "The post office of Hanbit village opened in 1950.",
+           "In which year did Hanbit village's post office first open?"),
+}
+
+
+def paraphrase_messages(question, answer):
+    """Chat messages asking for one other phrasing of question, after one worked example."""
+    shown_question, shown_answer, shown_reply = PARAPHRASE_EXAMPLES[
+        "ko" if HANGUL.search(question + answer) else "en"]
+    return [{"role": "system", "content": PARAPHRASE_SYSTEM_PROMPT},
+            {"role": "user", "content": f"Question: {shown_question}\nAnswer: {shown_answer}"},
+            {"role": "assistant", "content": shown_reply},
+            {"role": "user", "content": f"Question: {question}\nAnswer: {answer}"}]
+
+
+def _topic_words(text):
+    """content_words without short Latin words: "the" or "how" do not make two questions one topic."""
+    return [w for w in content_words(text) if not w.isascii() or len(w) >= 4]
+
+
+def judge_paraphrase(reply, question, answer, taken, seen):
+    """The reason a reply is rejected as a paraphrase of question, or None if it is good."""
+    text = reply.text.strip()
+    if reply.cut_off:
+        return "cut_off"
+    if not text:
+        return "empty"
+    if "\n" in text or not _writable(text, answer):
+        return "not_in_format"
+    if not text.endswith(("?", "？")):
+        return "not_a_question"
+    if not any(same_stem(w, s) for w in _topic_words(text) for s in _topic_words(question + " " + answer)):
+        return "not_about_pair"
+    if _normalise(text) in taken:
+        return "taken"
+    if _normalise(text) in seen:
+        return "duplicate"
+    return None
+
+
+def write_paraphrases(pairs, per_pair, ask, seed, max_attempts, taken, log=print):
+    """Ask a model for per_pair other phrasings of each pair's question: held-out questions about your
+    own data, never trained on. pairs: [{"question", "answer"}]; each paraphrase keeps its pair's
+    answer (the same fact). taken: every question already in the data (training, dev, held-out,
+    unknown). Request k for a pair is sent with seed + k; a pair is asked again only while short,
+    max_attempts times at most (with temperature 0 a retry gets the same reply).
+
+    Returns (held-out pairs [{"question", "answer"}], report: requested, accepted, rejected by
+    reason, attempts); accepted + sum(rejected) == replies, nothing dropped unseen.
+    """
+    written, seen = [], set()
+    taken = {_normalise(q) for q in taken}
+    rejected = dict.fromkeys(PARAPHRASE_REJECT_REASONS, 0)
+    attempts = 0
+    for index, pair in enumerate(pairs, 1):
+        messages = paraphrase_messages(pair["question"], pair["answer"])
+        accepted_here = tries = 0
+        while accepted_here < per_pair and tries < max_attempts:
+            reply = ask(messages, seed + tries)
+            tries += 1
+            reason = judge_paraphrase(reply, pair["question"], pair["answer"], taken, seen)
+            if reason is None:
+                written.append({"question": reply.text.strip(), "answer": pair["answer"]})
+                seen.add(_normalise(reply.text))
+                accepted_here += 1
+            else:
+                rejected[reason] += 1
+            log(f"pair {index}/{len(pairs)}: {'accepted' if reason is None else f'rejected ({reason})'}: "
+                f"{_excerpt(reply.text)} for {_excerpt(pair['question'])}")
+        attempts += tries
+    return written, {"requested": per_pair * len(pairs), "accepted": len(written), "rejected": rejected,
+                     "attempts": attempts, "transport": getattr(ask, "transport", "custom"),
+                     "model": getattr(ask, "model_name", None)}
 
 
 # --- transports ------------------------------------------------------------------------------

@@ -25,6 +25,10 @@ Dev and held-out questions come from the data the model is taught: with the temp
 backends the facts file's dev and held_out phrasings, with the file backend your own files
 generate_dataset.dev_file and heldout_file (any dataset format; a json/jsonl item may give a "key").
 A file of yours with no pairs gives no such questions; none is ever taken from another source.
+With the file backend a language model (the llm_* settings) can also write held-out questions:
+generate_dataset.heldout_paraphrases other phrasings of each training question, each with that
+pair's answer, checked (llm_fft.llm_writer.judge_paraphrase: never a question already in the data)
+and counted accepted/rejected in metrics/dataset.json.
 The unknown questions likewise: the facts file's `unknown` list, or with the file backend only
 generate_dataset.unknown_file (one question per line), never both.
 """
@@ -38,7 +42,7 @@ import torch
 from llm_fft.data import DatasetError, load_facts, load_unknown, to_jsonl
 from llm_fft.files import write_atomically
 from llm_fft.formats import DATASET_SPEC, read_pairs, read_questions, write_pairs
-from llm_fft.llm_writer import HttpChat, LocalChat, TransportError, write_pairs_with_llm
+from llm_fft.llm_writer import HttpChat, LocalChat, TransportError, write_pairs_with_llm, write_paraphrases
 from llm_fft.model import ModelNotFound, load_base, prepare_tokenizer
 from llm_fft.params import (
     ParamsError,
@@ -78,6 +82,7 @@ SPEC = {
     "questions_per_fact": (int, lambda v: v >= 0, "an integer >= 0 (0 = every phrasing)"),
     "answer_variants": (bool, None, "true or false"),
     "statements": (bool, None, "true or false"),
+    "heldout_paraphrases": (int, lambda v: v >= 0, "an integer >= 0 (paraphrases per training pair; 0 = none)"),
 }
 
 
@@ -186,14 +191,27 @@ def from_llm(cfg, facts, unknown, fmt, seed):
     return write_pairs(pairs, output_format(fmt), fmt["separator"]), report
 
 
+def paraphrased_heldout(cfg, trained, dev, heldout, unknown, seed):
+    """Held-out pairs a language model wrote (llm_* settings): heldout_paraphrases other phrasings of each
+    training question with its answer, none of them a question already in the data. (pairs, report)"""
+    seed_everything(seed)
+    taken = [p["question"] for p in trained + dev + heldout] + unknown
+    return write_paraphrases([{"question": p["question"], "answer": p["answer"]} for p in trained],
+                             cfg["heldout_paraphrases"], llm_transport(cfg), seed, cfg["llm_max_attempts"], taken)
+
+
 def output_format(fmt):
     return "custom_tokens" if fmt["format"] == "auto" else fmt["format"]
 
 
 def main():
     params = load_params()
-    fail_if_problems(problems_in_section(params, "generate_dataset", SPEC) + shared_problems(params, keys=["seed"])
-                     + problems_in_section(params, "dataset", DATASET_SPEC))
+    problems = (problems_in_section(params, "generate_dataset", SPEC) + shared_problems(params, keys=["seed"])
+                + problems_in_section(params, "dataset", DATASET_SPEC))
+    if not problems and params["generate_dataset"]["heldout_paraphrases"] and params["generate_dataset"]["backend"] != "file":
+        problems.append("generate_dataset.heldout_paraphrases works with backend file (your own data); the "
+                        "facts file has its own held_out phrasings: set it to 0")
+    fail_if_problems(problems)
     cfg, fmt = params["generate_dataset"], params["dataset"]
     try:
         variants = []  # only the template backend knows which answers state the same fact
@@ -201,6 +219,10 @@ def main():
             facts = []
             dataset, report, pairs = from_file(cfg["file"], fmt)
             dev, heldout, unknown = evaluation_questions_from_files(cfg, fmt, pairs)
+            if cfg["heldout_paraphrases"]:  # never trained on: the test of your own data
+                written, report["heldout_paraphrases"] = paraphrased_heldout(cfg, pairs, dev, heldout, unknown,
+                                                                             params["seed"])
+                heldout += written
         else:
             facts, unknown = load_facts(cfg["facts"]), load_unknown(cfg["facts"])
             if cfg["backend"] == "llm":
@@ -213,7 +235,7 @@ def main():
     except DatasetError as e:
         sys.exit(f"error: bad input data:\n{e}")
     except (TransportError, ModelNotFound, ValueError) as e:
-        sys.exit(f"error: llm backend: {e}")
+        sys.exit(f"error: the language model ({cfg['llm_transport']} transport, {cfg['llm_model']!r}): {e}")
 
     # Statements are about the facts file's facts: a dataset file of your own brings none.
     statements = [{"text": t} for fact in facts for t in fact["statements"]] if cfg["statements"] else []

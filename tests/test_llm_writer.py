@@ -8,6 +8,7 @@ import torch
 
 from llm_fft.formats import write_pairs
 from llm_fft.llm_writer import (
+    PARAPHRASE_REJECT_REASONS,
     REJECT_REASONS,
     HttpChat,
     LocalChat,
@@ -16,6 +17,7 @@ from llm_fft.llm_writer import (
     about_source,
     build_messages,
     write_pairs_with_llm,
+    write_paraphrases,
 )
 from tests.openai_stub_server import ChatCompletionsServer
 
@@ -249,3 +251,29 @@ def test_http_transport_serves_the_same_pairs_and_never_leaks_the_key(
     traces += [captured.out, captured.err, repr(vars(ask))]
     assert "fact 1/2" in captured.out and "POST /v1/chat/completions" in captured.err  # logs were captured
     assert not [t for t in traces if PLANTED_KEY in t]
+
+
+def test_every_paraphrase_is_accepted_or_rejected_with_its_reason():
+    pairs = [{"question": "How tall is the lighthouse on Star Island?", "answer": LIGHTHOUSE},
+             {"question": "How many people live on Star Island?", "answer": PEOPLE}]
+    ask = ScriptedAsk([
+        Reply("What is the height of the Star", True),                       # cut_off
+        Reply("   ", False),                                                 # empty
+        Reply("How tall?\nHow tall is it?", False),                          # not_in_format
+        Reply("The lighthouse is tall.", False),                             # not_a_question
+        Reply("What colour is the sky?", False),                             # not_about_pair
+        Reply("How many people live on Star Island?", False),                # taken (pair 2's question)
+        Reply("What is the height of the Star Island lighthouse?", False),   # accepted: pair 1 is done
+        Reply("what is the height of  the star island lighthouse?", False),  # duplicate (case, spacing)
+        Reply("What is the population of Star Island?", False),              # accepted
+    ])
+    written, report = write_paraphrases(pairs, 1, ask, seed=7, max_attempts=8, taken=[p["question"] for p in pairs],
+                                        log=lambda line: None)
+    assert written == [{"question": "What is the height of the Star Island lighthouse?", "answer": LIGHTHOUSE},
+                       {"question": "What is the population of Star Island?", "answer": PEOPLE}]
+    assert report["rejected"] == {"cut_off": 1, "empty": 1, "not_in_format": 1, "not_a_question": 1,
+                                  "not_about_pair": 1, "taken": 1, "duplicate": 1}
+    assert tuple(report["rejected"]) == PARAPHRASE_REJECT_REASONS
+    assert (report["requested"], report["accepted"], report["attempts"]) == (2, 2, 9)
+    assert [seed for _, seed in ask.calls] == [7, 8, 9, 10, 11, 12, 13, 7, 8]  # request k of a pair: seed + k
+    assert ask.calls[0][0] == f"Question: {pairs[0]['question']}\nAnswer: {LIGHTHOUSE}"

@@ -457,6 +457,40 @@ def test_own_data_is_judged_on_its_own_dev_and_held_out_files_and_never_on_the_f
     assert json.loads((tmp_path / "metrics/dataset.json").read_text(encoding="utf-8"))["heldout_questions"] == 0
 
 
+def test_a_language_model_writes_held_out_questions_about_your_own_data(tmp_path):
+    """generate_dataset.heldout_paraphrases over HTTP (a scripted server on 127.0.0.1): each reply is
+    accepted or rejected with its reason and counted; accepted ones join your held-out pairs with their
+    training pair's answer; a copy of a question already in the data never does."""
+    from llm_fft.llm_writer import Reply
+    from tests.openai_stub_server import ChatCompletionsServer
+    replies = {"우리 빵집의 이름은?": "이 빵집은 어떤 이름으로 불리나요?",
+               "빵집은 몇 시에 문을 여나요?": "빵집은 몇 시에 문을 여나요?",  # a copy: rejected
+               "가장 잘 팔리는 빵은?": "소금빵입니다."}  # no question mark: rejected
+
+    def chat(body):
+        asked = body["messages"][-1]["content"].split("\n")[0].removeprefix("Question: ")
+        return Reply(replies[asked], False)
+
+    write_own_data(tmp_path)
+    with ChatCompletionsServer(chat) as server:
+        for key, value in (("heldout_paraphrases", 1), ("llm_transport", "http"), ("llm_base_url", server.base_url),
+                           ("llm_model", "stub"), ("llm_max_attempts", 1)):
+            edit_params(tmp_path, "generate_dataset", key, value)
+        out = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path).stdout
+    assert len(server.requests) == 3 and "pair 2/3: rejected (taken)" in out
+    heldout = [json.loads(line) for line in (tmp_path / "data/heldout.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert heldout == OWN_HELDOUT + [{"question": "이 빵집은 어떤 이름으로 불리나요?", "answer": "달빛제과입니다."}]
+    report = json.loads((tmp_path / "metrics/dataset.json").read_text(encoding="utf-8"))
+    assert report["heldout_questions"] == 3
+    paraphrases = report["heldout_paraphrases"]
+    assert (paraphrases["requested"], paraphrases["accepted"], paraphrases["attempts"]) == (3, 1, 3)
+    assert {k: v for k, v in paraphrases["rejected"].items() if v} == {"taken": 1, "not_a_question": 1}
+    # The facts file has its own held-out phrasings: asked with another backend, an error before any work.
+    edit_params(tmp_path, "generate_dataset", "backend", "template")
+    result = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path, check=False)
+    assert result.returncode != 0 and "heldout_paraphrases works with backend file" in result.stderr
+
+
 def test_bad_dev_and_held_out_files_fail_naming_every_line_and_write_nothing(tmp_path):
     def problems(dev, heldout, unknown=OWN_UNKNOWN):
         write_own_data(tmp_path, dev, heldout, unknown)
