@@ -144,3 +144,20 @@ def test_another_trained_answer_of_the_same_fact_counts_for_exact_match_any_answ
     # Without variants (the file and llm backends) the two are the same number.
     metrics, _ = evaluation.evaluate_questions(None, tokenizer, records, "trained", 8, 40, [0], "cpu")
     assert metrics["exact_match_any_answer"] == metrics["exact_match"] == 0.25
+
+
+def test_interpolate_judges_a_keyless_dev_question_by_the_whole_answer(monkeypatch):
+    """Your own dev pairs may have no key (file backend): such an answer counts for the dev score only
+    if it holds the whole expected answer; one with a key, if it states the key."""
+    from stages import interpolate
+    texts = ["등대는 27미터예요.", "달빛제과예요.", "달빛제과입니다."]
+    monkeypatch.setattr(interpolate, "answer_questions", lambda *args: [
+        {"text": t, "generated_tokens": 3, "ended_with_eos": True} for t in texts])
+    monkeypatch.setattr(interpolate, "answer_nll", lambda *args: ([0.1] * 3, 0.3, 3))
+    dev = [{"question": "높이?", "answer": "27미터입니다.", "key": "27미터", "q_ids": [1]},
+           {"question": "이름?", "answer": "달빛제과입니다.", "q_ids": [1]},   # keyless, answer not whole
+           {"question": "이름은?", "answer": "달빛제과입니다.", "q_ids": [1]}]  # keyless, answer whole
+    params = {"evaluate": {"batch_size": 8}, "prompt": {"style": "custom_tokens", "system": "", "markers": "text"}}
+    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=0)
+    numbers = interpolate.score(None, tokenizer, dev, [], params, 40, "cpu")
+    assert numbers == {"dev_states_key_fact": round(2 / 3, 4), "dev_answer_nll": 0.1}
