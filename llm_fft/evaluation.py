@@ -186,23 +186,28 @@ def evaluate_stage(params, model_dir, baseline_table=None):
     return evaluate_model(params, model, tokenizer, device, baseline_table)
 
 
+def question_sets(cfg):
+    """({trained, dev, heldout, unknown}: records, the generation limit every set is answered with).
+    One limit for all, from the questions that choose (interpolate uses the same): dev and held-out
+    questions ask for the trained answers, and unknown ones get the room a real answer gets, no more."""
+    sets = {"trained": read_jsonl(TRAINED), "dev": read_jsonl(DEV), "heldout": read_jsonl(HELDOUT),
+            "unknown": read_jsonl(UNKNOWN)}
+    return sets, generation_limit(sets["trained"] + sets["dev"], cfg["extra_new_tokens"])
+
+
 def evaluate_model(params, model, tokenizer, device, baseline_table=None):
     """evaluate_stage on a model already loaded by load_for_evaluation."""
     cfg = params["evaluate"]
-    sets = {"trained": read_jsonl(TRAINED), "dev": read_jsonl(DEV), "heldout": read_jsonl(HELDOUT)}
+    sets, limit = question_sets(cfg)
     stop = stop_ids(tokenizer, params["prompt"])
-    # One limit for every question set, from the questions that choose (interpolate uses the same):
-    # dev and held-out questions ask for the trained answers.
-    limit = generation_limit(sets["trained"] + sets["dev"], cfg["extra_new_tokens"])
     accepted = accepted_answers(read_jsonl(VARIANTS))
     metrics, tables = {}, []
-    for name, records in sets.items():
-        if records:
+    for name in ("trained", "dev", "heldout"):
+        if records := sets[name]:
             metrics[name], table = evaluate_questions(model, tokenizer, records, name, cfg["batch_size"],
                                                       limit, stop, device, stop_texts(params["prompt"]), accepted)
             tables.append(table)
-    # Same limit and stops as the sets above: the model gets the room a real answer gets, no more.
-    if unknown := read_jsonl(UNKNOWN):
+    if unknown := sets["unknown"]:
         metrics["unknown"], table = evaluate_unknown(model, tokenizer, unknown, cfg["batch_size"], limit, stop, device,
                                                      stop_texts(params["prompt"]), cfg["abstain_phrases"])
         tables.append(table)
@@ -229,9 +234,7 @@ def evaluate_chat_template(params, model, tokenizer, device):
     if not getattr(tokenizer, "chat_template", None):
         return None, "the base model has no chat template"
     cfg, chat = params["evaluate"], {**params["prompt"], "style": "chat"}
-    files = {"trained": TRAINED, "dev": DEV, "heldout": HELDOUT, "unknown": UNKNOWN}
-    sets = {name: read_jsonl(path) for name, path in files.items()}
-    limit = generation_limit(sets["trained"] + sets["dev"], cfg["extra_new_tokens"])  # evaluate_model's
+    sets, limit = question_sets(cfg)
     stop = stop_ids(tokenizer, chat)
     metrics, tables = {}, []
     for name in CHAT_SETS:
