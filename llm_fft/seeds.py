@@ -71,6 +71,18 @@ def provenance():
             "machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()}"}
 
 
+def write_summary(out, args, origin, runs):
+    """metrics/seeds/NAME.json from the runs finished so far; returns what it wrote."""
+    done = [run["seed"] for run in runs]
+    summary = {"name": args.name, "settings": args.overrides, "seeds": done, **origin,
+               "summary": summarise([{k: v for k, v in run.items() if k != "seed"} for run in runs]), "runs": runs}
+    if done != args.seeds:
+        summary["unfinished"] = [seed for seed in args.seeds if seed not in done]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return summary
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="the setting's name: writes metrics/seeds/NAME.json")
@@ -84,19 +96,18 @@ def main():
         sys.exit(f"error: --seeds lists a seed twice: {args.seeds}")
 
     origin = provenance()  # before the runs: the code they ran
+    out = OUT_DIR / f"{args.name}.json"
     runs = []
     for seed in args.seeds:
         command = ["dvc", "exp", "run", "-S", f"seed={seed}", *(x for o in args.overrides for x in ("-S", o))]
         print(f"== {args.name}: seed {seed}: {' '.join(command)}", flush=True)
         if subprocess.run(command).returncode != 0:
-            sys.exit(f"error: the run with seed {seed} failed (its output is above); nothing written")
+            kept = f"{out} holds the seeds before it" if runs else "nothing written"
+            sys.exit(f"error: the run with seed {seed} failed (its output is above); {kept}")
         runs.append({"seed": seed, **read_results()})
+        # Written after every seed, so an interrupted series keeps the runs it finished.
+        summary = write_summary(out, args, origin, runs)
 
-    summary = {"name": args.name, "settings": args.overrides, "seeds": args.seeds, **origin,
-               "summary": summarise([{k: v for k, v in run.items() if k != "seed"} for run in runs]), "runs": runs}
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    out = OUT_DIR / f"{args.name}.json"
-    out.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     width = max(map(len, SHOWN))
     print(f"\n{args.name} over seeds {', '.join(map(str, args.seeds))} ({' '.join(args.overrides) or 'params.yaml as is'}):")
     print(f"{'metric':<{width}}  {'mean':>8}  {'min':>8}  {'max':>8}")
