@@ -1,0 +1,60 @@
+"""llm_fft.seeds without DVC: each seed's numbers are collected, summarised, and written after every
+seed, so a series that fails or is stopped keeps the seeds it finished."""
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from llm_fft import seeds
+
+
+def fake_runs(monkeypatch, tmp_path, results):
+    """Run seeds.main in tmp_path with `dvc exp run` replaced: the i-th call writes results[i]'s
+    final.json (or fails, for None)."""
+    monkeypatch.chdir(tmp_path)
+    calls = iter(results)
+
+    def run(command):
+        assert command[:4] == ["dvc", "exp", "run", "-S"]
+        result = next(calls)
+        if result is None:
+            return SimpleNamespace(returncode=1)
+        (tmp_path / "metrics").mkdir(exist_ok=True)
+        (tmp_path / "metrics/final.json").write_text(json.dumps(result), encoding="utf-8")
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setattr(seeds, "provenance", lambda: {"commit": "abc", "machine": "test"})
+
+
+def test_mean_min_max_over_seeds(monkeypatch, tmp_path, capsys):
+    fake_runs(monkeypatch, tmp_path, [{"heldout": {"states_key_fact": 0.5}}, {"heldout": {"states_key_fact": 0.7}}])
+    monkeypatch.setattr(sys, "argv", ["seeds", "--name", "x", "--seeds", "1", "2", "-S", "finetune.lr=1e-4"])
+    seeds.main()
+    written = json.loads((tmp_path / "metrics/seeds/x.json").read_text(encoding="utf-8"))
+    assert written["seeds"] == [1, 2] and "unfinished" not in written
+    assert written["settings"] == ["finetune.lr=1e-4"]
+    assert written["summary"]["final.heldout.states_key_fact"] == {"mean": 0.6, "min": 0.5, "max": 0.7}
+    assert [run["seed"] for run in written["runs"]] == [1, 2]
+    assert "final.heldout.states_key_fact" in capsys.readouterr().out
+
+
+def test_a_failed_seed_keeps_the_seeds_before_it(monkeypatch, tmp_path):
+    fake_runs(monkeypatch, tmp_path, [{"heldout": {"states_key_fact": 0.5}}, None])
+    monkeypatch.setattr(sys, "argv", ["seeds", "--name", "x", "--seeds", "1", "2", "3"])
+    with pytest.raises(SystemExit, match="seed 2 failed.*holds the seeds before it"):
+        seeds.main()
+    written = json.loads((tmp_path / "metrics/seeds/x.json").read_text(encoding="utf-8"))
+    assert written["seeds"] == [1] and written["unfinished"] == [2, 3]
+    assert written["summary"]["final.heldout.states_key_fact"]["mean"] == 0.5
+
+
+def test_a_first_seed_that_fails_writes_nothing(monkeypatch, tmp_path):
+    fake_runs(monkeypatch, tmp_path, [None])
+    monkeypatch.setattr(sys, "argv", ["seeds", "--name", "x", "--seeds", "1"])
+    with pytest.raises(SystemExit, match="nothing written"):
+        seeds.main()
+    assert not (tmp_path / "metrics/seeds/x.json").exists()
