@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import broadcast
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -39,7 +40,8 @@ FINETUNE_SPEC = {
     "max_grad_norm": ((int, float), lambda v: v > 0, "a number > 0"),
     "precision": (str, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "log_every": (int, lambda v: v >= 1, "an integer >= 1 (optimizer steps)"),
-    "checkpoint_every": (int, lambda v: v >= 0, "an integer >= 0 (optimizer steps; 0 = never)"),
+    "checkpoint_minutes": ((int, float), lambda v: v >= 0, "a number >= 0 (minutes of training; 0 = not by time)"),
+    "checkpoint_every": (int, lambda v: v >= 0, "an integer >= 0 (optimizer steps; 0 = not by steps)"),
     "processes": (int, lambda v: v >= 1, "an integer >= 1 (1 = no DDP; N = one per GPU)"),
     "fsdp": (bool, None, "true or false"),
     "group_by_length": (bool, None, "true or false"),
@@ -192,6 +194,13 @@ class Processes:
         DDP); under FSDP gathered from the shards (every process calls it, only the first receives them)."""
         return gather_weights(model) if self.fsdp else None
 
+    def agree(self, flag):
+        """The main process's flag, in every process (a collective: all must call it). For decisions
+        taken on a clock, which the processes read at slightly different times: they save together."""
+        if self.world == 1:
+            return flag
+        return bool(broadcast(torch.tensor([int(flag)], device=self.device), from_process=0).item())
+
     def wait(self):
         self.accelerator.wait_for_everyone()
 
@@ -325,9 +334,9 @@ def distillation_loss(model, teacher, batch, num_items):
 def run_fingerprint(params, records_path, base_model_dir):
     """What a checkpoint must match to be resumed: the training params and the exact inputs.
 
-    Knobs that change no numbers (log_every, checkpoint_every) are left out.
+    Knobs that change no numbers (log_every, checkpoint_minutes, checkpoint_every) are left out.
     """
-    cfg = {k: v for k, v in params["finetune"].items() if k not in ("log_every", "checkpoint_every")}
+    cfg = {k: v for k, v in params["finetune"].items() if k not in ("log_every", "checkpoint_minutes", "checkpoint_every")}
     base = Path(base_model_dir)
     return {
         **{f"finetune.{k}": v for k, v in sorted(cfg.items())},

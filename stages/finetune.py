@@ -11,8 +11,9 @@ model and tokenizer; the last epoch's weights, or with finetune.select_epoch bes
 whose dev answer loss was lowest) and, through DVCLive, metrics/finetune/ (loss and learning rate per
 step, and the dev answer loss at the end of each epoch, for `dvc plots show`; summary metrics.json
 with the epoch kept). The dev loss is teacher-forced: no generation inside training.
-Every finetune.checkpoint_every steps it saves a checkpoint to models/checkpoints/finetune/ (not a
-DVC output, so it survives a crash); the next run resumes from it and deletes it when done.
+Every finetune.checkpoint_minutes of training (and/or every finetune.checkpoint_every steps) it saves a
+checkpoint to models/checkpoints/finetune/ (not a DVC output, so it survives a crash); the next run
+resumes from it and deletes it when done.
 With finetune.processes N > 1 it starts itself N times under accelerate: DDP, or FSDP2 with finetune.fsdp.
 """
 
@@ -104,7 +105,7 @@ def main():
         print(plan(model, procs, cfg, data, total_steps))
 
     log = Log(procs.is_main, history, start_step, total_steps, cfg["log_every"])
-    step = start_step
+    step, last_checkpoint = start_step, time.monotonic()
     for epoch in range(1, cfg["epochs"] + 1):
         for batch_index, global_batch in enumerate(epoch_batches(data, cfg, seed, epoch)):
             if (epoch - 1) * steps_per_epoch + batch_index < start_step:
@@ -127,8 +128,11 @@ def main():
                     best = (epoch, dev_nll, snapshot_weights(model))  # a whole CPU copy (FSDP: in the first process)
             history.append((loss, lr, dev_nll))
             log.step(step, epoch, global_batch, loss, lr, grad_norm, dev_nll)
-            if cfg["checkpoint_every"] and step % cfg["checkpoint_every"] == 0 and step < total_steps:
+            if step < total_steps and checkpoint_due(cfg, step, time.monotonic() - last_checkpoint, procs):
+                started = time.monotonic()
                 write_checkpoint(procs, model, optimizer, scheduler, fingerprint, step, history, best)
+                last_checkpoint = time.monotonic()
+                log.write(f"checkpoint at step {step} saved in {last_checkpoint - started:.1f}s: {CHECKPOINT}")
     log.close()
 
     # The weights kept: the best epoch's, or the last ones (FSDP: gathered whole by every process).
@@ -292,6 +296,18 @@ def dev_answer_loss(model, dev, batch_size, pad_id, device):
     _, total, count = answer_nll(model, dev, batch_size, pad_id, device)
     model.train()
     return total / count
+
+
+def checkpoint_due(cfg, step, seconds_since_last, procs):
+    """Whether to save a checkpoint after this step: finetune.checkpoint_minutes of training have
+    passed since the last one (or the start), or the step is a multiple of finetune.checkpoint_every.
+    By time, saving stays a small share of a run (a ~1.6 GB save takes ~6 s here) on a slow CPU and a
+    fast GPU alike; by steps it is every few seconds on a GPU and every few minutes on this CPU."""
+    by_steps = bool(cfg["checkpoint_every"]) and step % cfg["checkpoint_every"] == 0
+    if by_steps or not cfg["checkpoint_minutes"]:
+        return by_steps
+    # The first process's clock decides for all: they must save at the same step.
+    return procs.agree(seconds_since_last >= 60 * cfg["checkpoint_minutes"])
 
 
 def write_checkpoint(procs, model, optimizer, scheduler, fingerprint, step, history, best):

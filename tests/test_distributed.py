@@ -67,7 +67,7 @@ def prepare_run(stage_dir, run_dir, processes, **finetune):
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["device"] = "cpu"
     params["finetune"].update({"epochs": 2, "batch_size": 4, "warmup_steps": 0, "lr": 1e-3, "log_every": 1,
-                               "checkpoint_every": 0, "processes": processes, "rehearsal_ratio": 0,
+                               "checkpoint_minutes": 0, "checkpoint_every": 0, "processes": processes, "rehearsal_ratio": 0,
                                # fp32: the tolerances below were measured in it (auto is bf16 on CPUs that have it)
                                "precision": "fp32", **finetune})
     (run_dir / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
@@ -138,9 +138,12 @@ def test_fsdp_over_two_processes_trains_like_one_process(stage_dir, one_process,
     assert '"LlamaForCausalLM"' in config and '"dtype": "float32"' in config and "FSDP" not in config
 
 
-@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
-def test_two_process_run_killed_midway_resumes_as_if_never_killed(stage_dir, tmp_path, fsdp):
-    settings = {"fsdp": fsdp, "epochs": 4, "checkpoint_every": 2}
+@pytest.mark.parametrize("fsdp, every", [(False, {"checkpoint_every": 2}), (True, {"checkpoint_every": 2}),
+                                         # by time, as on the GPU box: the processes must save together
+                                         (False, {"checkpoint_minutes": 1e-6})],
+                         ids=["ddp", "fsdp", "ddp-by-time"])
+def test_two_process_run_killed_midway_resumes_as_if_never_killed(stage_dir, tmp_path, fsdp, every):
+    settings = {"fsdp": fsdp, "epochs": 4, **every}
     train(stage_dir, tmp_path / "whole", 2, **settings)
     run_dir = tmp_path / "killed"
     command, env = prepare_run(stage_dir, run_dir, 2, **settings)

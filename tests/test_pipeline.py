@@ -95,8 +95,8 @@ def tiny_repo(tmp_path_factory):
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
     # One checkpoint per run, halfway (a checkpoint of the 135M model is ~1.6 GB on disk): enough to
     # kill a run after it and resume.
-    params["finetune"].update(epochs=2, batch_size=2, warmup_steps=0, log_every=1, checkpoint_every=4,
-                              rehearsal_ratio=0.4)
+    params["finetune"].update(epochs=2, batch_size=2, warmup_steps=0, log_every=1, checkpoint_minutes=0,
+                              checkpoint_every=4, rehearsal_ratio=0.4)
     params["rehearsal"].update(samples_per_prompt=1, new_tokens=6, dev_every=2)
     params["evaluate"].update(extra_new_tokens=2, retention_new_tokens=4)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")

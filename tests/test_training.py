@@ -6,6 +6,7 @@ models: same loss and gradients (or, for pure bf16, the documented rounding risk
 """
 
 import contextlib
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -212,3 +213,20 @@ def test_a_step_with_distilled_rows_is_the_mean_over_every_supervised_token():
     # A batch of rehearsal rows alone is a step too.
     loss, _ = train_step(model, None, optimizer, scheduler, 1.0, contextlib.nullcontext(), distill=(teacher, rehearsal))
     assert loss > 0
+
+
+def test_checkpoints_are_due_by_minutes_of_training_or_by_steps():
+    from stages.finetune import checkpoint_due
+    alone = SimpleNamespace(agree=lambda flag: flag)
+    by_time = {"checkpoint_minutes": 10, "checkpoint_every": 0}
+    assert not checkpoint_due(by_time, 7, 599.0, alone)
+    assert checkpoint_due(by_time, 7, 600.0, alone)
+    by_steps = {"checkpoint_minutes": 0, "checkpoint_every": 4}
+    assert checkpoint_due(by_steps, 8, 0.0, alone) and not checkpoint_due(by_steps, 7, 10_000.0, alone)
+    both = {"checkpoint_minutes": 10, "checkpoint_every": 4}
+    assert checkpoint_due(both, 8, 0.0, alone) and checkpoint_due(both, 7, 600.0, alone)
+    assert not checkpoint_due(both, 7, 599.0, alone)
+    assert not checkpoint_due({"checkpoint_minutes": 0, "checkpoint_every": 0}, 8, 10_000.0, alone)
+    # With several processes the first one's clock decides for all, whatever this one's says.
+    first_says_yes = SimpleNamespace(agree=lambda flag: True)
+    assert checkpoint_due(by_time, 7, 1.0, first_says_yes)
