@@ -336,7 +336,8 @@ def run_fingerprint(params, records_path, base_model_dir):
 
     Knobs that change no numbers (log_every, checkpoint_minutes, checkpoint_every) are left out.
     """
-    cfg = {k: v for k, v in params["finetune"].items() if k not in ("log_every", "checkpoint_minutes", "checkpoint_every")}
+    changes_no_numbers = ("log_every", "checkpoint_minutes", "checkpoint_every")
+    cfg = {k: v for k, v in params["finetune"].items() if k not in changes_no_numbers}
     base = Path(base_model_dir)
     return {
         **{f"finetune.{k}": v for k, v in sorted(cfg.items())},
