@@ -301,7 +301,7 @@ def dev_answer_loss(model, dev, batch_size, pad_id, device):
 def checkpoint_due(cfg, step, seconds_since_last, procs):
     """Whether to save a checkpoint after this step: finetune.checkpoint_minutes of training have
     passed since the last one (or the start), or the step is a multiple of finetune.checkpoint_every.
-    By time, saving stays a small share of a run (a ~1.6 GB save takes ~6 s here) on a slow CPU and a
+    By time, saving stays a small share of a run (a ~1.6 GB save takes 3–6 s here) on a slow CPU and a
     fast GPU alike; by steps it is every few seconds on a GPU and every few minutes on this CPU."""
     by_steps = bool(cfg["checkpoint_every"]) and step % cfg["checkpoint_every"] == 0
     if by_steps or not cfg["checkpoint_minutes"]:
