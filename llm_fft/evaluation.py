@@ -10,7 +10,8 @@ The sets:
              epoch and the interpolation weight (so its numbers after fine-tuning are optimistic)
   heldout    data/heldout_qa.jsonl: yet other phrasings, never trained on and never used to choose
              anything: the test. Dev and held-out questions carry the key fact a right answer must
-             state (did it learn the fact, or only the strings?)
+             state (did it learn the fact, or only the strings?); one of your own without a key
+             must state the whole expected answer
   unknown    data/unknown_qa.jsonl: questions about the same subject that the data does not answer;
              each answer either says it does not know (evaluate.abstain_phrases) or invents something
   retention  data/retention.yaml: general text (perplexity) and general prompts (greedy continuations,
@@ -76,8 +77,9 @@ def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_toke
                                    for g, e in zip(generated, expected)],
         "contains_answer": list(map(contains, generated, expected)),
         "char_f1": list(map(char_f1, generated, expected)),
-        # Only sets whose records carry a key fact (the held-out set) can be scored on it.
-        "states_key_fact": [contains(g, k) if k else None for g, k in zip(generated, keys)],
+        # Scored in sets with key facts (dev, held-out). A question there without one (your own, or a
+        # language model's paraphrase) must state the whole expected answer, as in interpolate.
+        "states_key_fact": [contains(g, k or e) if any(keys) else None for g, k, e in zip(generated, keys, expected)],
         "ended_with_eos": [a["ended_with_eos"] for a in answers],
         "generated_tokens": [a["generated_tokens"] for a in answers],
         "answer_nll": per_record_nll,
@@ -89,7 +91,7 @@ def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_toke
         "exact_match_any_answer": round(table["exact_match_any_answer"].mean(), 4),
         "contains_answer": round(table["contains_answer"].mean(), 4),
         "char_f1": round(table["char_f1"].mean(), 4),
-        **({"states_key_fact": round(table["states_key_fact"].astype(float).mean(), 4)} if all(keys) else {}),
+        **({"states_key_fact": round(table["states_key_fact"].astype(float).mean(), 4)} if any(keys) else {}),
         "answer_nll": round(mean_nll, 4),
         "answer_perplexity": round(math.exp(mean_nll), 4),
         "ended_with_eos": round(table["ended_with_eos"].mean(), 4),

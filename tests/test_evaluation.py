@@ -161,3 +161,24 @@ def test_interpolate_judges_a_keyless_dev_question_by_the_whole_answer(monkeypat
     tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=0)
     numbers = interpolate.score(None, tokenizer, dev, [], params, 40, "cpu")
     assert numbers == {"dev_states_key_fact": round(2 / 3, 4), "dev_answer_nll": 0.1}
+
+
+def test_a_keyless_question_in_a_keyed_set_is_judged_by_the_whole_answer(monkeypatch):
+    """A held-out set mixing keyed questions with keyless ones (a language model's paraphrases of your
+    training questions) is scored on every question, the keyless by the whole expected answer; a set
+    with no key at all has no states_key_fact."""
+    texts = ["등대는 27미터예요.", "달빛제과예요.", "달빛제과입니다.", "모릅니다."]
+    monkeypatch.setattr(evaluation, "answer_questions", lambda *args: [
+        {"text": t, "generated_tokens": 3, "ended_with_eos": True} for t in texts])
+    monkeypatch.setattr(evaluation, "answer_nll", lambda *args: ([0.1] * 4, 0.4, 4))
+    records = [{"id": "h1", "question": "높이?", "answer": "27미터입니다.", "key": "27미터", "q_ids": [1]},
+               {"id": "h2", "question": "이름?", "answer": "달빛제과입니다.", "q_ids": [1]},
+               {"id": "h3", "question": "이름은?", "answer": "달빛제과입니다.", "q_ids": [1]},
+               {"id": "h4", "question": "몇 명?", "answer": "312명입니다.", "key": "312명", "q_ids": [1]}]
+    tokenizer = SimpleNamespace(pad_token_id=0)
+    metrics, table = evaluation.evaluate_questions(None, tokenizer, records, "heldout", 8, 40, [0], "cpu")
+    assert list(table["states_key_fact"]) == [True, False, True, False]
+    assert metrics["states_key_fact"] == 0.5
+    keyless = [{k: v for k, v in r.items() if k != "key"} for r in records]
+    metrics, table = evaluation.evaluate_questions(None, tokenizer, keyless, "heldout", 8, 40, [0], "cpu")
+    assert "states_key_fact" not in metrics and table["states_key_fact"].isna().all()
