@@ -65,6 +65,9 @@ def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_toke
     expected = [r["answer"] for r in records]
     accepted = accepted or {}
     keys = [r.get("key", "") for r in records]
+    # Scored in sets with key facts (dev, held-out). A question there without one (your own, or a
+    # language model's paraphrase) must state the whole expected answer, as in interpolate.
+    scored_on_key_facts = any(keys)
     table = pd.DataFrame({
         "set": name,
         "id": [r["id"] for r in records],
@@ -77,9 +80,8 @@ def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_toke
                                    for g, e in zip(generated, expected)],
         "contains_answer": list(map(contains, generated, expected)),
         "char_f1": list(map(char_f1, generated, expected)),
-        # Scored in sets with key facts (dev, held-out). A question there without one (your own, or a
-        # language model's paraphrase) must state the whole expected answer, as in interpolate.
-        "states_key_fact": [contains(g, k or e) if any(keys) else None for g, k, e in zip(generated, keys, expected)],
+        "states_key_fact": [contains(g, k or e) if scored_on_key_facts else None
+                            for g, k, e in zip(generated, keys, expected)],
         "ended_with_eos": [a["ended_with_eos"] for a in answers],
         "generated_tokens": [a["generated_tokens"] for a in answers],
         "answer_nll": per_record_nll,
@@ -91,7 +93,7 @@ def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_toke
         "exact_match_any_answer": round(table["exact_match_any_answer"].mean(), 4),
         "contains_answer": round(table["contains_answer"].mean(), 4),
         "char_f1": round(table["char_f1"].mean(), 4),
-        **({"states_key_fact": round(table["states_key_fact"].astype(float).mean(), 4)} if any(keys) else {}),
+        **({"states_key_fact": round(table["states_key_fact"].astype(float).mean(), 4)} if scored_on_key_facts else {}),
         "answer_nll": round(mean_nll, 4),
         "answer_perplexity": round(math.exp(mean_nll), 4),
         "ended_with_eos": round(table["ended_with_eos"].mean(), 4),
