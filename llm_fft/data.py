@@ -83,40 +83,52 @@ def _fact_problems(fact):
     return problems
 
 
-def load_unknown(path):
-    """The facts file's `unknown` list: questions about the subject that no fact answers (the
-    unknown-question probe: does the model say it does not know, or invent an answer?).
+UNKNOWN_LISTS = ("unknown", "unknown_dev", "unknown_train")
 
-    Returns the stripped questions ([] when the key is absent). Every problem is reported at once:
-    a non-list, an entry that is not a non-empty string or holds a marker, a question twice, and a
-    question that is also a training, dev or held-out question of a fact (the data answers that one).
+
+def load_unknown(path):
+    """The facts file's questions about the subject that no fact answers, in three lists kept apart:
+    unknown (asked by both evaluations: does the model say it does not know, or invent an answer?),
+    unknown_dev (choose the confidence gate's threshold) and unknown_train (taught with the refusal
+    answer, generate_dataset.refusal_ratio).
+
+    Returns {list name: stripped questions} ([] for an absent key). Every problem is reported at once:
+    a non-list, an entry that is not a non-empty string or holds a marker, a question twice (in one
+    list or across them), and a question that is also a training, dev or held-out question of a fact
+    (the data answers that one).
     """
     path = Path(path)
     try:
         source = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise DatasetError(f"{path}: cannot read facts: {e}") from e
-    unknown = source.get("unknown") if isinstance(source, dict) else None
-    if unknown is None:
-        return []
-    if not isinstance(unknown, list):
-        raise DatasetError(f"{path}: unknown must be a list of questions no fact answers, got {_excerpt(str(unknown))}")
+    source = source if isinstance(source, dict) else {}
     answered = "the data answers it, so it is not unknown"
     seen = {normalize(q): (f"a {'training' if name == 'questions' else name} question of facts[{i}]", answered)
             for i, fact in enumerate(load_facts(path)) for name in ("questions", "dev", "held_out")
             for q in fact[name]}
-    problems = []
-    for i, question in enumerate(unknown):
-        problem = _unknown_problem(question)
-        if problem is None and (earlier := seen.get(normalize(question))):
-            problem = f"{question.strip()!r} is also {earlier[0]}: {earlier[1]}"
-        if problem:
-            problems.append(f"{path}: unknown[{i}]: {problem}")
-        else:
-            seen[normalize(question)] = (f"unknown[{i}]", "ask it once")
+    problems, lists = [], {}
+    for name in UNKNOWN_LISTS:
+        questions = source.get(name)
+        if questions is None:
+            lists[name] = []
+            continue
+        if not isinstance(questions, list):
+            problems.append(f"{path}: {name} must be a list of questions no fact answers, got "
+                            f"{_excerpt(str(questions))}")
+            continue
+        for i, question in enumerate(questions):
+            problem = _unknown_problem(question)
+            if problem is None and (earlier := seen.get(normalize(question))):
+                problem = f"{question.strip()!r} is also {earlier[0]}: {earlier[1]}"
+            if problem:
+                problems.append(f"{path}: {name}[{i}]: {problem}")
+            else:
+                seen[normalize(question)] = (f"{name}[{i}]", "ask it once, in one list")
+        lists[name] = [q.strip() for q in questions if isinstance(q, str)]  # the rest are reported
     if problems:
         raise DatasetError("\n".join(problems))
-    return [q.strip() for q in unknown]
+    return lists
 
 
 def _unknown_problem(question):
@@ -134,13 +146,22 @@ RETENTION = Path("data/retention.yaml")
 
 
 def load_retention(path=RETENTION):
-    """The retention probe (data/retention.yaml): general passages and prompts, checked."""
+    """The retention probe (data/retention.yaml): general passages and prompts, and the general
+    knowledge probe's facts ([] when absent), checked."""
     retention = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     if not isinstance(retention, dict) or not all(
             isinstance(retention.get(k), list) and retention[k] and all(isinstance(t, str) and t.strip()
                                                                        for t in retention[k])
             for k in ("text", "prompts")):
         raise ValueError(f"{path}: expected non-empty lists of strings 'text' and 'prompts'")
+    facts = retention.setdefault("facts", [])
+    bad = [i for i, f in enumerate(facts if isinstance(facts, list) else [None])
+           if not isinstance(f, dict) or set(f) != {"prompt", "keys"} or not isinstance(f["prompt"], str)
+           or not f["prompt"].strip() or not isinstance(f["keys"], list) or not f["keys"]
+           or not all(isinstance(k, str) and k.strip() for k in f["keys"])]
+    if bad:
+        raise ValueError(f"{path}: facts[{bad[0]}]: expected {{prompt: text, keys: [non-empty texts]}} "
+                         f"({len(bad)} bad entries)")
     return retention
 
 

@@ -157,7 +157,7 @@ def read_questions(raw: bytes, filename, answered=None) -> list[dict]:
     """A file of questions only, one per line (the unknown-question probe's file: questions the data
     does not answer) -> [{"question", "where"}], where = "file:line". Blank lines and lines whose first
     non-blank character is '#' are skipped; a file of nothing else holds no questions. answered:
-    {normalised question: where the data asks it, in words}. A marker or marker-like text, a control
+    {normalised question: where the data asks it, in words (or a tuple (where, why it may not be here))}. A marker or marker-like text, a control
     character, the same question twice, or a question the data answers (normalised) is an error naming
     the line; DatasetError lists every problem at once.
     """
@@ -171,8 +171,8 @@ def read_questions(raw: bytes, filename, answered=None) -> list[dict]:
         if (earlier := first.get(normalize(question))) is not None:
             line_problems.append(f"question {excerpt(question)} is also at {earlier}: ask it once")
         elif (asked := answered.get(normalize(question))) is not None:
-            line_problems.append(f"unknown question {excerpt(question)} is also {asked}: the data answers it, "
-                                 "so it is not unknown")
+            where_asked, why = asked if isinstance(asked, tuple) else (asked, "the data answers it, so it is not unknown")
+            line_problems.append(f"unknown question {excerpt(question)} is also {where_asked}: {why}")
         problems += [f"{where}: {p}" for p in line_problems]
         if not line_problems:
             first[normalize(question)] = where

@@ -76,6 +76,7 @@ def fail_if_problems(problems, what="params"):
 SHARED_SPEC = {
     "seed": (int, lambda v: v >= 0, "an integer >= 0"),
     "device": (str, lambda v: v in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda"),
+    "refusal": (str, lambda v: bool(v.strip()), "a non-empty answer that says the model does not know"),
 }
 
 

@@ -29,8 +29,12 @@ With the file backend a language model (the llm_* settings) can also write held-
 generate_dataset.heldout_paraphrases other phrasings of each training question, each with that
 pair's answer, checked (llm_fft.llm_writer.judge_paraphrase: never a question already in the data)
 and counted accepted/rejected in metrics/dataset.json.
-The unknown questions likewise: the facts file's `unknown` list, or with the file backend only
-generate_dataset.unknown_file (one question per line), never both.
+The unknown questions likewise: the facts file's `unknown`, `unknown_dev` and `unknown_train` lists,
+or with the file backend only generate_dataset.unknown_file, unknown_dev_file and unknown_train_file
+(one question per line), never both. `unknown` goes to data/unknown.jsonl (both evaluations ask it),
+`unknown_dev` to data/unknown_dev.jsonl (chooses the confidence gate), and the first refusal_ratio x
+pairs of `unknown_train` to data/refusals.jsonl, each answered with the refusal (params `refusal`),
+which parse_qa adds to the trained records (R-Tuning: the model learns to say it does not know).
 """
 
 import json
@@ -59,6 +63,8 @@ HELDOUT = Path("data/heldout.jsonl")
 DEV = Path("data/dev.jsonl")
 STATEMENTS = Path("data/statements.jsonl")
 UNKNOWN = Path("data/unknown.jsonl")
+UNKNOWN_DEV = Path("data/unknown_dev.jsonl")
+REFUSALS = Path("data/refusals.jsonl")
 VARIANTS = Path("data/answer_variants.jsonl")
 REPORT = Path("metrics/dataset.json")
 BACKENDS = ("template", "file", "llm")
@@ -83,6 +89,11 @@ SPEC = {
     "answer_variants": (bool, None, "true or false"),
     "statements": (bool, None, "true or false"),
     "heldout_paraphrases": (int, lambda v: v >= 0, "an integer >= 0 (paraphrases per training pair; 0 = none)"),
+    "unknown_dev_file": (str, lambda v: Path(v).is_file(), "path of an existing file of dev unknown questions (it may hold none)"),
+    "unknown_train_file": (str, lambda v: Path(v).is_file(),
+                           "path of an existing file of training unknown questions (it may hold none)"),
+    "refusal_ratio": ((int, float), lambda v: 0 <= v <= 1,
+                      "a number in [0, 1] (refusal pairs per question/answer pair; 0 = none)"),
 }
 
 
@@ -149,30 +160,56 @@ def questions_from_files(cfg, fmt, trained):
     return sets["dev"], sets["held-out"]
 
 
-def unknown_from_file(path, trained, dev, heldout):
-    """The unknown questions of the user's file (file backend): one that is also a training, dev or
-    held-out question (normalised) is answered by the data, so it is an error naming both places."""
+def unknowns_from_files(cfg, trained, dev, heldout):
+    """The three lists of unknown questions from the user's files (file backend): unknown_file (asked
+    by the evaluations), unknown_dev_file (choose the gate) and unknown_train_file (taught with the
+    refusal). One that is also a training, dev or held-out question, or in another list, is an error
+    naming both places."""
     answered = {normalize(p["question"]): f"a training question ({p['where']})" for p in trained}
     for name, pairs in (("dev", dev), ("held-out", heldout)):
         answered.update({normalize(p["question"]): f"a {name} question" for p in pairs})
-    return [q["question"] for q in read_questions(Path(path).read_bytes(), path, answered)]
+    lists, problems = {}, []
+    for name, key in (("unknown", "unknown_file"), ("unknown_dev", "unknown_dev_file"),
+                      ("unknown_train", "unknown_train_file")):
+        try:
+            lists[name] = read_questions(Path(cfg[key]).read_bytes(), cfg[key], answered)
+        except DatasetError as e:
+            problems.append(str(e))
+            continue
+        answered.update({normalize(q["question"]): (f"an unknown question ({q['where']})", "ask it once, in one file")
+                         for q in lists[name]})
+    if problems:
+        raise DatasetError("\n".join(problems))
+    return {name: [q["question"] for q in questions] for name, questions in lists.items()}
 
 
 def evaluation_questions_from_files(cfg, fmt, trained):
-    """(dev, held-out, unknown) from the user's files (file backend), the problems of all three files
-    in one DatasetError."""
-    problems, dev, heldout, unknown = [], [], [], []
+    """(dev, held-out, {unknown lists}) from the user's files (file backend), the problems of every
+    file in one DatasetError."""
+    problems, dev, heldout, unknown = [], [], [], {}
     try:
         dev, heldout = questions_from_files(cfg, fmt, trained)
     except DatasetError as e:
         problems.append(str(e))
     try:
-        unknown = unknown_from_file(cfg["unknown_file"], trained, dev, heldout)
+        unknown = unknowns_from_files(cfg, trained, dev, heldout)
     except DatasetError as e:
         problems.append(str(e))
     if problems:
         raise DatasetError("\n".join(problems))
     return dev, heldout, unknown
+
+
+def refusal_pairs(unknown_train, ratio, pairs, refusal, source):
+    """The refusal pairs taught beside the question/answer pairs (R-Tuning): the first round(ratio x
+    pairs) training unknown questions, each answered with the refusal. Asking for more than the list
+    holds is an error, never a silent cap."""
+    wanted = round(ratio * pairs)
+    if wanted > len(unknown_train):
+        raise DatasetError(f"{source}: generate_dataset.refusal_ratio = {ratio} asks for {wanted} refusal pairs "
+                           f"({pairs} pairs), but the training unknown questions are {len(unknown_train)}: add "
+                           "questions no fact answers, or lower the ratio")
+    return [{"question": q, "answer": refusal} for q in unknown_train[:wanted]]
 
 
 def from_llm(cfg, facts, unknown, fmt, seed):
@@ -182,7 +219,8 @@ def from_llm(cfg, facts, unknown, fmt, seed):
     source = cfg["llm_topic"] or [fact["answer"] for fact in facts]
     pairs, report = write_pairs_with_llm(source, cfg["llm_pairs_per_fact"], llm_transport(cfg), seed,
                                          cfg["llm_max_attempts"],
-                                         held_out=[q for fact in facts for q in fact["held_out"] + fact["dev"]] + unknown)
+                                         held_out=[q for fact in facts for q in fact["held_out"] + fact["dev"]]
+                                         + [q for questions in unknown.values() for q in questions])
     if not pairs:
         sys.exit(f"error: the llm backend got no usable pair from {cfg['llm_model']!r} (rejected: "
                  f"{report['rejected']}); nothing written. A stronger model may be needed (the "
@@ -195,7 +233,7 @@ def paraphrased_heldout(cfg, trained, dev, heldout, unknown, seed):
     """Held-out pairs a language model wrote (llm_* settings): heldout_paraphrases other phrasings of each
     training question with its answer, none of them a question already in the data. (pairs, report)"""
     seed_everything(seed)
-    taken = [p["question"] for p in trained + dev + heldout] + unknown
+    taken = [p["question"] for p in trained + dev + heldout] + [q for questions in unknown.values() for q in questions]
     return write_paraphrases([{"question": p["question"], "answer": p["answer"]} for p in trained],
                              cfg["heldout_paraphrases"], llm_transport(cfg), seed, cfg["llm_max_attempts"], taken)
 
@@ -211,6 +249,7 @@ def main():
     if not problems and params["generate_dataset"]["heldout_paraphrases"] and params["generate_dataset"]["backend"] != "file":
         problems.append("generate_dataset.heldout_paraphrases works with backend file (your own data); the "
                         "facts file has its own held_out phrasings: set it to 0")
+    problems += shared_problems(params, keys=["refusal"])
     fail_if_problems(problems)
     cfg, fmt = params["generate_dataset"], params["dataset"]
     try:
@@ -232,6 +271,8 @@ def main():
                                                           cfg["answer_variants"])
             dev, heldout = ([{"question": q, "answer": f["answer"], "key": f["key"]} for f in facts for q in f[name]]
                             for name in ("dev", "held_out"))
+        refusals = refusal_pairs(unknown["unknown_train"], cfg["refusal_ratio"], report["accepted"], params["refusal"],
+                                 cfg["unknown_train_file"] if cfg["backend"] == "file" else cfg["facts"])
     except DatasetError as e:
         sys.exit(f"error: bad input data:\n{e}")
     except (TransportError, ModelNotFound, ValueError) as e:
@@ -242,17 +283,23 @@ def main():
     write_atomically(HELDOUT, to_jsonl(heldout))
     write_atomically(DEV, to_jsonl(dev))
     write_atomically(STATEMENTS, to_jsonl(statements))
-    write_atomically(UNKNOWN, to_jsonl([{"question": q} for q in unknown]))
+    write_atomically(UNKNOWN, to_jsonl([{"question": q} for q in unknown["unknown"]]))
+    write_atomically(UNKNOWN_DEV, to_jsonl([{"question": q} for q in unknown["unknown_dev"]]))
+    write_atomically(REFUSALS, to_jsonl(refusals))
     write_atomically(VARIANTS, to_jsonl(variants))
     asked_from = cfg["facts"] if cfg["backend"] != "file" else {"dev": cfg["dev_file"], "heldout": cfg["heldout_file"]}
     write_atomically(REPORT, json.dumps({"backend": cfg["backend"], **report, "statements": len(statements),
                                          "dev_questions": len(dev), "heldout_questions": len(heldout),
-                                         "unknown_questions": len(unknown),
+                                         "unknown_questions": len(unknown["unknown"]),
+                                         "unknown_dev_questions": len(unknown["unknown_dev"]),
+                                         "unknown_train_questions": len(unknown["unknown_train"]),
+                                         "refusal_pairs": len(refusals),
                                          "dev_and_heldout_from": asked_from}, indent=2) + "\n")
     write_atomically(OUT_FILE, dataset)
     print(f"wrote {OUT_FILE}: {report['accepted']} question/answer pairs ({cfg['backend']} backend), "
           f"{STATEMENTS}: {len(statements)} statements, {DEV}: {len(dev)} dev, {HELDOUT}: {len(heldout)} "
-          f"held-out and {UNKNOWN}: {len(unknown)} unknown questions, report in {REPORT}")
+          f"held-out, {UNKNOWN}: {len(unknown['unknown'])} unknown and {UNKNOWN_DEV}: {len(unknown['unknown_dev'])} "
+          f"dev unknown questions, {REFUSALS}: {len(refusals)} refusal pairs, report in {REPORT}")
 
 
 if __name__ == "__main__":

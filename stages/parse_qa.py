@@ -7,8 +7,9 @@ data/statements.jsonl, data/dev.jsonl, data/heldout.jsonl, data/unknown.jsonl an
 models/base. Writes data/qa.jsonl (one record per pair: question, answer, prompt, q_ids, input_ids, labels),
 data/statements_qa.jsonl (each statement as plain text, every token learned), data/dev_qa.jsonl and
 data/heldout_qa.jsonl (the same as qa.jsonl for the dev and held-out questions, plus their key fact),
-data/unknown_qa.jsonl (the questions no fact answers: question, prompt and q_ids only, since there is
-no answer to learn or score) and data/preview.md, which shows decoded inputs and decoded supervised
+data/unknown_qa.jsonl and data/unknown_dev_qa.jsonl (the questions no fact answers: question, prompt and
+q_ids only, since there is no answer to learn or score; the dev ones choose the confidence gate). The
+refusal pairs of data/refusals.jsonl join data/qa.jsonl last, marked "refusal": true and data/preview.md, which shows decoded inputs and decoded supervised
 labels for a few examples. Any malformed pair or over-long example stops the stage with every
 problem listed by line, and nothing is written.
 """
@@ -39,12 +40,15 @@ HELDOUT = Path("data/heldout.jsonl")
 DEV = Path("data/dev.jsonl")
 STATEMENTS = Path("data/statements.jsonl")
 UNKNOWN = Path("data/unknown.jsonl")
+UNKNOWN_DEV = Path("data/unknown_dev.jsonl")
+REFUSALS = Path("data/refusals.jsonl")
 BASE_MODEL = Path("models/base")
 RECORDS = Path("data/qa.jsonl")
 HELDOUT_RECORDS = Path("data/heldout_qa.jsonl")
 DEV_RECORDS = Path("data/dev_qa.jsonl")
 STATEMENT_RECORDS = Path("data/statements_qa.jsonl")
 UNKNOWN_RECORDS = Path("data/unknown_qa.jsonl")
+UNKNOWN_DEV_RECORDS = Path("data/unknown_dev_qa.jsonl")
 PREVIEW = Path("data/preview.md")
 SPEC = {
     "max_length": (int, lambda v: v >= 8, "an integer >= 8 (tokens)"),
@@ -115,6 +119,12 @@ def main():
                                                  lambda i, p: f"{DEV}:{i + 1}")
         unknown_records, unknown_too_long = tokenize_questions(tokenizer, unknown, prompt, cfg["max_length"],
                                                                lambda i: f"{UNKNOWN}:{i + 1}")
+        unknown_dev_records, unknown_dev_too_long = tokenize_questions(tokenizer, read_jsonl(UNKNOWN_DEV), prompt,
+                                                                       cfg["max_length"],
+                                                                       lambda i: f"{UNKNOWN_DEV}:{i + 1}")
+        # Refusal pairs are trained like the others and marked, so the evaluations do not test them.
+        refusal_records, refusal_too_long = tokenize_all(tokenizer, read_jsonl(REFUSALS), prompt, cfg["max_length"],
+                                                         lambda i, p: f"{REFUSALS}:{i + 1}")
     except PromptError as e:
         sys.exit(f"error: {e}")
     statement_records = [{"id": i, "text": s["text"], **tokenize_text(tokenizer, s["text"])}
@@ -122,20 +132,23 @@ def main():
     too_long += [f"{STATEMENTS}:{r['id'] + 1}: statement has {len(r['input_ids'])} tokens, more than "
                  f"parse_qa.max_length = {cfg['max_length']}" for r in statement_records
                  if len(r["input_ids"]) > cfg["max_length"]]
-    fail_if_problems(too_long + heldout_too_long + dev_too_long + unknown_too_long,
-                     what="dataset (raise parse_qa.max_length or shorten these)")
+    fail_if_problems(too_long + heldout_too_long + dev_too_long + unknown_too_long + unknown_dev_too_long
+                     + refusal_too_long, what="dataset (raise parse_qa.max_length or shorten these)")
+    records += [{**r, "id": len(records) + r["id"], "refusal": True} for r in refusal_records]
 
     write_atomically(RECORDS, to_jsonl(records))
     write_atomically(HELDOUT_RECORDS, to_jsonl(heldout_records))
     write_atomically(DEV_RECORDS, to_jsonl(dev_records))
     write_atomically(STATEMENT_RECORDS, to_jsonl(statement_records))
     write_atomically(UNKNOWN_RECORDS, to_jsonl(unknown_records))
+    write_atomically(UNKNOWN_DEV_RECORDS, to_jsonl(unknown_dev_records))
     write_atomically(PREVIEW, preview(tokenizer, records[:cfg["preview_examples"]]))
     lengths = [len(r["input_ids"]) for r in records]
     print(f"wrote {RECORDS}: {len(records)} records, {sum(lengths)} tokens, longest {max(lengths)} "
           f"(limit {cfg['max_length']}); {STATEMENT_RECORDS}: {len(statement_records)}, {DEV_RECORDS}: "
-          f"{len(dev_records)}, {HELDOUT_RECORDS}: {len(heldout_records)}, {UNKNOWN_RECORDS}: {len(unknown_records)} "
-          f"records; preview in {PREVIEW}")
+          f"{len(dev_records)}, {HELDOUT_RECORDS}: {len(heldout_records)}, {UNKNOWN_RECORDS}: {len(unknown_records)}, "
+          f"{UNKNOWN_DEV_RECORDS}: {len(unknown_dev_records)} records ({len(refusal_records)} refusal pairs among "
+          f"the {len(records)}); preview in {PREVIEW}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_fft.data import DatasetError, load_facts, load_unknown
+from llm_fft.data import DatasetError, load_facts, load_retention, load_unknown
+from llm_fft.text import normalize
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,16 +66,31 @@ def test_load_unknown_reports_every_bad_question(tmp_path):
         f"{facts}: unknown[4]: 'Q?' is also a training question of facts[0]: {answered}",
         f"{facts}: unknown[5]: 'D?' is also a dev question of facts[0]: {answered}",
         f"{facts}: unknown[6]: 'H' is also a held_out question of facts[0]: {answered}",
-        f"{facts}: unknown[7]: 'U?' is also unknown[0]: ask it once",
+        f"{facts}: unknown[7]: 'U?' is also unknown[0]: ask it once, in one list",
+    ]
+
+
+def test_load_unknown_keeps_the_three_lists_apart(tmp_path):
+    facts = tmp_path / "facts.yaml"
+    facts.write_text(
+        "facts:\n  - {answer: 'A.', questions: ['Q?']}\n"
+        "unknown: ['U?']\nunknown_dev: ['V?', 'U?']\nunknown_train: ['W?', 'V?', 'Q?']\n", encoding="utf-8")
+    with pytest.raises(DatasetError) as err:
+        load_unknown(facts)
+    assert str(err.value).splitlines() == [
+        f"{facts}: unknown_dev[1]: 'U?' is also unknown[0]: ask it once, in one list",
+        f"{facts}: unknown_train[1]: 'V?' is also unknown_dev[0]: ask it once, in one list",
+        f"{facts}: unknown_train[2]: 'Q?' is also a training question of facts[0]: the data answers it, so it is "
+        "not unknown",
     ]
 
 
 def test_load_unknown_is_a_list_or_nothing_and_leaves_load_facts_as_it_was(tmp_path):
     facts = tmp_path / "facts.yaml"
     facts.write_text("facts:\n  - {answer: 'A.', questions: ['Q?']}\n", encoding="utf-8")
-    assert load_unknown(facts) == []  # absent: no probe
+    assert load_unknown(facts) == {"unknown": [], "unknown_dev": [], "unknown_train": []}  # absent: no probe
     facts.write_text("facts:\n  - {answer: 'A.', questions: ['Q?']}\nunknown: ['U?']\n", encoding="utf-8")
-    assert load_unknown(facts) == ["U?"]
+    assert load_unknown(facts) == {"unknown": ["U?"], "unknown_dev": [], "unknown_train": []}
     assert load_facts(facts) == [{"answer": "A.", "key": "", "answers": [], "statements": [], "questions": ["Q?"],
                                   "dev": [], "held_out": []}]
     facts.write_text("facts:\n  - {answer: 'A.', questions: ['Q?']}\nunknown: U?\n", encoding="utf-8")
@@ -82,10 +98,27 @@ def test_load_unknown_is_a_list_or_nothing_and_leaves_load_facts_as_it_was(tmp_p
         load_unknown(facts)
 
 
-def test_default_facts_have_about_a_dozen_unknown_questions():
-    unknown = load_unknown(REPO / "data" / "facts.yaml")  # checked against every phrasing of every fact
-    assert 10 <= len(unknown) <= 16 and all("별무리섬" in q or any(
-        name in q for name in ("물결초등학교", "은하호", "파도소리 식당", "달빛귤", "해오름봉")) for q in unknown)
+def test_default_facts_have_unknown_questions_in_three_separate_lists():
+    # load_unknown checks them against every phrasing of every fact and against each other.
+    lists = load_unknown(REPO / "data" / "facts.yaml")
+    assert 10 <= len(lists["unknown"]) <= 16 and 10 <= len(lists["unknown_dev"]) and 30 <= len(lists["unknown_train"])
+    places = ("별무리섬", "물결초등학교", "은하호", "파도소리 식당", "달빛귤", "해오름봉", "꼬북별", "윤가람", "팽나무",
+              "별빛바다", "풍력", "물떼새")
+    assert all(any(name in q for name in places) for questions in lists.values() for q in questions)
+
+
+def test_general_probe_is_never_trained_on():
+    """No general-knowledge probe prompt appears in the facts file, the rehearsal prompts or the
+    example dataset files, and none of those texts appears inside a probe prompt."""
+    probe = [normalize(f["prompt"]) for f in load_retention()["facts"]]
+    assert len(probe) >= 40 and len(set(probe)) == len(probe)
+    sources = [REPO / "data" / name for name in ("facts.yaml", "rehearsal_prompts.yaml", "my_dataset.txt",
+                                                 "my_dev.jsonl", "my_heldout.jsonl")]
+    texts = [normalize(t) for path in sources for t in path.read_text(encoding="utf-8").splitlines()]
+    trained = [t for t in texts if len(t) >= 8]
+    assert not [p for p in probe if any(p in t or t in p for t in trained)]
+    assert all(f["keys"] and all(isinstance(k, str) and k.strip() for k in f["keys"])
+               for f in load_retention()["facts"])
 
 
 def similarity(a, b):
