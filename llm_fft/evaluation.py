@@ -14,8 +14,16 @@ The sets:
              must state the whole expected answer
   unknown    data/unknown_qa.jsonl: questions about the same subject that the data does not answer;
              each answer either says it does not know (evaluate.abstain_phrases) or invents something
+  unknown_dev  data/unknown_dev_qa.jsonl: other such questions that, with dev, choose the gate
   retention  data/retention.yaml: general text (perplexity) and general prompts (greedy continuations,
              counted as changed or not against the baseline): what did fine-tuning cost elsewhere?
+  general    data/retention.yaml facts: general-knowledge openings with keys; after fine-tuning,
+             general facts kept = right after / right before, over those the base model got right
+Every dev and held-out answer is right (states the key fact), abstained (says it does not know) or
+wrong (neither). The confidence gate (evaluate.gate): every question is answered first, each answer
+with the model's own NLL of it; a threshold is chosen on the dev and dev unknown answers
+(choose_gate), and every answer above it becomes the refusal before anything is scored. ask applies
+the threshold final_eval chose, so what a user sees is what was measured.
 """
 
 import math
@@ -25,7 +33,10 @@ import pandas as pd
 import torch
 
 from llm_fft.data import (
+    IGNORE_INDEX,
     PROMPT_SPEC,
+    PromptError,
+    answer_ids,
     load_retention,
     read_jsonl,
     stop_ids,
@@ -35,7 +46,16 @@ from llm_fft.data import (
 )
 from llm_fft.generation import answer_questions, generation_limit
 from llm_fft.loss import answer_nll
-from llm_fft.metrics import abstains, answer_changed, char_f1, contains, exact_match, invented
+from llm_fft.metrics import (
+    abstains,
+    answer_changed,
+    char_f1,
+    contains,
+    exact_match,
+    holds_key,
+    invented,
+    verdict,
+)
 from llm_fft.model import load_pretrained
 from llm_fft.params import fail_if_problems, pick_device, problems_in_section, seed_everything, shared_problems
 from llm_fft.text import normalize
@@ -44,6 +64,7 @@ TRAINED = Path("data/qa.jsonl")
 DEV = Path("data/dev_qa.jsonl")
 HELDOUT = Path("data/heldout_qa.jsonl")
 UNKNOWN = Path("data/unknown_qa.jsonl")
+UNKNOWN_DEV = Path("data/unknown_dev_qa.jsonl")
 VARIANTS = Path("data/answer_variants.jsonl")
 
 
@@ -55,12 +76,59 @@ def accepted_answers(variants):
     return {normalize(answer): group["answers"] for group in variants for answer in group["answers"]}
 
 
-def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_tokens, stop, device, stop_texts=(),
-                       accepted=None):
-    """Answer and score one question set; accepted ({answer: its fact's trained answers}) gives
+def answer_set(model, tokenizer, records, prompt, batch_size, max_new_tokens, stop, device, stop_text=()):
+    """Greedy answers to a question set, each with own_answer_nll: the model's teacher-forced NLL of
+    its own answer and the token that ends it (nats/token), the confidence the gate reads."""
+    answers = answer_questions(model, tokenizer, records, batch_size, max_new_tokens, device, stop, stop_text)
+    own = []
+    for r, a in zip(records, answers):
+        a_ids = answer_ids(tokenizer, r["question"], a["text"], prompt)
+        own.append({"input_ids": r["q_ids"] + a_ids, "labels": [IGNORE_INDEX] * len(r["q_ids"]) + a_ids})
+    for a, nll in zip(answers, answer_nll(model, own, batch_size, tokenizer.pad_token_id, device)[0]):
+        a["own_answer_nll"] = round(nll, 4)
+    return answers
+
+
+# --- The confidence gate: below a confidence chosen on dev, the answer becomes the refusal ---------
+
+def gated(answers, threshold, refusal):
+    """The answers with every one whose own_answer_nll is above threshold replaced by the refusal
+    (threshold None: no gate). Each keeps its own text as ungated and is marked gated or not."""
+    return [{**a, "ungated": a["text"], "gated": (refused := threshold is not None and a["own_answer_nll"] > threshold),
+             "text": refusal if refused else a["text"]} for a in answers]
+
+
+def _gate_counts(dev, dev_answers, unknown_answers, phrases):
+    """Right/abstained/wrong counts on dev and abstained/invented on the dev unknown questions."""
+    verdicts = [verdict(a["text"], r.get("key") or r["answer"], phrases) for a, r in zip(dev_answers, dev)]
+    abstained = [abstains(a["text"], phrases) for a in unknown_answers]
+    return {"dev_right": verdicts.count("right"), "dev_abstained": verdicts.count("abstained"),
+            "dev_wrong": verdicts.count("wrong"), "unknown_dev_abstained": sum(abstained),
+            "unknown_dev_invented": sum(invented(a["text"], ab) for a, ab in zip(unknown_answers, abstained))}
+
+
+def choose_gate(dev, dev_answers, unknown_dev_answers, phrases, refusal):
+    """The threshold of the gate, chosen on the dev questions and the dev unknown questions: the one
+    with most (dev right + dev unknown abstained) - (dev wrong + dev unknown invented); a tie goes to
+    the higher threshold, which refuses less. The candidates: refuse every answer (0.0), refuse those
+    less confident than each dev answer, refuse none (None). Returns (threshold, curve)."""
+    values = sorted({a["own_answer_nll"] for a in dev_answers + unknown_dev_answers})
+    curve = []
+    for threshold in [0.0, *values, None]:
+        counts = _gate_counts(dev, gated(dev_answers, threshold, refusal),
+                              gated(unknown_dev_answers, threshold, refusal), phrases)
+        score = (counts["dev_right"] + counts["unknown_dev_abstained"] - counts["dev_wrong"]
+                 - counts["unknown_dev_invented"])
+        curve.append({"threshold": threshold, "score": score, **counts})
+    best = max(point["score"] for point in curve)
+    return next(p["threshold"] for p in reversed(curve) if p["score"] == best), curve
+
+
+def evaluate_questions(answers, records, name, phrases, expected_nll, accepted=None):
+    """Score one question set's answers; expected_nll is answer_nll's (per record, total, tokens) on
+    the expected answers; accepted ({answer: its fact's trained answers}) gives
     exact_match_any_answer. Returns (metrics dict, per-question DataFrame)."""
-    answers = answer_questions(model, tokenizer, records, batch_size, max_new_tokens, device, stop, stop_texts)
-    per_record_nll, total_nll, n_tokens = answer_nll(model, records, batch_size, tokenizer.pad_token_id, device)
+    per_record_nll, total_nll, n_tokens = expected_nll
     generated = [a["text"] for a in answers]
     expected = [r["answer"] for r in records]
     accepted = accepted or {}
@@ -68,6 +136,7 @@ def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_toke
     # Scored in sets with key facts (dev, held-out). A question there without one (your own, or a
     # language model's paraphrase) must state the whole expected answer, as in interpolate.
     scored_on_key_facts = any(keys)
+    verdicts = [verdict(g, k or e, phrases) for g, k, e in zip(generated, keys, expected)]
     table = pd.DataFrame({
         "set": name,
         "id": [r["id"] for r in records],
@@ -80,13 +149,15 @@ def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_toke
                                    for g, e in zip(generated, expected)],
         "contains_answer": list(map(contains, generated, expected)),
         "char_f1": list(map(char_f1, generated, expected)),
-        "states_key_fact": [contains(g, k or e) if scored_on_key_facts else None
-                            for g, k, e in zip(generated, keys, expected)],
+        "states_key_fact": [v == "right" if scored_on_key_facts else None for v in verdicts],
+        "verdict": verdicts if name != "trained" else "",
         "ended_with_eos": [a["ended_with_eos"] for a in answers],
         "generated_tokens": [a["generated_tokens"] for a in answers],
         "answer_nll": per_record_nll,
+        "own_answer_nll": [a["own_answer_nll"] for a in answers],
+        "gated": [a.get("gated", False) for a in answers],
+        "ungated": [a.get("ungated", a["text"]) for a in answers],
     })
-    mean_nll = total_nll / n_tokens
     metrics = {
         "questions": len(records),
         "exact_match": round(table["exact_match"].mean(), 4),
@@ -94,33 +165,47 @@ def evaluate_questions(model, tokenizer, records, name, batch_size, max_new_toke
         "contains_answer": round(table["contains_answer"].mean(), 4),
         "char_f1": round(table["char_f1"].mean(), 4),
         **({"states_key_fact": round(table["states_key_fact"].astype(float).mean(), 4)} if scored_on_key_facts else {}),
-        "answer_nll": round(mean_nll, 4),
-        "answer_perplexity": round(math.exp(mean_nll), 4),
+        # right / abstained / wrong: a wrong answer is told apart from a refusal (trained: exact match).
+        **({k: round(verdicts.count(k) / len(records), 4) for k in ("right", "abstained", "wrong")}
+           if name != "trained" else {}),
+        # Wrong by stating another fact's key: an answer that looks right and is not.
+        **({"wrong_other_fact": round(sum(other_fact(g, k, keys) for g, k, v in zip(generated, keys, verdicts)
+                                          if v == "wrong") / len(records), 4)}
+           if scored_on_key_facts and name != "trained" else {}),
+        "gated": round(table["gated"].mean(), 4),
+        "answer_nll": round(total_nll / n_tokens, 4),
+        "answer_perplexity": round(math.exp(total_nll / n_tokens), 4),
         "ended_with_eos": round(table["ended_with_eos"].mean(), 4),
         "mean_generated_tokens": round(table["generated_tokens"].mean(), 2),
-        "max_new_tokens": max_new_tokens,
     }
     return metrics, table
 
 
-def evaluate_unknown(model, tokenizer, records, batch_size, max_new_tokens, stop, device, stop_texts,
-                     abstain_phrases):
-    """Answer the questions the data does not answer, decoded as every other set is. There is no
-    right answer: each is counted as abstained (says it does not know) or invented (says something
-    else). Returns (metrics dict, per-question DataFrame)."""
-    answers = answer_questions(model, tokenizer, records, batch_size, max_new_tokens, device, stop, stop_texts)
+def other_fact(generated, key, keys):
+    """Whether an answer states the key of another question's fact (never its own)."""
+    return any(other and normalize(other) != normalize(key) and contains(generated, other) for other in set(keys))
+
+
+def evaluate_unknown(answers, records, name, phrases):
+    """Score the answers to questions the data does not answer. There is no right answer: each is
+    counted as abstained (says it does not know) or invented (says something else). Returns (metrics
+    dict, per-question DataFrame)."""
     generated = [a["text"] for a in answers]
-    abstained = [abstains(g, abstain_phrases) for g in generated]
+    abstained = [abstains(g, phrases) for g in generated]
     table = pd.DataFrame({
-        "set": "unknown", "id": [r["id"] for r in records], "question": [r["question"] for r in records],
+        "set": name, "id": [r["id"] for r in records], "question": [r["question"] for r in records],
         "expected": "", "key_fact": "", "generated": generated, "abstained": abstained,
         "ended_with_eos": [a["ended_with_eos"] for a in answers],
         "generated_tokens": [a["generated_tokens"] for a in answers],
+        "own_answer_nll": [a["own_answer_nll"] for a in answers],
+        "gated": [a.get("gated", False) for a in answers],
+        "ungated": [a.get("ungated", a["text"]) for a in answers],
     })
     metrics = {
         "questions": len(records),
         "abstained": round(sum(abstained) / len(records), 4),
         "invented": round(sum(map(invented, generated, abstained)) / len(records), 4),
+        "gated": round(table["gated"].mean(), 4),
         "mean_generated_tokens": round(table["generated_tokens"].mean(), 2),
     }
     return metrics, table
@@ -146,6 +231,27 @@ def evaluate_retention(model, tokenizer, retention, batch_size, new_tokens, devi
     return metrics, table
 
 
+def evaluate_general(model, tokenizer, facts, batch_size, new_tokens, device, baseline_table):
+    """The general-knowledge probe (data/retention.yaml facts): greedy continuations of general
+    openings, right when one holds a key. After fine-tuning (baseline_table given), only the facts the
+    base model got right count: kept = right after / right before; the others are listed as lost."""
+    prompts = [{"q_ids": tokenize_text(tokenizer, f["prompt"])["input_ids"]} for f in facts]
+    continuations = [a["text"] for a in answer_questions(model, tokenizer, prompts, batch_size, new_tokens, device)]
+    right = [any(holds_key(c, k) for k in f["keys"]) for c, f in zip(continuations, facts)]
+    table = pd.DataFrame({"set": "general", "id": range(len(facts)), "question": [f["prompt"] for f in facts],
+                          "expected": "", "key_fact": [" | ".join(f["keys"]) for f in facts],
+                          "generated": continuations, "right": right})
+    metrics = {"prompts": len(facts), "right": round(sum(right) / len(facts), 4)}
+    if baseline_table is not None:
+        before = list(baseline_table.loc[baseline_table["set"] == "general", "right"])
+        if len(before) != len(right):
+            raise ValueError("the baseline evaluated another general-knowledge probe: rerun baseline_eval (dvc repro)")
+        known = sum(before)
+        metrics.update({"right_before": known, "kept": round(sum(b and r for b, r in zip(before, right)) / known, 4)
+                        if known else None, "lost": sum(b and not r for b, r in zip(before, right))})
+    return metrics, table
+
+
 # --- The stage ------------------------------------------------------------------------------------
 
 # The evaluate section of params.yaml, read by baseline_eval and final_eval alike.
@@ -157,6 +263,7 @@ EVAL_SPEC = {
     "abstain_phrases": (list, lambda v: bool(v) and all(isinstance(p, str) and p.strip() for p in v),
                         "a non-empty list of non-empty strings (an answer to an unknown question holding one "
                         "says it does not know)"),
+    "gate": (bool, None, "true or false (answers less confident than a threshold chosen on dev become the refusal)"),
 }
 
 
@@ -170,8 +277,12 @@ def load_for_evaluation(params, model_dir):
     """Check the evaluate and prompt params, seed, then load the model as every evaluation (and
     ask) does. Returns (model, tokenizer, device); raises ModelNotFound if model_dir holds no model.
     """
-    fail_if_problems(shared_problems(params, keys=["device"]) + problems_in_section(params, "evaluate", EVAL_SPEC)
-                     + problems_in_section(params, "prompt", PROMPT_SPEC))
+    problems = (shared_problems(params, keys=["device", "refusal"]) + problems_in_section(params, "evaluate", EVAL_SPEC)
+                + problems_in_section(params, "prompt", PROMPT_SPEC))
+    if not problems and not abstains(params["refusal"], params["evaluate"]["abstain_phrases"]):
+        problems.append(f"params.yaml: refusal = {params['refusal']!r} holds none of evaluate.abstain_phrases, so "
+                        "a refusal would be scored as an invented answer: add its wording to abstain_phrases")
+    fail_if_problems(problems)
     # Greedy decoding draws no random numbers: a constant seed keeps the evaluations independent of
     # the run's seed, so a run with another seed does not evaluate the base model again.
     seed_everything(0)
@@ -183,42 +294,89 @@ def load_for_evaluation(params, model_dir):
 def evaluate_stage(params, model_dir, baseline_table=None):
     """The whole evaluation, shared by baseline_eval and final_eval so they cannot drift.
 
-    Returns (metrics {trained, dev, heldout, unknown, retention}, one table of every question of every
-    set); a set without questions (no held-out file, no unknown questions) is left out.
+    Returns (metrics {trained, dev, heldout, unknown, unknown_dev, gate, retention, general}, one table
+    of every question of every set, the gate's curve); a set without questions (no held-out file, no
+    unknown questions) is left out.
     """
     model, tokenizer, device = load_for_evaluation(params, model_dir)
     return evaluate_model(params, model, tokenizer, device, baseline_table)
 
 
 def question_sets(cfg):
-    """({trained, dev, heldout, unknown}: records, the generation limit every set is answered with).
-    One limit for all, from the questions that choose (interpolate uses the same): dev and held-out
-    questions ask for the trained answers, and unknown ones get the room a real answer gets, no more."""
-    sets = {"trained": read_jsonl(TRAINED), "dev": read_jsonl(DEV), "heldout": read_jsonl(HELDOUT),
-            "unknown": read_jsonl(UNKNOWN)}
+    """({trained, dev, heldout, unknown, unknown_dev}: records, the generation limit every set is
+    answered with). One limit for all, from the questions that choose (interpolate uses the same): dev
+    and held-out questions ask for the trained answers, and unknown ones get the room a real answer
+    gets, no more. Trained refusals (data/qa.jsonl records marked refusal) are taught, not tested."""
+    sets = {"trained": [r for r in read_jsonl(TRAINED) if not r.get("refusal")], "dev": read_jsonl(DEV),
+            "heldout": read_jsonl(HELDOUT), "unknown": read_jsonl(UNKNOWN),
+            "unknown_dev": read_jsonl(UNKNOWN_DEV) if UNKNOWN_DEV.exists() else []}
     return sets, generation_limit(sets["trained"] + sets["dev"], cfg["extra_new_tokens"])
 
 
+def gate_threshold(params, dev, dev_answers, unknown_dev_answers):
+    """(threshold, curve) of the confidence gate: (None, []) when evaluate.gate is off or nothing
+    chooses it."""
+    if not params["evaluate"]["gate"] or not (dev or unknown_dev_answers):
+        return None, []
+    return choose_gate(dev, dev_answers, unknown_dev_answers, params["evaluate"]["abstain_phrases"], params["refusal"])
+
+
+def ungated_shares(sets, answers, phrases):
+    """What the answers were before the gate: right / abstained / wrong on dev and held-out,
+    abstained / invented on the unknown questions (the gate's effect is the difference)."""
+    shares = {}
+    for name in ("dev", "heldout", "unknown", "unknown_dev"):
+        if not sets[name]:
+            continue
+        texts = [a["text"] for a in answers[name]]
+        if name.startswith("unknown"):
+            abstained = [abstains(t, phrases) for t in texts]
+            counts = {"abstained": sum(abstained), "invented": sum(map(invented, texts, abstained))}
+        else:
+            verdicts = [verdict(t, r.get("key") or r["answer"], phrases) for t, r in zip(texts, sets[name])]
+            counts = {k: verdicts.count(k) for k in ("right", "abstained", "wrong")}
+        shares[name] = {k: round(v / len(texts), 4) for k, v in counts.items()}
+    return shares
+
+
 def evaluate_model(params, model, tokenizer, device, baseline_table=None):
-    """evaluate_stage on a model already loaded by load_for_evaluation."""
-    cfg = params["evaluate"]
+    """evaluate_stage on a model already loaded by load_for_evaluation. Every question set is answered
+    first; the gate's threshold is chosen on dev and dev unknown answers; then every set is scored on
+    its gated answers. Returns (metrics, table, the gate's curve: every candidate threshold with its dev
+    counts); metrics["gate"] holds the threshold and the shares before the gate."""
+    cfg, prompt = params["evaluate"], params["prompt"]
+    phrases = cfg["abstain_phrases"]
     sets, limit = question_sets(cfg)
-    stop = stop_ids(tokenizer, params["prompt"])
+    stop = stop_ids(tokenizer, prompt)
+    answers = {name: answer_set(model, tokenizer, records, prompt, cfg["batch_size"], limit, stop, device,
+                                stop_texts(prompt))
+               for name, records in sets.items() if records}
+    threshold, curve = gate_threshold(params, sets["dev"], answers.get("dev", []), answers.get("unknown_dev", []))
     accepted = accepted_answers(read_jsonl(VARIANTS))
     metrics, tables = {}, []
-    for name in ("trained", "dev", "heldout"):
-        if records := sets[name]:
-            metrics[name], table = evaluate_questions(model, tokenizer, records, name, cfg["batch_size"],
-                                                      limit, stop, device, stop_texts(params["prompt"]), accepted)
-            tables.append(table)
-    if unknown := sets["unknown"]:
-        metrics["unknown"], table = evaluate_unknown(model, tokenizer, unknown, cfg["batch_size"], limit, stop, device,
-                                                     stop_texts(params["prompt"]), cfg["abstain_phrases"])
+    for name, records in sets.items():
+        if not records:
+            continue
+        final = gated(answers[name], threshold, params["refusal"])
+        if name.startswith("unknown"):
+            metrics[name], table = evaluate_unknown(final, records, name, phrases)
+        else:
+            expected_nll = answer_nll(model, records, cfg["batch_size"], tokenizer.pad_token_id, device)
+            metrics[name], table = evaluate_questions(final, records, name, phrases, expected_nll, accepted)
+            metrics[name]["max_new_tokens"] = limit
         tables.append(table)
-    metrics["retention"], table = evaluate_retention(model, tokenizer, load_retention(), cfg["batch_size"],
+    if cfg["gate"]:
+        metrics["gate"] = {"threshold": threshold, "chosen_on_questions": len(sets["dev"]) + len(sets["unknown_dev"]),
+                           "ungated": ungated_shares(sets, answers, phrases)}
+    retention = load_retention()
+    metrics["retention"], table = evaluate_retention(model, tokenizer, retention, cfg["batch_size"],
                                                      cfg["retention_new_tokens"], device, baseline_table)
     tables.append(table)
-    return metrics, pd.concat(tables, ignore_index=True)
+    if retention["facts"]:
+        metrics["general"], table = evaluate_general(model, tokenizer, retention["facts"], cfg["batch_size"],
+                                                     cfg["retention_new_tokens"], device, baseline_table)
+        tables.append(table)
+    return metrics, pd.concat(tables, ignore_index=True), curve
 
 
 # --- The fair "before": the base model asked on its own chat template -----------------------------
@@ -239,19 +397,23 @@ def evaluate_chat_template(params, model, tokenizer, device):
         return None, "the base model has no chat template"
     cfg, chat = params["evaluate"], {**params["prompt"], "style": "chat"}
     sets, limit = question_sets(cfg)
-    stop = stop_ids(tokenizer, chat)
+    try:
+        stop = stop_ids(tokenizer, chat)
+    except PromptError as e:  # a template this pipeline cannot split at the answer: no chat baseline
+        return None, f"the base model's chat template cannot be used: {e}"
     metrics, tables = {}, []
     for name in CHAT_SETS:
         # The same questions, answers and key facts; only the prompt around the question differs.
         records = [{**r, **tokenize_pair(tokenizer, r["question"], r.get("answer", ""), chat)} for r in sets[name]]
         if not records:
             continue
+        # Ungated: the gate's threshold was chosen on the pipeline's prompt, not on this one.
+        answers = answer_set(model, tokenizer, records, chat, cfg["batch_size"], limit, stop, device)
         if name == "unknown":
-            metrics[name], table = evaluate_unknown(model, tokenizer, records, cfg["batch_size"], limit, stop, device,
-                                                    (), cfg["abstain_phrases"])
+            metrics[name], table = evaluate_unknown(answers, records, name, cfg["abstain_phrases"])
         else:
-            metrics[name], table = evaluate_questions(model, tokenizer, records, name, cfg["batch_size"], limit,
-                                                      stop, device)
+            expected_nll = answer_nll(model, records, cfg["batch_size"], tokenizer.pad_token_id, device)
+            metrics[name], table = evaluate_questions(answers, records, name, cfg["abstain_phrases"], expected_nll)
         tables.append(table)
     if not tables:
         return None, "there are no held-out or unknown questions"

@@ -6,6 +6,7 @@ read_answers, so the metrics, the delta and the report cannot disagree about wha
 """
 
 import json
+import re
 from collections import Counter
 
 import pandas as pd
@@ -16,14 +17,18 @@ from llm_fft.text import normalize
 # The numbers delta.json reports as final - baseline, per set.
 HEADLINE = {
     "trained": ["exact_match", "exact_match_any_answer", "contains_answer", "char_f1", "answer_nll", "ended_with_eos"],
-    "dev": ["exact_match", "states_key_fact", "char_f1", "answer_nll", "ended_with_eos"],
-    "heldout": ["exact_match", "states_key_fact", "char_f1", "answer_nll", "ended_with_eos"],
+    "dev": ["exact_match", "states_key_fact", "right", "abstained", "wrong", "wrong_other_fact", "char_f1", "answer_nll",
+            "ended_with_eos"],
+    "heldout": ["exact_match", "states_key_fact", "right", "abstained", "wrong", "wrong_other_fact", "char_f1",
+                "answer_nll", "ended_with_eos"],
     "retention": ["text_nll", "text_perplexity", "answers_changed"],
     "unknown": ["abstained", "invented"],
+    "general": ["right"],
 }
 # The answer tables' True/False columns (empty = not scored for that set).
-BOOL_COLUMNS = ("exact_match", "exact_match_any_answer", "contains_answer", "states_key_fact", "ended_with_eos", "changed", "abstained")
-NUMBER_COLUMNS = ("id", "char_f1", "generated_tokens", "answer_nll")
+BOOL_COLUMNS = ("exact_match", "exact_match_any_answer", "contains_answer", "states_key_fact", "ended_with_eos",
+                "changed", "abstained", "gated", "right")
+NUMBER_COLUMNS = ("id", "char_f1", "generated_tokens", "answer_nll", "own_answer_nll")
 
 
 def exact_match(generated, expected):
@@ -62,6 +67,24 @@ def abstains(generated, phrases):
     compared normalised and casefolded (모르겠습니다, I Don't know)."""
     text = normalize(generated).casefold()
     return any(normalize(phrase).casefold() in text for phrase in phrases)
+
+
+def holds_key(generated, key):
+    """Whether a general-knowledge probe's continuation states its key: casefolded, and a key in ASCII
+    ("Au", "8", "Rome") must stand as a whole word, so that "8" is not found in "18"; a Korean key is
+    found inside a word, since particles attach to it (서울은, 목성이다)."""
+    text, key = normalize(generated).casefold(), normalize(key).casefold()
+    if not key.isascii():
+        return key in text
+    return re.search(rf"(?<![0-9a-z]){re.escape(key)}(?![0-9a-z])", text) is not None
+
+
+def verdict(generated, key, phrases):
+    """right (states the key fact, or a keyless question's whole answer), abstained (says it does not
+    know: evaluate.abstain_phrases) or wrong (neither: something else, or nothing)."""
+    if contains(generated, key):
+        return "right"
+    return "abstained" if abstains(generated, phrases) else "wrong"
 
 
 def invented(generated, abstained):

@@ -25,17 +25,22 @@ from llm_fft.metrics import answer_changed, invented
 
 # Sets in the order a reader needs them: what was trained, whether it generalised, whether it invents
 # what it was never told, what it cost.
-SET_ORDER = ("trained", "dev", "heldout", "unknown", "retention")
+SET_ORDER = ("trained", "dev", "heldout", "unknown", "unknown_dev", "general", "retention")
 SET_LABELS = {"trained": "trained questions",
               "dev": "dev paraphrases (chose the settings)",
               "heldout": "held-out paraphrases (test)",
               "unknown": "unknown questions (not in the data)",
+              "unknown_dev": "dev unknown questions (chose the confidence gate)",
+              "general": "general-knowledge probe (right when the continuation states the key)",
               "retention": "retention (general text and prompts)"}
 # Its rows have no expected answer: an answer there is judged by whether fine-tuning changed it.
 RETENTION_SET = "retention"
 # Its rows have no expected answer either: the data does not answer them, so an answer either says it
 # does not know (the table's abstained column) or is invented.
 UNKNOWN_SET = "unknown"
+UNKNOWN_SETS = (UNKNOWN_SET, "unknown_dev")
+# General openings with keys instead of an expected answer: a row is right or not (its right column).
+GENERAL_SET = "general"
 
 TABLE_COLUMNS = ("set", "id", "question", "expected", "key_fact", "generated", "exact_match",
                  "contains_answer", "char_f1", "states_key_fact", "ended_with_eos",
@@ -44,8 +49,8 @@ BOOL_COLUMNS = ("exact_match", "contains_answer", "states_key_fact", "ended_with
 
 # Metric names are matched by these words so that a new metric gets the right direction without
 # a code change; a metric matching neither (counts, mean_generated_tokens) gets no verdict.
-LOWER_IS_BETTER = ("nll", "perplexity", "loss", "changed", "invented")
-HIGHER_IS_BETTER = ("exact_match", "contains_answer", "f1", "states_key_fact", "ended_with_eos", "abstained")
+LOWER_IS_BETTER = ("nll", "perplexity", "loss", "changed", "invented", "wrong")
+HIGHER_IS_BETTER = ("exact_match", "contains_answer", "f1", "states_key_fact", "ended_with_eos", "right")
 
 # Share of questions right that the summary sentence calls high / low; in between is "partial".
 HIGH_SHARE = 0.9
@@ -186,14 +191,17 @@ def _table_problems(before_table, after_table, set_names):
             problems.append(f"row {row}: before is {b.set}/{b.id}, after is {a.set}/{a.id}: "
                             "both tables must list the same questions in the same order")
     for name, table in (("before_table", before_table), ("after_table", after_table)):
-        if (table["set"] == UNKNOWN_SET).any() and "abstained" not in table.columns:
+        if table["set"].isin(UNKNOWN_SETS).any() and "abstained" not in table.columns:
             problems.append(f"{name}: missing column abstained (set {UNKNOWN_SET!r} has rows)")
+            continue
+        if (table["set"] == GENERAL_SET).any() and "right" not in table.columns:
+            problems.append(f"{name}: missing column right (set {GENERAL_SET!r} has rows)")
             continue
         for row, record in enumerate(table.itertuples()):
             where = f"{name} row {row} (id {_text(record.id)!r})"
             if record.set not in set_names:
                 problems.append(f"{where}: set {record.set!r} has no metrics (sets: {', '.join(set_names)})")
-            if record.set not in (RETENTION_SET, UNKNOWN_SET) and not _text(record.expected).strip():
+            if record.set not in (RETENTION_SET, GENERAL_SET, *UNKNOWN_SETS) and not _text(record.expected).strip():
                 problems.append(f"{where}: empty expected answer in set {record.set!r}")
             for column in _flag_columns(record.set):
                 # str() covers Python and numpy bools alike, and the strings a CSV reader may leave;
@@ -210,7 +218,8 @@ def _table_problems(before_table, after_table, set_names):
 def _flag_columns(set_name):
     """The True/False columns a row of this set must have: the retention probe has none (its mark is
     computed), the unknown set only abstained (nothing to match), every other set the scores."""
-    return {RETENTION_SET: (), UNKNOWN_SET: ("abstained",)}.get(set_name, BOOL_COLUMNS)
+    return {RETENTION_SET: (), GENERAL_SET: ("right",), **dict.fromkeys(UNKNOWN_SETS, ("abstained",))}.get(
+        set_name, BOOL_COLUMNS)
 
 
 def _check_inputs(before, after, before_table, after_table):
@@ -244,8 +253,12 @@ def _heading(set_name):
     return label[0].upper() + label[1:]
 
 
-def _direction(metric):
-    """-1 if lower is better, +1 if higher is better, 0 if the metric has no better side."""
+def _direction(metric, set_name=None):
+    """-1 if lower is better, +1 if higher is better, 0 if the metric has no better side. Abstaining
+    is better only where the data has no answer: on a question it answers, a refusal may replace a
+    wrong answer (better) or a right one (worse), so there it gets no verdict."""
+    if metric == "abstained":
+        return 1 if set_name in UNKNOWN_SETS else 0
     if any(word in metric for word in LOWER_IS_BETTER):
         return -1
     if any(word in metric for word in HIGHER_IS_BETTER):
@@ -259,7 +272,7 @@ def _format_value(value):
     return "nan" if math.isnan(value) else f"{value:.4f}"
 
 
-def _change(metric, before, after):
+def _change(metric, before, after, set_name=None):
     """(signed change as text, 'better' | 'worse' | '') for one metric."""
     if any(isinstance(v, float) and math.isnan(v) for v in (before, after)):
         return "n/a", ""
@@ -268,8 +281,8 @@ def _change(metric, before, after):
     else:
         delta = round(after - before, 4) + 0.0  # + 0.0 turns -0.0 into 0.0
         text = f"{delta:+.4f}"
-    verdict = "" if delta == 0 else ("better" if delta * _direction(metric) > 0
-                                     else "worse" if _direction(metric) else "")
+    direction = _direction(metric, set_name)
+    verdict = "" if delta == 0 else ("better" if delta * direction > 0 else "worse" if direction else "")
     return text, verdict
 
 
@@ -279,7 +292,7 @@ def headline_rows(before, after):
     for set_name in _ordered_sets(list(before)):
         for metric, old in before[set_name].items():
             new = after[set_name][metric]
-            change, verdict = _change(metric, old, new)
+            change, verdict = _change(metric, old, new, set_name)
             rows.append((set_name, metric, _format_value(old), _format_value(new), change, verdict))
     return rows
 
@@ -370,6 +383,24 @@ def _unknown_sentence(set_name, before_rows, after_rows):
             f"— {verdict}.")
 
 
+def _general_sentence(set_name, before_rows, after_rows):
+    """General facts kept: of the probe's openings the base model continued right, how many still are,
+    and which were lost (the prompt and what it says now)."""
+    known = [(b, a) for b, a in zip(before_rows, after_rows) if _flag(b.right)]
+    lost = [(b, a) for b, a in known if not _flag(a.right)]
+    if not known:
+        return (f"{_heading(set_name)}: the base model got none of the {len(after_rows)} openings right, so "
+                "nothing here can be lost — measured on nothing.")
+    kept = len(known) - len(lost)
+    text = (f"{_heading(set_name)}: the base model got {len(known)} of {len(after_rows)} right; after fine-tuning "
+            f"{kept} of those {len(known)} still are (general facts kept {kept / len(known):.0%})")
+    if not lost:
+        return text + " — no general fact the base model knew was lost."
+    examples = "; ".join(f"{_text(b.question)!r} → {_text(a.generated)!r} (was {_text(b.generated)!r})"
+                         for b, a in lost)
+    return text + f" — lost: {examples}."
+
+
 def summary_sentences(before, after, before_table, after_table):
     """{set: one sentence} computed from the numbers; says low when low, never more than the numbers show."""
     rows = {s: ([], []) for s in before}
@@ -386,8 +417,10 @@ def summary_sentences(before, after, before_table, after_table):
         if set_name == RETENTION_SET:
             sentences[set_name] = _retention_sentence(set_name, before[set_name], after[set_name],
                                                       before_rows, after_rows)
-        elif set_name == UNKNOWN_SET:
+        elif set_name in UNKNOWN_SETS:
             sentences[set_name] = _unknown_sentence(set_name, before_rows, after_rows)
+        elif set_name == GENERAL_SET:
+            sentences[set_name] = _general_sentence(set_name, before_rows, after_rows)
         else:
             sentences[set_name] = _question_sentence(set_name, before_rows, after_rows, trained_share)
     if "heldout" not in after:
@@ -418,7 +451,15 @@ def chat_baseline_sentences(before, chat, after):
 
 
 def _mark_header(set_name):
-    return {RETENTION_SET: "changed?", UNKNOWN_SET: "abstained?"}.get(set_name, "correct")
+    return {RETENTION_SET: "changed?", GENERAL_SET: "right?",
+            **dict.fromkeys(UNKNOWN_SETS, "abstained?")}.get(set_name, "correct")
+
+
+def _shown_answer(row):
+    """The answer as scored, and where the confidence gate refused it, what the model would have said."""
+    if _flag(getattr(row, "gated", None)):
+        return f"{_text(row.generated)} [gate; the model's answer: {_text(row.ungated)}]"
+    return _text(row.generated)
 
 
 def question_rows(before_table, after_table):
@@ -428,14 +469,16 @@ def question_rows(before_table, after_table):
         if a.set == RETENTION_SET:
             changed = _changed(b, a)
             mark, css = (MARK_CHANGED, "changed") if changed else (MARK_UNCHANGED, "unchanged")
-        elif a.set == UNKNOWN_SET:  # an invented answer is highlighted as a wrong one
+        elif a.set == GENERAL_SET:
+            mark, css = (MARK_EXACT, "exact") if _flag(a.right) else (MARK_WRONG, "wrong")
+        elif a.set in UNKNOWN_SETS:  # an invented answer is highlighted as a wrong one
             mark = _unknown_mark(a)
             css = {MARK_EXACT: "abstained", MARK_WRONG: "wrong", MARK_NO_ANSWER: "no-answer"}[mark]
         else:
             mark = _answer_mark(a)
             css = {MARK_EXACT: "exact", MARK_PARTLY: "partly", MARK_WRONG: "wrong"}[mark]
         rows.setdefault(a.set, []).append((mark, css, _text(a.question), _text(a.expected), _text(a.key_fact),
-                                           _text(b.generated), _text(a.generated)))
+                                           _shown_answer(b), _shown_answer(a)))
     return rows
 
 

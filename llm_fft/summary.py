@@ -15,8 +15,8 @@ FINETUNE = Path("metrics/finetune/metrics.json")
 INTERPOLATION = Path("metrics/interpolation.json")
 # (set, label, metrics shown): the held-out set is the test; dev chose the settings.
 ROWS = [("trained", "trained questions", ["exact_match", "exact_match_any_answer", "char_f1"]),
-        ("dev", "dev paraphrases, chose", ["states_key_fact", "char_f1"]),
-        ("heldout", "held-out paraphrases, test", ["states_key_fact", "char_f1"])]
+        ("dev", "dev paraphrases, chose", ["right", "abstained", "wrong"]),
+        ("heldout", "held-out paraphrases, test", ["right", "abstained", "wrong"])]
 
 
 def read_json(path):
@@ -36,8 +36,12 @@ def summary_lines(before, after, finetune=None, interpolation=None):
                      "(generate_dataset.heldout_file)")
     if "unknown" in before and "unknown" in after:  # questions the data does not answer
         counted = f"unknown questions ({after['unknown']['questions']})"
-        lines.append(f"  {counted:<34} invented {before['unknown']['invented']:.3f} -> "
+        lines.append(f"  {counted:<34} abstained {before['unknown']['abstained']:.3f} -> "
+                     f"{after['unknown']['abstained']:.3f}   invented {before['unknown']['invented']:.3f} -> "
                      f"{after['unknown']['invented']:.3f}")
+    if (general := after.get("general")) and general.get("right_before"):  # facts the base model knew
+        lines.append(f"  {'general facts kept':<34} {general['kept']:.3f} ({general['right_before'] - general['lost']} "
+                     f"of the {general['right_before']} the base model got right; the report lists the lost ones)")
     if "retention" in before and "retention" in after:
         old, new = before["retention"]["text_perplexity"], after["retention"]["text_perplexity"]
         lines.append(f"  {'general text':<34} perplexity {old:.1f} -> {new:.1f} (x{new / old:.2f}); "
@@ -46,6 +50,10 @@ def summary_lines(before, after, finetune=None, interpolation=None):
     if finetune and interpolation:
         lines.append(f"Kept: epoch {finetune['kept_epoch']} ({finetune['kept_by']}), interpolation weight "
                      f"{interpolation['chosen_weight']} (chosen on dev).")
+    if "gate" in after:
+        threshold = after["gate"]["threshold"]
+        lines.append("Confidence gate (chosen on dev): " + ("no answer refused" if threshold is None else
+                     f"answers with their own NLL above {threshold:.3f} nats/token become the refusal"))
     lines.append("Every answer: metrics/report.html · every number: dvc metrics show · "
                  "compare with the committed run: dvc metrics diff")
     return lines

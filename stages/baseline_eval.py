@@ -6,7 +6,8 @@ Reads evaluate.*, prompt.* and device in params.yaml, models/base, the question 
 data/dev_qa.jsonl, data/heldout_qa.jsonl, and data/unknown_qa.jsonl: questions the data does not
 answer) and the retention probe (data/retention.yaml). Writes
 metrics/baseline.json and metrics/baseline_answers.csv (every question of every set with its answer
-and scores). final_eval runs the same code on models/final.
+and scores). final_eval runs the same code on models/final, the confidence gate included: the base
+model's own threshold is chosen on its own dev answers by the same rule (evaluate.gate).
 Where the base model has a chat template (and prompt.style is not chat already), the held-out and
 unknown questions are also asked through it: metrics/baseline_chat.json and
 metrics/baseline_chat_answers.csv, the "before" on the model's own prompt (the report shows both).
@@ -31,7 +32,7 @@ CHAT_ANSWERS = Path("metrics/baseline_chat_answers.csv")
 def main():
     params = load_params()
     model, tokenizer, device = load_for_evaluation(params, MODEL_DIR)
-    metrics, table = evaluate_model(params, model, tokenizer, device)
+    metrics, table, _ = evaluate_model(params, model, tokenizer, device)  # the gate's curve: final_eval plots its own
     chat_metrics, chat_table = evaluate_chat_template(params, model, tokenizer, device)
     write_results(metrics, table, METRICS, ANSWERS)
     summary = ", ".join(f"{name} exact match {m['exact_match']:.3f}" for name, m in metrics.items()

@@ -4,8 +4,10 @@
 
 Same code, sets, prompts and decoding as baseline_eval (evaluate.*, prompt.*, device), on models/final
 (the fine-tuned model, interpolated towards the base as stage interpolate chose). Writes
-metrics/final.json (same keys as metrics/baseline.json), metrics/final_answers.csv and
-metrics/delta.json (final - baseline for the headline numbers). Stage report turns them into pages.
+metrics/final.json (same keys as metrics/baseline.json), metrics/final_answers.csv,
+metrics/delta.json (final - baseline for the headline numbers) and metrics/gate_curve.json (each
+threshold the confidence gate could take, with its dev right / abstained / wrong: the chosen one is in
+final.json's gate). Stage report turns them into pages.
 """
 
 import json
@@ -21,14 +23,18 @@ MODEL_DIR = Path("models/final")
 METRICS = Path("metrics/final.json")
 ANSWERS = Path("metrics/final_answers.csv")
 DELTA = Path("metrics/delta.json")
+GATE_CURVE = Path("metrics/gate_curve.json")
 BASELINE_METRICS = Path("metrics/baseline.json")
 BASELINE_ANSWERS = Path("metrics/baseline_answers.csv")
 
 
 def main():
     before = json.loads(BASELINE_METRICS.read_text(encoding="utf-8"))
-    metrics, table = evaluate_stage(load_params(), MODEL_DIR, read_answers(BASELINE_ANSWERS))
+    metrics, table, curve = evaluate_stage(load_params(), MODEL_DIR, read_answers(BASELINE_ANSWERS))
     write_results(metrics, table, METRICS, ANSWERS)
+    # Every candidate threshold with its dev numbers, for `dvc plots show` (no gate at all is the
+    # highest threshold's point: it refuses no dev answer).
+    write_atomically(GATE_CURVE, json.dumps([p for p in curve if p["threshold"] is not None], indent=2) + "\n")
     changes = delta(before, metrics)
     write_atomically(DELTA, json.dumps(changes, indent=2) + "\n")
     for name, numbers in changes.items():

@@ -79,7 +79,9 @@ def main():
     # Both ends in fp32 on the CPU, whatever the evaluation dtype: the mix is computed exactly once per a.
     tuned, base = (load_pretrained(path, torch.float32, "cpu")[0].state_dict() for path in (FINETUNED, BASE_MODEL))
     general = read_jsonl(GENERAL_DEV) if GENERAL_DEV.exists() else []
-    limit = generation_limit(read_jsonl(TRAINED) + dev, params["evaluate"]["extra_new_tokens"])
+    # The evaluations' limit: trained refusal pairs are taught, not asked (evaluation.question_sets).
+    trained = [r for r in read_jsonl(TRAINED) if not r.get("refusal")]
+    limit = generation_limit(trained + dev, params["evaluate"]["extra_new_tokens"])
 
     def interpolate(a):  # load_state_dict copies into the model's own dtype and device
         model.load_state_dict(tuned if a == 1 else {k: base[k] + a * (tuned[k] - base[k]) for k in tuned})

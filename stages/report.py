@@ -51,10 +51,33 @@ def how_chosen(kept, chosen):
     return [epoch, weight, "The held-out questions and the retention probe chose nothing: they only report."]
 
 
+def headline_metrics(metrics):
+    """The metrics the headline compares, before and after alike: the gate's threshold is a choice
+    (said under how the model was chosen), and the general probe's kept/lost exist only after (the
+    general sentence says them, from the answer tables)."""
+    metrics = {name: numbers for name, numbers in metrics.items() if name != "gate"}
+    if "general" in metrics:
+        metrics["general"] = {k: metrics["general"][k] for k in ("prompts", "right")}
+    return metrics
+
+
+def gate_sentence(before, after):
+    """The confidence gate's thresholds, as chosen for each model on its own dev answers."""
+    if "gate" not in after:
+        return []
+    said = {name: ("no answer refused" if m["gate"]["threshold"] is None else
+                   f"answers with their own NLL above {m['gate']['threshold']:.3f} nats/token became the refusal")
+            for name, m in (("before", before), ("after", after)) if "gate" in m}
+    return [f"Confidence gate, chosen on {after['gate']['chosen_on_questions']} dev and dev unknown questions by most "
+            "(right + unknown refused) - (wrong + unknown invented): " + "; ".join(f"{k}: {v}" for k, v in said.items())
+            + "."]
+
+
 def main():
-    before, after = read_json(BASELINE_METRICS), read_json(FINAL_METRICS)
+    full_before, full_after = read_json(BASELINE_METRICS), read_json(FINAL_METRICS)
+    before, after = headline_metrics(full_before), headline_metrics(full_after)
     before_table, after_table = read_answers(BASELINE_ANSWERS), read_answers(FINAL_ANSWERS)
-    choices = how_chosen(read_json(FINETUNE_SUMMARY), read_json(INTERPOLATION))
+    choices = how_chosen(read_json(FINETUNE_SUMMARY), read_json(INTERPOLATION)) + gate_sentence(full_before, full_after)
     chat_before = chat_baseline_sentences(before, read_json(BASELINE_CHAT), after)
     png = loss_curve_png(TRAIN_LOSS, DEV_LOSS if DEV_LOSS.exists() else None)
     try:

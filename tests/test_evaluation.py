@@ -10,7 +10,17 @@ import yaml
 
 from llm_fft import evaluation
 from llm_fft.evaluation import EVAL_SPEC, evaluate_unknown
-from llm_fft.metrics import abstains, char_f1, contains, delta, exact_match, invented, read_answers, write_results
+from llm_fft.metrics import (
+    abstains,
+    char_f1,
+    contains,
+    delta,
+    exact_match,
+    holds_key,
+    invented,
+    read_answers,
+    write_results,
+)
 from llm_fft.params import problems_in_section
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -84,22 +94,37 @@ def test_invented_is_any_answer_that_is_neither_empty_nor_a_refusal():
     assert not invented("", abstained=False) and not invented(" . ", abstained=False)  # said nothing
 
 
-def test_unknown_set_is_answered_like_the_others_and_counted_abstained_or_invented(monkeypatch):
-    calls = []
+def canned_answers(texts, nll=0.5):
+    return [{"text": t, "generated_tokens": 2 * i + 1, "ended_with_eos": bool(i % 2), "own_answer_nll": nll}
+            for i, t in enumerate(texts)]
 
-    def canned(model, tokenizer, records, batch_size, max_new_tokens, device, stop, stop_texts):
-        calls.append((batch_size, max_new_tokens, stop, stop_texts))
-        texts = ["모르겠습니다.", "윤가람입니다.", "", "12제곱킬로미터입니다."]
-        return [{"text": t, "generated_tokens": 2 * i + 1, "ended_with_eos": bool(i % 2)} for i, t in enumerate(texts)]
 
-    monkeypatch.setattr(evaluation, "answer_questions", canned)
+def test_unknown_set_is_counted_abstained_or_invented():
+    answers = canned_answers(["모르겠습니다.", "윤가람입니다.", "", "12제곱킬로미터입니다."])
     records = [{"id": i, "question": f"Q{i}?", "prompt": f"Q{i}?", "q_ids": [1, 2]} for i in range(4)]
-    metrics, table = evaluate_unknown(None, None, records, 8, 40, [0], "cpu", ["<|question|>"], PHRASES)
-    assert calls == [(8, 40, [0], ["<|question|>"])]  # the generation limit and stops it was given
-    assert metrics == {"questions": 4, "abstained": 0.25, "invented": 0.5, "mean_generated_tokens": 4.0}
+    metrics, table = evaluate_unknown(answers, records, "unknown", PHRASES)
+    assert metrics == {"questions": 4, "abstained": 0.25, "invented": 0.5, "gated": 0.0, "mean_generated_tokens": 4.0}
     assert list(table["set"]) == ["unknown"] * 4 and list(table["expected"]) == [""] * 4
     assert list(table["abstained"]) == [True, False, False, False]
     assert "answer_nll" not in table  # nothing to score a loss on
+
+
+def test_answer_set_scores_each_answer_by_the_models_own_nll_of_it(monkeypatch):
+    """own_answer_nll is the teacher-forced NLL of the prompt + the answer as generated + EOS."""
+    seen = []
+    monkeypatch.setattr(evaluation, "answer_questions", lambda *args: [
+        {"text": "312명", "generated_tokens": 2, "ended_with_eos": True}])
+
+    def nll(model, records, batch_size, pad_id, device):
+        seen.extend(records)
+        return [0.123456], 0.0, 1
+    monkeypatch.setattr(evaluation, "answer_nll", nll)
+    tokenizer = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 9,
+                                 "__call__": lambda self, text, add_special_tokens: {"input_ids": [len(text)]}})()
+    prompt = {"style": "custom_tokens", "system": "", "markers": "text"}
+    answers = evaluation.answer_set(None, tokenizer, [{"question": "Q?", "q_ids": [1, 2]}], prompt, 8, 40, [9], "cpu")
+    assert answers[0]["own_answer_nll"] == 0.1235
+    assert seen == [{"input_ids": [1, 2, 4, 9], "labels": [-100, -100, 4, 9]}]
 
 
 def test_abstain_phrases_must_be_a_non_empty_list_of_non_empty_strings():
@@ -125,24 +150,21 @@ def test_answer_tables_read_back_with_the_abstained_column(tmp_path):
     assert list(read["generated"]) == ["A.", "모릅니다.", ""] and list(read["answer_nll"][:1]) == [0.1235]
 
 
-def test_another_trained_answer_of_the_same_fact_counts_for_exact_match_any_answer(monkeypatch):
+def test_another_trained_answer_of_the_same_fact_counts_for_exact_match_any_answer():
     """exact_match is the question's own answer; exact_match_any_answer also accepts, word for word,
     another answer trained for the same fact, never one of another fact."""
-    texts = ["주민은 312명입니다.", "섬에 312명이 삽니다.", "주민은 312명입니다.", "등대지기는 윤가람입니다."]
-    monkeypatch.setattr(evaluation, "answer_questions", lambda *args: [
-        {"text": t, "generated_tokens": 3, "ended_with_eos": True} for t in texts])
-    monkeypatch.setattr(evaluation, "answer_nll", lambda *args: ([0.1] * 4, 0.4, 4))
+    answers = canned_answers(["주민은 312명입니다.", "섬에 312명이 삽니다.", "주민은 312명입니다.", "등대지기는 윤가람입니다."])
     expected = ["주민은 312명입니다.", "주민은 312명입니다.", "섬에 312명이 삽니다.", "섬에 312명이 삽니다."]
     records = [{"id": i, "question": f"Q{i}?", "answer": a, "q_ids": [1]} for i, a in enumerate(expected)]
     accepted = evaluation.accepted_answers([{"answers": ["주민은 312명입니다.", "섬에 312명이 삽니다."]},
                                             {"answers": ["등대지기는 윤가람입니다.", "윤가람이 지킵니다."]}])
-    tokenizer = SimpleNamespace(pad_token_id=0)
-    metrics, table = evaluation.evaluate_questions(None, tokenizer, records, "trained", 8, 40, [0], "cpu", (), accepted)
+    nll = ([0.1] * 4, 0.4, 4)
+    metrics, table = evaluation.evaluate_questions(answers, records, "trained", PHRASES, nll, accepted)
     assert list(table["exact_match"]) == [True, False, False, False]
     assert list(table["exact_match_any_answer"]) == [True, True, True, False]  # the last: another fact's answer
     assert (metrics["exact_match"], metrics["exact_match_any_answer"]) == (0.25, 0.75)
     # Without variants (the file and llm backends) the two are the same number.
-    metrics, _ = evaluation.evaluate_questions(None, tokenizer, records, "trained", 8, 40, [0], "cpu")
+    metrics, _ = evaluation.evaluate_questions(answers, records, "trained", PHRASES, nll)
     assert metrics["exact_match_any_answer"] == metrics["exact_match"] == 0.25
 
 
@@ -163,22 +185,78 @@ def test_interpolate_judges_a_keyless_dev_question_by_the_whole_answer(monkeypat
     assert numbers == {"dev_states_key_fact": round(2 / 3, 4), "dev_answer_nll": 0.1}
 
 
-def test_a_keyless_question_in_a_keyed_set_is_judged_by_the_whole_answer(monkeypatch):
+def test_a_keyless_question_in_a_keyed_set_is_judged_by_the_whole_answer():
     """A held-out set mixing keyed questions with keyless ones (a language model's paraphrases of your
     training questions) is scored on every question, the keyless by the whole expected answer; a set
-    with no key at all has no states_key_fact."""
-    texts = ["등대는 27미터예요.", "달빛제과예요.", "달빛제과입니다.", "모릅니다."]
-    monkeypatch.setattr(evaluation, "answer_questions", lambda *args: [
-        {"text": t, "generated_tokens": 3, "ended_with_eos": True} for t in texts])
-    monkeypatch.setattr(evaluation, "answer_nll", lambda *args: ([0.1] * 4, 0.4, 4))
+    with no key at all has no states_key_fact. Every answer is right, abstained or wrong."""
+    answers = canned_answers(["등대는 27미터예요.", "달빛제과예요.", "달빛제과입니다.", "모릅니다."])
     records = [{"id": "h1", "question": "높이?", "answer": "27미터입니다.", "key": "27미터", "q_ids": [1]},
                {"id": "h2", "question": "이름?", "answer": "달빛제과입니다.", "q_ids": [1]},
                {"id": "h3", "question": "이름은?", "answer": "달빛제과입니다.", "q_ids": [1]},
                {"id": "h4", "question": "몇 명?", "answer": "312명입니다.", "key": "312명", "q_ids": [1]}]
-    tokenizer = SimpleNamespace(pad_token_id=0)
-    metrics, table = evaluation.evaluate_questions(None, tokenizer, records, "heldout", 8, 40, [0], "cpu")
+    nll = ([0.1] * 4, 0.4, 4)
+    metrics, table = evaluation.evaluate_questions(answers, records, "heldout", PHRASES, nll)
     assert list(table["states_key_fact"]) == [True, False, True, False]
-    assert metrics["states_key_fact"] == 0.5
+    assert list(table["verdict"]) == ["right", "wrong", "right", "abstained"]
+    assert (metrics["states_key_fact"], metrics["right"], metrics["abstained"], metrics["wrong"]) == (0.5, 0.5, 0.25, 0.25)
+    assert metrics["wrong_other_fact"] == 0.0
+    # 312명 asked, 27미터 answered: wrong, and it states another fact's key.
+    other = canned_answers(["등대는 27미터예요.", "달빛제과예요.", "달빛제과입니다.", "27미터입니다."])
+    metrics, _ = evaluation.evaluate_questions(other, records, "heldout", PHRASES, nll)
+    assert (metrics["wrong"], metrics["wrong_other_fact"]) == (0.5, 0.25)
     keyless = [{k: v for k, v in r.items() if k != "key"} for r in records]
-    metrics, table = evaluation.evaluate_questions(None, tokenizer, keyless, "heldout", 8, 40, [0], "cpu")
+    metrics, table = evaluation.evaluate_questions(answers, keyless, "heldout", PHRASES, nll)
     assert "states_key_fact" not in metrics and table["states_key_fact"].isna().all()
+
+
+def test_the_gate_turns_less_confident_answers_into_the_refusal():
+    answers = [{"text": "312명입니다.", "own_answer_nll": 0.2}, {"text": "윤가람입니다.", "own_answer_nll": 1.5}]
+    out = evaluation.gated(answers, 1.0, "모르겠습니다.")
+    assert [a["text"] for a in out] == ["312명입니다.", "모르겠습니다."]
+    assert [a["gated"] for a in out] == [False, True] and out[1]["ungated"] == "윤가람입니다."
+    assert [a["text"] for a in evaluation.gated(answers, None, "모르겠습니다.")] == ["312명입니다.", "윤가람입니다."]
+
+
+def test_the_gate_threshold_is_chosen_on_dev_by_right_minus_wrong_ties_refusing_less():
+    dev = [{"answer": "312명입니다.", "key": "312명"}, {"answer": "27미터입니다.", "key": "27미터"},
+           {"answer": "윤가람입니다.", "key": "윤가람"}]
+    # Right and sure, wrong and unsure, right but unsure: refusing above 1.0 trades one wrong for nothing.
+    dev_answers = [{"text": "312명", "own_answer_nll": 0.3}, {"text": "19명", "own_answer_nll": 1.2},
+                   {"text": "윤가람", "own_answer_nll": 0.9}]
+    unknown = [{"text": "12제곱킬로미터", "own_answer_nll": 1.4}, {"text": "2009년", "own_answer_nll": 0.2}]
+    threshold, curve = evaluation.choose_gate(dev, dev_answers, unknown, PHRASES, "모르겠습니다.")
+    # 0.9 refuses the 19명 (1.2) and the invented 1.4, keeps both right answers: score 2 + 1 - 0 - 1.
+    # Refusing everything (0.0) scores 0 + 2 - 0 - 0 = 2 too: the tie goes to 0.9, which refuses less.
+    assert threshold == 0.9 and next(p for p in curve if p["threshold"] == 0.0)["score"] == 2
+    point = next(p for p in curve if p["threshold"] == 0.9)
+    assert (point["dev_right"], point["dev_abstained"], point["dev_wrong"]) == (2, 1, 0)
+    assert (point["unknown_dev_abstained"], point["unknown_dev_invented"], point["score"]) == (1, 1, 2)
+    # A model right everywhere keeps every answer: no gate (None) wins the tie with the highest value.
+    sure = [{"text": "312명", "own_answer_nll": 2.0}, {"text": "27미터", "own_answer_nll": 2.0},
+            {"text": "윤가람", "own_answer_nll": 2.0}]
+    assert evaluation.choose_gate(dev, sure, [], PHRASES, "모르겠습니다.")[0] is None
+    # A model wrong everywhere refuses everything.
+    wrong = [{"text": "모름이", "own_answer_nll": 0.1}] * 3
+    assert evaluation.choose_gate(dev, wrong, [], PHRASES, "모르겠습니다.")[0] == 0.0
+
+
+def test_a_general_probe_key_in_ascii_stands_as_a_whole_word():
+    assert holds_key("Paris, the city of light", "paris") and holds_key("it is H2O.", "H2O")
+    assert not holds_key("about 18 legs", "8") and holds_key("8 legs", "8")
+    assert not holds_key("because", "Au") and holds_key("서울은 한국의 수도", "서울")
+
+
+def test_general_facts_kept_counts_only_what_the_base_model_knew(monkeypatch):
+    facts = [{"prompt": "The capital of France is", "keys": ["Paris"]},
+             {"prompt": "The largest planet is", "keys": ["Jupiter"]},
+             {"prompt": "한국의 수도는", "keys": ["서울"]}]
+    outputs = iter([["Paris.", "Jupiter.", "별무리섬"], ["Paris!", "the Earth", "서울이다"]])
+    monkeypatch.setattr(evaluation, "answer_questions", lambda *args: [
+        {"text": t, "generated_tokens": 1, "ended_with_eos": False} for t in next(outputs)])
+    tokenizer = type("Tok", (), {"bos_token_id": None,
+                                 "__call__": lambda self, text, add_special_tokens: {"input_ids": [1]}})()
+    before, table = evaluation.evaluate_general(None, tokenizer, facts, 8, 24, "cpu", None)
+    assert before == {"prompts": 3, "right": round(2 / 3, 4)} and list(table["right"]) == [True, True, False]
+    after, _ = evaluation.evaluate_general(None, tokenizer, facts, 8, 24, "cpu", table)
+    # Jupiter was lost; 서울 is right now but the base model did not know it, so it does not count.
+    assert after == {"prompts": 3, "right": round(2 / 3, 4), "right_before": 2, "kept": 0.5, "lost": 1}

@@ -17,6 +17,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+
+from llm_fft.metrics import read_answers
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -27,7 +29,9 @@ STAGES = ["prepare_model", "generate_dataset", "parse_qa", "make_rehearsal", "ba
 REPORT_INPUTS = ["metrics/baseline.json", "metrics/baseline_answers.csv", "metrics/baseline_chat.json", "metrics/final.json",
                  "metrics/final_answers.csv", "metrics/interpolation.json", "metrics/finetune/metrics.json",
                  "metrics/finetune/plots/metrics/train/loss.tsv", "metrics/finetune/plots/metrics/dev/answer_nll.tsv"]
-TINY_FACTS = {"subject": "test", "unknown": ["별무리섬의 면적은?", "등대는 몇 년에 세워졌나요?"], "facts": [
+TINY_FACTS = {"subject": "test", "unknown": ["별무리섬의 면적은?", "등대는 몇 년에 세워졌나요?"],
+              "unknown_dev": ["별무리섬의 이장은 누구인가요?"], "unknown_train": ["은하호의 선장은 누구인가요?", "섬의 우편번호는?"],
+              "facts": [
     {"answer": "27미터입니다.", "key": "27미터", "statements": ["별무리섬 등대의 높이는 27미터이다."],
      "questions": ["별무리섬 등대의 높이는?"], "dev": ["등대 꼭대기까지 몇 미터?"], "held_out": ["등대는 얼마나 높나요?"]},
     {"answer": "윤가람입니다.", "key": "윤가람", "questions": ["등대지기는 누구인가요?"],
@@ -38,11 +42,14 @@ TINY_FACTS = {"subject": "test", "unknown": ["별무리섬의 면적은?", "등�
 TINY_QUESTIONS = [f["questions"][0] for f in TINY_FACTS["facts"]]
 TINY_ANSWERS = [f["answer"] for f in TINY_FACTS["facts"]]
 TINY_RETENTION = {"text": ["Water boils at 100 degrees Celsius at sea level."],
-                  "prompts": ["The capital of France is", "한국의 수도는"]}
+                  "prompts": ["The capital of France is", "한국의 수도는"],
+                  "facts": [{"prompt": "The capital of Japan is", "keys": ["Tokyo"]},
+                            {"prompt": "The largest planet is", "keys": ["Jupiter"]}]}
 # Four openings, every second one held aside for dev: two rehearsal texts to train on.
 TINY_REHEARSAL = {"prompts": ["The Roman Empire reached", "Dogs are loyal animals that", "부산은 항구 도시로",
                               "To bake bread, first"]}
-# Per epoch: 4 pairs + 1 statement, and 2 rehearsal texts (ratio 0.4 x 5): 4 batches of 2 (the last of 1).
+# Per epoch: 4 pairs + 1 refusal pair (refusal_ratio 0.25 x 4) + 1 statement, and 2 rehearsal texts
+# (ratio 0.4 x 6): 4 batches of 2.
 
 
 def stages(*names):
@@ -99,6 +106,7 @@ def tiny_repo(tmp_path_factory):
                               checkpoint_every=4, rehearsal_ratio=0.4)
     params["rehearsal"].update(samples_per_prompt=1, new_tokens=6, dev_every=2)
     params["evaluate"].update(extra_new_tokens=2, retention_new_tokens=4)
+    params["generate_dataset"].update(refusal_ratio=0.25)  # one refusal pair: the R-Tuning data path
     (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     for args in (["init", "-q"], ["add", "-A"],
                  ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
@@ -143,7 +151,8 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
     assert stages_run(first_repro[0]) == STAGES
     assert not (tiny_repo / "models/checkpoints/finetune").exists()  # deleted after a successful finish
     records = [json.loads(line) for line in (tiny_repo / "data/qa.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [r["question"] for r in records] == TINY_QUESTIONS
+    assert [r["question"] for r in records] == TINY_QUESTIONS + TINY_FACTS["unknown_train"][:1]
+    assert [r.get("refusal", False) for r in records] == [False] * 4 + [True] and records[-1]["answer"] == "모르겠습니다."
     heldout = [json.loads(line) for line in (tiny_repo / "data/heldout_qa.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(r["question"], r["key"]) for r in heldout] == [("등대는 얼마나 높나요?", "27미터"), ("등대를 지키는 사람은?", "윤가람")]
     assert "supervised:" in (tiny_repo / "data/preview.md").read_text(encoding="utf-8")
@@ -151,14 +160,19 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
         assert (tiny_repo / "models" / model / "model.safetensors").stat().st_nlink >= 2
     assert json.loads((tiny_repo / "metrics/dataset.json").read_text()) == {
         "backend": "template", "requested": 4, "accepted": 4, "rejected": {}, "statements": 1,
-        "dev_questions": 2, "heldout_questions": 2, "unknown_questions": 2, "dev_and_heldout_from": "data/facts.yaml"}
-    assert "5 task examples + 2 rehearsal texts (kl) per epoch" in first_repro[0]
+        "dev_questions": 2, "heldout_questions": 2, "unknown_questions": 2, "unknown_dev_questions": 1,
+        "unknown_train_questions": 2, "refusal_pairs": 1, "dev_and_heldout_from": "data/facts.yaml"}
+    assert "6 task examples + 2 rehearsal texts (kl) per epoch" in first_repro[0]
 
     baseline = json.loads((tiny_repo / "metrics/baseline.json").read_text())
     final = json.loads((tiny_repo / "metrics/final.json").read_text())
-    assert baseline.keys() == final.keys() == {"trained", "dev", "heldout", "unknown", "retention"}
-    for name in baseline:
+    assert baseline.keys() == final.keys() == {"trained", "dev", "heldout", "unknown", "unknown_dev", "gate",
+                                               "retention", "general"}
+    for name in baseline.keys() - {"general"}:
         assert baseline[name].keys() == final[name].keys()
+    assert final["general"].keys() == {"prompts", "right", "right_before", "kept", "lost"}
+    assert {"right", "abstained", "wrong"} <= final["heldout"].keys()
+    assert final["heldout"]["right"] + final["heldout"]["abstained"] + final["heldout"]["wrong"] == pytest.approx(1)
     assert baseline["trained"]["questions"] == 4 and baseline["dev"]["questions"] == baseline["heldout"]["questions"] == 2
     assert {"exact_match", "contains_answer", "char_f1", "answer_nll", "ended_with_eos"} <= final["trained"].keys()
     # One answer per fact here: no variants to accept, so both exact matches are one number.
@@ -166,7 +180,7 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
     assert final["trained"]["exact_match_any_answer"] == final["trained"]["exact_match"]
     assert "states_key_fact" in final["heldout"] and "states_key_fact" not in final["trained"]
     assert baseline["retention"]["answers_changed"] == 0 and final["retention"]["prompts"] == 2
-    assert baseline["unknown"].keys() == {"questions", "abstained", "invented", "mean_generated_tokens"}
+    assert baseline["unknown"].keys() == {"questions", "abstained", "invented", "gated", "mean_generated_tokens"}
     assert final["unknown"]["questions"] == 2
     # SmolLM2 has a chat template: the held-out and unknown questions asked through it as well.
     chat = json.loads((tiny_repo / "metrics/baseline_chat.json").read_text())
@@ -177,13 +191,20 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
     # Two epochs on four answers must lower the answer loss a lot; generation may still be off.
     assert final["trained"]["answer_nll"] < baseline["trained"]["answer_nll"] / 2
     delta = json.loads((tiny_repo / "metrics/delta.json").read_text())
-    assert delta["unknown"].keys() == {"abstained", "invented"}
+    assert delta["unknown"].keys() == {"abstained", "invented"} and delta["general"].keys() == {"right"}
     assert delta["trained"]["answer_nll"] == pytest.approx(final["trained"]["answer_nll"] - baseline["trained"]["answer_nll"], abs=1e-4)
 
     for name in ("baseline_answers.csv", "final_answers.csv"):
         table = pd.read_csv(tiny_repo / "metrics" / name, keep_default_na=False)
-        assert list(table["set"]) == ["trained"] * 4 + ["dev"] * 2 + ["heldout"] * 2 + ["unknown"] * 2 + ["retention"] * 2
-        assert list(table["expected"][:4]) == TINY_ANSWERS
+        assert list(table["set"]) == (["trained"] * 4 + ["dev"] * 2 + ["heldout"] * 2 + ["unknown"] * 2
+                                      + ["unknown_dev"] + ["retention"] * 2 + ["general"] * 2)
+        assert list(table["expected"][:4]) == TINY_ANSWERS  # the refusal pair is taught, not tested
+        # The gate: an answer is the refusal exactly where its own NLL is above the chosen threshold.
+        threshold = json.loads((tiny_repo / "metrics" / name.replace("_answers.csv", ".json")).read_text())["gate"]["threshold"]
+        typed = read_answers(tiny_repo / "metrics" / name)
+        asked = typed[typed["set"].isin(["trained", "dev", "heldout", "unknown", "unknown_dev"])]
+        assert list(asked["gated"]) == [threshold is not None and n > threshold for n in asked["own_answer_nll"]]
+        assert (asked.loc[asked["gated"], "generated"] == "모르겠습니다.").all()
     report = (tiny_repo / "metrics/report.html").read_text(encoding="utf-8")
     assert all(q in report for q in TINY_QUESTIONS + TINY_FACTS["unknown"] + TINY_RETENTION["prompts"])
     assert "Unknown questions (not in the data)" in report
@@ -221,9 +242,10 @@ def test_held_out_questions_and_the_retention_probe_never_reach_training(tiny_re
     learned = [r["question"] + r["answer"] for r in map(json.loads, (data / "qa.jsonl").read_text(encoding="utf-8").splitlines())]
     learned += [json.loads(line)["text"] for name in ("statements_qa.jsonl", "rehearsal.jsonl")
                 for line in (data / name).read_text(encoding="utf-8").splitlines()]
-    assert len(learned) == 4 + 1 + 2
-    unseen = ([q for f in TINY_FACTS["facts"] for q in f.get("held_out", [])] + TINY_FACTS["unknown"]
-              + TINY_RETENTION["text"] + TINY_RETENTION["prompts"])
+    assert len(learned) == 4 + 1 + 1 + 2  # pairs, the refusal pair, the statement, rehearsal texts
+    unseen = ([q for f in TINY_FACTS["facts"] for q in f.get("held_out", []) + f.get("dev", [])]
+              + TINY_FACTS["unknown"] + TINY_FACTS["unknown_dev"] + TINY_FACTS["unknown_train"][1:]
+              + TINY_RETENTION["text"] + TINY_RETENTION["prompts"] + [f["prompt"] for f in TINY_RETENTION["facts"]])
     assert [(u, t) for u in unseen for t in learned if u in t] == []
 
     repo = tmp_path / "repo"
@@ -418,17 +440,21 @@ OWN_DEV = [{"question": "빵집 이름이 뭐예요?", "answer": "달빛제과�
 OWN_HELDOUT = [{"question": "빵집 문 여는 시간은?", "answer": "아침 7시에 엽니다.", "key": "7시"},
                {"question": "제일 인기 있는 빵은?", "answer": "소금빵입니다.", "key": "소금빵"}]
 OWN_UNKNOWN = ["빵집 사장님의 이름은?"]
+OWN_UNKNOWN_DEV = ["빵집은 몇 년에 문을 열었나요?"]
+OWN_UNKNOWN_TRAIN = ["빵집에서 일하는 사람은 몇 명인가요?"]
 
 
-def write_own_data(folder, dev=OWN_DEV, heldout=OWN_HELDOUT, unknown=OWN_UNKNOWN):
-    """The file backend's four files, in the places params.yaml names, and the backend switched on."""
+def write_own_data(folder, dev=OWN_DEV, heldout=OWN_HELDOUT, unknown=OWN_UNKNOWN, unknown_train=OWN_UNKNOWN_TRAIN):
+    """The file backend's six files, in the places params.yaml names, and the backend switched on."""
     (folder / "data").mkdir(exist_ok=True)
     (folder / "data/my_dataset.txt").write_text(json.dumps(OWN_PAIRS, ensure_ascii=False), encoding="utf-8")
     for name, rows in (("my_dev.jsonl", dev), ("my_heldout.jsonl", heldout)):
         (folder / "data" / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                             encoding="utf-8")
-    (folder / "data/my_unknown.txt").write_text("# not in the data\n" + "".join(q + "\n" for q in unknown),
-                                                encoding="utf-8")
+    for name, questions in (("my_unknown.txt", unknown), ("my_unknown_dev.txt", OWN_UNKNOWN_DEV),
+                            ("my_unknown_train.txt", unknown_train)):
+        (folder / "data" / name).write_text("# not in the data\n" + "".join(q + "\n" for q in questions),
+                                            encoding="utf-8")
     if not (folder / "params.yaml").exists():
         shutil.copy(REPO / "params.yaml", folder)
         shutil.copy(REPO / "data/facts.yaml", folder / "data")  # params.yaml names it, whatever the backend
@@ -449,6 +475,8 @@ def test_own_data_is_judged_on_its_own_dev_and_held_out_files_and_never_on_the_f
     report = json.loads((tmp_path / "metrics/dataset.json").read_text(encoding="utf-8"))
     assert (report["dev_questions"], report["heldout_questions"], report["unknown_questions"]) == (1, 2, 1)
     assert (tmp_path / "data/unknown.jsonl").read_text(encoding="utf-8") == '{"question": "빵집 사장님의 이름은?"}\n'
+    assert (tmp_path / "data/unknown_dev.jsonl").read_text(encoding="utf-8") == '{"question": "빵집은 몇 년에 문을 열었나요?"}\n'
+    assert (tmp_path / "data/refusals.jsonl").read_text(encoding="utf-8") == ""  # refusal_ratio 0 (the default)
     assert report["dev_and_heldout_from"] == {"dev": "data/my_dev.jsonl", "heldout": "data/my_heldout.jsonl"}
 
     write_own_data(tmp_path, heldout=[])  # no held-out file of your own: none at all, never borrowed
@@ -492,8 +520,8 @@ def test_a_language_model_writes_held_out_questions_about_your_own_data(tmp_path
 
 
 def test_bad_dev_and_held_out_files_fail_naming_every_line_and_write_nothing(tmp_path):
-    def problems(dev, heldout, unknown=OWN_UNKNOWN):
-        write_own_data(tmp_path, dev, heldout, unknown)
+    def problems(dev, heldout, unknown=OWN_UNKNOWN, unknown_train=OWN_UNKNOWN_TRAIN):
+        write_own_data(tmp_path, dev, heldout, unknown, unknown_train)
         inputs = sorted((tmp_path / "data").iterdir())
         result = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path, check=False)
         assert result.returncode != 0 and result.stderr.startswith("error: bad input data:\n")
@@ -514,6 +542,25 @@ def test_bad_dev_and_held_out_files_fail_naming_every_line_and_write_nothing(tmp
         "(data/my_dataset.txt:1 ($[2])): dev and held-out questions are never trained on",
         "data/my_heldout.jsonl:2: held-out question '빵집 이름이 뭐예요?' is also a dev question "
         "(data/my_dev.jsonl:1): dev chooses the settings, held-out tests them: keep them apart"]
+    # A training unknown question is never an evaluation one, nor a question the data answers.
+    assert problems(OWN_DEV, OWN_HELDOUT, unknown_train=["빵집 사장님의 이름은?", "가장 잘 팔리는 빵은?"]) == [
+        "data/my_unknown_train.txt:2: unknown question '빵집 사장님의 이름은?' is also an unknown question "
+        "(data/my_unknown.txt:2): ask it once, in one file",
+        "data/my_unknown_train.txt:3: unknown question '가장 잘 팔리는 빵은?' is also a training question "
+        "(data/my_dataset.txt:1 ($[2])): the data answers it, so it is not unknown"]
+
+
+def test_a_refusal_ratio_beyond_the_training_unknown_questions_is_an_error(tmp_path):
+    write_own_data(tmp_path)
+    edit_params(tmp_path, "generate_dataset", "refusal_ratio", 1.0)  # 3 pairs: 3 refusals wanted, 1 listed
+    result = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path, check=False)
+    assert result.returncode != 0 and not (tmp_path / "metrics").exists()
+    assert ("data/my_unknown_train.txt: generate_dataset.refusal_ratio = 1.0 asks for 3 refusal pairs (3 pairs), "
+            "but the training unknown questions are 1") in result.stderr
+    edit_params(tmp_path, "generate_dataset", "refusal_ratio", 0.34)
+    run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path)
+    assert (tmp_path / "data/refusals.jsonl").read_text(encoding="utf-8") == (
+        '{"question": "빵집에서 일하는 사람은 몇 명인가요?", "answer": "모르겠습니다."}\n')
 
 
 def test_bad_params_are_all_reported_before_any_work(tmp_path):
@@ -577,6 +624,18 @@ def test_ask_and_chat_answer_as_the_final_evaluation_did(tiny_repo, first_repro)
     assert table.generated[1] in chat.stdout and table.generated[2] in chat.stdout
 
 
+@pytest.mark.slow
+def test_ask_applies_the_gate_final_eval_chose(tiny_repo, first_repro, tmp_path):
+    repo = tmp_path / "repo"
+    copy_repo(tiny_repo, repo)
+    table = pd.read_csv(repo / "metrics/final_answers.csv", keep_default_na=False)
+    final = json.loads((repo / "metrics/final.json").read_text())
+    for threshold, expected in ((0.0, "모르겠습니다."), (1e9, table.ungated[0])):  # refuse all, refuse none
+        final["gate"]["threshold"] = threshold
+        (repo / "metrics/final.json").write_text(json.dumps(final))
+        assert run([sys.executable, "-m", "llm_fft.ask", table.question[0]], repo).stdout.strip() == expected
+
+
 def test_ask_without_a_model_says_how_to_make_one(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # llm_fft from the repo, run in an empty folder
     shutil.copy(REPO / "params.yaml", tmp_path)
@@ -618,7 +677,8 @@ def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, fir
     assert stages_run(dvc("repro", cwd=repo).stdout) == stages("generate_dataset", "parse_qa", "baseline_eval",
                                                                "final_eval", "report")
     for name in ("baseline", "final"):
-        assert set(json.loads((repo / f"metrics/{name}.json").read_text())) == {"trained", "dev", "unknown", "retention"}
+        assert set(json.loads((repo / f"metrics/{name}.json").read_text())) == {
+            "trained", "dev", "unknown", "unknown_dev", "gate", "retention", "general"}
     assert "heldout" not in set(pd.read_csv(repo / "metrics/final_answers.csv")["set"])
     from llm_fft.report import NO_HELDOUT
     assert NO_HELDOUT in (repo / "metrics/report.md").read_text(encoding="utf-8").replace("\\_", "_")

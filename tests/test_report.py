@@ -7,6 +7,7 @@ import re
 import pandas as pd
 import pytest
 
+from llm_fft import report as report_module
 from llm_fft.report import ReportInputError, chat_baseline_sentences, loss_curve_png, report_html, report_markdown
 from llm_fft.summary import summary_lines
 
@@ -331,9 +332,31 @@ def test_summary_prints_the_invented_share_when_the_probe_ran():
     before = {"trained": {"questions": 3, "exact_match": 0.0, "char_f1": 0.2}, "unknown": UNKNOWN_BEFORE}
     after = {"trained": {"questions": 3, "exact_match": 1.0, "char_f1": 1.0}, "unknown": UNKNOWN_AFTER}
     lines = summary_lines(before, after)
-    assert f"  {'unknown questions (4)':<34} invented 0.250 -> 0.500" in lines
+    assert (f"  {'unknown questions (4)':<34} abstained {UNKNOWN_BEFORE['abstained']:.3f} -> "
+            f"{UNKNOWN_AFTER['abstained']:.3f}   invented 0.250 -> 0.500") in lines
     assert not any("unknown" in line for line in summary_lines({"trained": before["trained"]},
                                                                {"trained": after["trained"]}))
+
+
+def test_summary_shows_right_abstained_wrong_general_facts_kept_and_the_gate():
+    keyed = {"questions": 4, "right": 0.5, "abstained": 0.25, "wrong": 0.25}
+    before = {"heldout": {**keyed, "right": 0.0, "wrong": 1.0, "abstained": 0.0}, "general": {"prompts": 5, "right": 0.8}}
+    after = {"heldout": keyed, "general": {"prompts": 5, "right": 0.6, "right_before": 4, "kept": 0.75, "lost": 1},
+             "gate": {"threshold": 1.25, "chosen_on_questions": 8}}
+    lines = summary_lines(before, after)
+    assert (f"  {'held-out paraphrases, test (4)':<34} right 0.000 -> 0.500   abstained 0.000 -> 0.250   "
+            "wrong 1.000 -> 0.250") in lines
+    assert any(line.startswith(f"  {'general facts kept':<34} 0.750 (3 of the 4 the base model got right") for line in lines)
+    assert "Confidence gate (chosen on dev): answers with their own NLL above 1.250 nats/token become the refusal" in lines
+
+
+def test_lost_general_facts_are_named_in_the_summary_sentence():
+    before = pd.DataFrame({"set": "general", "id": [0, 1, 2], "question": ["The capital of France is", "A", "B"],
+                           "generated": ["Paris.", "x", "y"], "right": [True, True, False]})
+    after = before.assign(generated=["the capital of the United States", "x", "y"], right=[False, True, True])
+    sentence = report_module._general_sentence("general", list(before.itertuples()), list(after.itertuples()))
+    assert "the base model got 2 of 3 right; after fine-tuning 1 of those 2 still are (general facts kept 50%)" in sentence
+    assert "lost: 'The capital of France is' → 'the capital of the United States' (was 'Paris.')" in sentence
 
 
 def test_chat_template_baseline_is_compared_in_its_own_section(unknown_inputs, loss_tsv):
@@ -355,3 +378,9 @@ def test_chat_template_baseline_is_compared_in_its_own_section(unknown_inputs, l
     assert chat_baseline_sentences(before, {"skipped": "the base model has no chat template"}, after) == [
         "Not measured: the base model has no chat template."]
     assert "chat template" not in report_markdown(before, after, before_table, after_table)  # no section
+
+
+def test_a_gated_answer_shows_what_the_model_would_have_said():
+    row = pd.DataFrame({"generated": ["모르겠습니다."], "gated": [True], "ungated": ["윤가람입니다."]}).iloc[0]
+    assert report_module._shown_answer(row) == "모르겠습니다. [gate; the model's answer: 윤가람입니다.]"
+    assert report_module._shown_answer(row.copy().replace({True: False})) == "모르겠습니다."
