@@ -42,14 +42,15 @@ SPEC = {
 
 
 def read_prompts(path, retention):
-    """The openings, checked all at once: non-empty strings, none twice, none touching the retention probe."""
+    """The openings, checked all at once: non-empty strings, none twice, none touching the retention probe
+    (its passages, prompts and general-knowledge openings)."""
     try:
         prompts = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("prompts")
     except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as e:
         sys.exit(f"error: {path}: cannot read rehearsal prompts: {e}")
     if not isinstance(prompts, list) or not prompts:
         sys.exit(f"error: {path}: expected a mapping with a non-empty list 'prompts'")
-    probe = [normalize(t) for t in retention["text"] + retention["prompts"]]
+    probe = [normalize(t) for t in retention["text"] + retention["prompts"] + [f["prompt"] for f in retention["facts"]]]
     problems, seen = [], set()
     for i, prompt in enumerate(prompts):
         where = f"{path}: prompts[{i}]"

@@ -296,11 +296,13 @@ def test_rehearsal_prompts_touching_the_retention_probe_are_refused(tmp_path):
     shutil.copy(REPO / "params.yaml", tmp_path)
     shutil.copy(REPO / "data/retention.yaml", tmp_path / "data")
     (tmp_path / "data/rehearsal_prompts.yaml").write_text(yaml.safe_dump({"prompts": [
-        "The capital of France is", "Dogs are loyal animals that", "Dogs are loyal animals that", ""]}), encoding="utf-8")
+        "The capital of France is", "Dogs are loyal animals that", "Dogs are loyal animals that", "",
+        "The fastest land animal is the cheetah, which"]}), encoding="utf-8")
     result = run([sys.executable, REPO / "stages/make_rehearsal.py"], tmp_path, check=False)
     assert result.returncode != 0
     assert ("data/rehearsal_prompts.yaml: prompts[0]: 'The capital of France is' overlaps the retention probe"
             in result.stderr)
+    assert "prompts[4]: 'The fastest land animal is the cheetah, which' overlaps the retention probe" in result.stderr
     assert "data/rehearsal_prompts.yaml: prompts[2]: 'Dogs are loyal animals that' is there twice" in result.stderr
     assert "data/rehearsal_prompts.yaml: prompts[3]: expected a non-empty string" in result.stderr
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["rehearsal_prompts.yaml", "retention.yaml"]
