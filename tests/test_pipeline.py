@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
-from llm_fft.metrics import read_answers
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llm_fft.metrics import read_answers
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["prepare_model", "generate_dataset", "parse_qa", "make_rehearsal", "baseline_eval", "finetune",
