@@ -248,15 +248,18 @@ def test_a_questions_file_skips_comments_and_blank_lines_and_names_every_bad_lin
 
 
 def own_files(folder, unknown):
-    """The file backend's four files in folder, and its generate_dataset section naming them."""
+    """The file backend's six files in folder, and its generate_dataset section naming them."""
     (folder / "my_dataset.txt").write_text("빵집 이름은? | 달빛제과입니다.\n문 여는 시간은? | 7시입니다.\n", encoding="utf-8")
     (folder / "my_dev.jsonl").write_text('{"question": "가게 이름이 뭐예요?", "answer": "달빛제과입니다."}\n',
                                          encoding="utf-8")
     (folder / "my_heldout.jsonl").write_text("", encoding="utf-8")
     (folder / "my_unknown.txt").write_text(unknown, encoding="utf-8")
+    (folder / "my_unknown_dev.txt").write_text("# none\n", encoding="utf-8")
+    (folder / "my_unknown_train.txt").write_text("문 닫는 시간은?\n", encoding="utf-8")
     return {name: str(folder / f"my_{kind}") for name, kind in (
         ("file", "dataset.txt"), ("dev_file", "dev.jsonl"), ("heldout_file", "heldout.jsonl"),
-        ("unknown_file", "unknown.txt"))}
+        ("unknown_file", "unknown.txt"), ("unknown_dev_file", "unknown_dev.txt"),
+        ("unknown_train_file", "unknown_train.txt"))}
 
 
 def test_file_backend_unknown_questions_are_never_answered_by_the_data(tmp_path):
@@ -265,7 +268,8 @@ def test_file_backend_unknown_questions_are_never_answered_by_the_data(tmp_path)
     cfg = own_files(tmp_path, "# not in the data\n사장님 이름은?\n")
     trained, _ = read_pairs((tmp_path / "my_dataset.txt").read_bytes(), cfg["file"])
     dev, heldout, unknown = evaluation_questions_from_files(cfg, fmt, trained)
-    assert (len(dev), heldout, unknown) == (1, [], ["사장님 이름은?"])
+    assert (len(dev), heldout, unknown) == (1, [], {"unknown": ["사장님 이름은?"], "unknown_dev": [],
+                                                    "unknown_train": ["문 닫는 시간은?"]})
 
     cfg = own_files(tmp_path, "빵집 이름은\n가게 이름이 뭐예요?\n사장님 <|question|> 이름은?\n")
     with pytest.raises(DatasetError) as error:
@@ -297,7 +301,7 @@ def test_the_shipped_unknown_file_is_not_answered_by_the_shipped_dataset():
     cfg = {k: str(repo / v) for k, v in params["generate_dataset"].items() if k.endswith("file")}
     trained, _ = read_pairs((repo / params["generate_dataset"]["file"]).read_bytes(), cfg["file"],
                             params["dataset"]["format"], params["dataset"]["separator"])
-    assert len(evaluation_questions_from_files(cfg, params["dataset"], trained)[2]) >= 3
+    assert len(evaluation_questions_from_files(cfg, params["dataset"], trained)[2]["unknown"]) >= 3
 
 
 def test_template_backend_lists_the_answers_trained_for_each_fact():
