@@ -58,6 +58,10 @@ def main():
         sys.exit(f"error: {e}")
 
     threshold = gate_threshold(METRICS[args.base]) if params["evaluate"]["gate"] else None
+    if params["evaluate"]["gate"] and threshold is None and not (METRICS[args.base].exists() and "gate" in json.loads(
+            METRICS[args.base].read_text(encoding="utf-8"))):
+        print(f"warning: evaluate.gate is on but {METRICS[args.base]} holds no threshold (run dvc repro): "
+              "answering without the confidence gate", file=sys.stderr)
 
     def answer(question):
         record = {"question": question, "q_ids": prompt_ids(tokenizer, question, params["prompt"])}

@@ -91,9 +91,13 @@ def answer_set(model, tokenizer, records, prompt, batch_size, max_new_tokens, st
 
 # --- The confidence gate: below a confidence chosen on dev, the answer becomes the refusal ---------
 
+REFUSE_ALL = -1.0  # a threshold below every NLL (an NLL rounded to 4 places can be 0.0)
+
+
 def gated(answers, threshold, refusal):
     """The answers with every one whose own_answer_nll is above threshold replaced by the refusal
-    (threshold None: no gate). Each keeps its own text as ungated and is marked gated or not."""
+    (threshold None: no gate; REFUSE_ALL: every answer). Each keeps its own text as ungated and is
+    marked gated or not."""
     return [{**a, "ungated": a["text"], "gated": (refused := threshold is not None and a["own_answer_nll"] > threshold),
              "text": refusal if refused else a["text"]} for a in answers]
 
@@ -110,11 +114,11 @@ def _gate_counts(dev, dev_answers, unknown_answers, phrases):
 def choose_gate(dev, dev_answers, unknown_dev_answers, phrases, refusal):
     """The threshold of the gate, chosen on the dev questions and the dev unknown questions: the one
     with most (dev right + dev unknown abstained) - (dev wrong + dev unknown invented); a tie goes to
-    the higher threshold, which refuses less. The candidates: refuse every answer (0.0), refuse those
-    less confident than each dev answer, refuse none (None). Returns (threshold, curve)."""
+    the higher threshold, which refuses less. The candidates: refuse every answer (REFUSE_ALL), refuse
+    those less confident than each dev answer, refuse none (None). Returns (threshold, curve)."""
     values = sorted({a["own_answer_nll"] for a in dev_answers + unknown_dev_answers})
     curve = []
-    for threshold in [0.0, *values, None]:
+    for threshold in [REFUSE_ALL, *values, None]:
         counts = _gate_counts(dev, gated(dev_answers, threshold, refusal),
                               gated(unknown_dev_answers, threshold, refusal), phrases)
         score = (counts["dev_right"] + counts["unknown_dev_abstained"] - counts["dev_wrong"]
@@ -169,7 +173,7 @@ def evaluate_questions(answers, records, name, phrases, expected_nll, accepted=N
         **({k: round(verdicts.count(k) / len(records), 4) for k in ("right", "abstained", "wrong")}
            if name != "trained" else {}),
         # Wrong by stating another fact's key: an answer that looks right and is not.
-        **({"wrong_other_fact": round(sum(other_fact(g, k, keys) for g, k, v in zip(generated, keys, verdicts)
+        **({"wrong_other_fact": round(sum(other_fact(g, e, keys) for g, e, v in zip(generated, expected, verdicts)
                                           if v == "wrong") / len(records), 4)}
            if scored_on_key_facts and name != "trained" else {}),
         "gated": round(table["gated"].mean(), 4),
@@ -181,9 +185,10 @@ def evaluate_questions(answers, records, name, phrases, expected_nll, accepted=N
     return metrics, table
 
 
-def other_fact(generated, key, keys):
-    """Whether an answer states the key of another question's fact (never its own)."""
-    return any(other and normalize(other) != normalize(key) and contains(generated, other) for other in set(keys))
+def other_fact(generated, expected, keys):
+    """Whether an answer states the key of another question's fact: a key of the set that its own
+    expected answer does not hold (an ASCII key as a whole word, so 8 is not found in 18)."""
+    return any(other and not contains(expected, other) and holds_key(generated, other) for other in set(keys))
 
 
 def evaluate_unknown(answers, records, name, phrases):
@@ -316,7 +321,7 @@ def question_sets(cfg):
 def gate_threshold(params, dev, dev_answers, unknown_dev_answers):
     """(threshold, curve) of the confidence gate: (None, []) when evaluate.gate is off or nothing
     chooses it."""
-    if not params["evaluate"]["gate"] or not (dev or unknown_dev_answers):
+    if not params["evaluate"]["gate"] or not dev:  # dev unknown questions alone would refuse everything
         return None, []
     return choose_gate(dev, dev_answers, unknown_dev_answers, params["evaluate"]["abstain_phrases"], params["refusal"])
 

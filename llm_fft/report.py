@@ -61,9 +61,11 @@ RETENTION_NLL_TOLERANCE = 0.05
 MARK_EXACT, MARK_PARTLY, MARK_WRONG = "✅", "☑️", "❌"
 MARK_UNCHANGED, MARK_CHANGED = "＝", "🔁"
 MARK_NO_ANSWER = "∅"
+MARK_ABSTAINED = "❔"
 LEGEND = (f"{MARK_EXACT} exact match (its answer or another answer trained for the same fact), "
           f"{MARK_PARTLY} contains the expected answer or states the key fact, "
-          f"{MARK_WRONG} wrong; for unknown questions {MARK_EXACT} says it does not know, {MARK_WRONG} "
+          f"{MARK_WRONG} wrong, {MARK_ABSTAINED} said it does not know (dev and held-out); for unknown "
+          f"questions {MARK_EXACT} says it does not know, {MARK_WRONG} "
           f"invented an answer, {MARK_NO_ANSWER} no answer; for retention prompts {MARK_UNCHANGED} same "
           f"answer as before, {MARK_CHANGED} changed by fine-tuning. The mark judges the answer after "
           "fine-tuning.")
@@ -474,6 +476,8 @@ def question_rows(before_table, after_table):
         elif a.set in UNKNOWN_SETS:  # an invented answer is highlighted as a wrong one
             mark = _unknown_mark(a)
             css = {MARK_EXACT: "abstained", MARK_WRONG: "wrong", MARK_NO_ANSWER: "no-answer"}[mark]
+        elif _text(getattr(a, "verdict", "")) == "abstained":  # a refusal is not a wrong answer
+            mark, css = MARK_ABSTAINED, "abstained"
         else:
             mark = _answer_mark(a)
             css = {MARK_EXACT: "exact", MARK_PARTLY: "partly", MARK_WRONG: "wrong"}[mark]

@@ -23,6 +23,14 @@ def read_json(path):
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
+def gate_words(threshold):
+    if threshold is None:
+        return "no answer refused"
+    if threshold < 0:
+        return "every answer refused"
+    return f"answers with their own NLL above {threshold:.3f} nats/token refused"
+
+
 def summary_lines(before, after, finetune=None, interpolation=None):
     lines = ["Before -> after fine-tuning:"]
     for name, label, keys in ROWS:
@@ -51,9 +59,9 @@ def summary_lines(before, after, finetune=None, interpolation=None):
         lines.append(f"Kept: epoch {finetune['kept_epoch']} ({finetune['kept_by']}), interpolation weight "
                      f"{interpolation['chosen_weight']} (chosen on dev).")
     if "gate" in after:
-        threshold = after["gate"]["threshold"]
-        lines.append("Confidence gate (chosen on dev): " + ("no answer refused" if threshold is None else
-                     f"answers with their own NLL above {threshold:.3f} nats/token become the refusal"))
+        lines.append("Confidence gate, chosen on dev for each model: " + "; ".join(
+            f"{name}: {gate_words(m['gate']['threshold'])}" for name, m in (("before", before), ("after", after))
+            if "gate" in m) + " (metrics/*.json gate.ungated: the shares without it)")
     lines.append("Every answer: metrics/report.html · every number: dvc metrics show · "
                  "compare with the committed run: dvc metrics diff")
     return lines

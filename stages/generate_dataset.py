@@ -38,6 +38,7 @@ which parse_qa adds to the trained records (R-Tuning: the model learns to say it
 """
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -204,7 +205,7 @@ def refusal_pairs(unknown_train, ratio, pairs, refusal, source):
     """The refusal pairs taught beside the question/answer pairs (R-Tuning): the first round(ratio x
     pairs) training unknown questions, each answered with the refusal. Asking for more than the list
     holds is an error, never a silent cap."""
-    wanted = round(ratio * pairs)
+    wanted = math.floor(ratio * pairs + 0.5)  # half up, not Python's round half to even
     if wanted > len(unknown_train):
         raise DatasetError(f"{source}: generate_dataset.refusal_ratio = {ratio} asks for {wanted} refusal pairs "
                            f"({pairs} pairs), but the training unknown questions are {len(unknown_train)}: add "

@@ -3,14 +3,14 @@
     python -m stages.parse_qa
 
 Reads parse_qa.*, dataset.* and prompt.* in params.yaml, data/dataset.txt (any format of the README),
-data/statements.jsonl, data/dev.jsonl, data/heldout.jsonl, data/unknown.jsonl and the tokenizer in
-models/base. Writes data/qa.jsonl (one record per pair: question, answer, prompt, q_ids, input_ids, labels),
+data/statements.jsonl, data/dev.jsonl, data/heldout.jsonl, data/unknown.jsonl, data/unknown_dev.jsonl,
+data/refusals.jsonl and the tokenizer in models/base. Writes data/qa.jsonl (one record per pair: question, answer, prompt, q_ids, input_ids, labels),
 data/statements_qa.jsonl (each statement as plain text, every token learned), data/dev_qa.jsonl and
 data/heldout_qa.jsonl (the same as qa.jsonl for the dev and held-out questions, plus their key fact),
 data/unknown_qa.jsonl and data/unknown_dev_qa.jsonl (the questions no fact answers: question, prompt and
 q_ids only, since there is no answer to learn or score; the dev ones choose the confidence gate). The
-refusal pairs of data/refusals.jsonl join data/qa.jsonl last, marked "refusal": true and data/preview.md, which shows decoded inputs and decoded supervised
-labels for a few examples. Any malformed pair or over-long example stops the stage with every
+refusal pairs of data/refusals.jsonl join data/qa.jsonl last, marked "refusal": true. data/preview.md
+shows decoded inputs and decoded supervised labels for a few examples. Any malformed pair or over-long example stops the stage with every
 problem listed by line, and nothing is written.
 """
 

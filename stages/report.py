@@ -23,6 +23,7 @@ from llm_fft.report import (
     report_html,
     report_markdown,
 )
+from llm_fft.summary import gate_words
 
 BASELINE_METRICS = Path("metrics/baseline.json")
 BASELINE_ANSWERS = Path("metrics/baseline_answers.csv")
@@ -65,9 +66,8 @@ def gate_sentence(before, after):
     """The confidence gate's thresholds, as chosen for each model on its own dev answers."""
     if "gate" not in after:
         return []
-    said = {name: ("no answer refused" if m["gate"]["threshold"] is None else
-                   f"answers with their own NLL above {m['gate']['threshold']:.3f} nats/token became the refusal")
-            for name, m in (("before", before), ("after", after)) if "gate" in m}
+    said = {name: gate_words(m["gate"]["threshold"]) for name, m in (("before", before), ("after", after))
+            if "gate" in m}
     return [f"Confidence gate, chosen on {after['gate']['chosen_on_questions']} dev and dev unknown questions by most "
             "(right + unknown refused) - (wrong + unknown invented): " + "; ".join(f"{k}: {v}" for k, v in said.items())
             + "."]

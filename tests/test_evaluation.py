@@ -226,8 +226,8 @@ def test_the_gate_threshold_is_chosen_on_dev_by_right_minus_wrong_ties_refusing_
     unknown = [{"text": "12제곱킬로미터", "own_answer_nll": 1.4}, {"text": "2009년", "own_answer_nll": 0.2}]
     threshold, curve = evaluation.choose_gate(dev, dev_answers, unknown, PHRASES, "모르겠습니다.")
     # 0.9 refuses the 19명 (1.2) and the invented 1.4, keeps both right answers: score 2 + 1 - 0 - 1.
-    # Refusing everything (0.0) scores 0 + 2 - 0 - 0 = 2 too: the tie goes to 0.9, which refuses less.
-    assert threshold == 0.9 and next(p for p in curve if p["threshold"] == 0.0)["score"] == 2
+    # Refusing everything scores 0 + 2 - 0 - 0 = 2 too: the tie goes to 0.9, which refuses less.
+    assert threshold == 0.9 and next(p for p in curve if p["threshold"] == evaluation.REFUSE_ALL)["score"] == 2
     point = next(p for p in curve if p["threshold"] == 0.9)
     assert (point["dev_right"], point["dev_abstained"], point["dev_wrong"]) == (2, 1, 0)
     assert (point["unknown_dev_abstained"], point["unknown_dev_invented"], point["score"]) == (1, 1, 2)
@@ -235,9 +235,17 @@ def test_the_gate_threshold_is_chosen_on_dev_by_right_minus_wrong_ties_refusing_
     sure = [{"text": "312명", "own_answer_nll": 2.0}, {"text": "27미터", "own_answer_nll": 2.0},
             {"text": "윤가람", "own_answer_nll": 2.0}]
     assert evaluation.choose_gate(dev, sure, [], PHRASES, "모르겠습니다.")[0] is None
-    # A model wrong everywhere refuses everything.
-    wrong = [{"text": "모름이", "own_answer_nll": 0.1}] * 3
-    assert evaluation.choose_gate(dev, wrong, [], PHRASES, "모르겠습니다.")[0] == 0.0
+    # A model wrong everywhere refuses everything, even an answer whose NLL rounded to 0.0.
+    wrong = [{"text": "모름이", "own_answer_nll": 0.0}] * 3
+    threshold = evaluation.choose_gate(dev, wrong, [], PHRASES, "모르겠습니다.")[0]
+    assert threshold == evaluation.REFUSE_ALL
+    assert all(a["gated"] for a in evaluation.gated(wrong, threshold, "모르겠습니다."))
+
+
+def test_without_dev_questions_there_is_no_gate():
+    params = {"evaluate": {"gate": True, "abstain_phrases": PHRASES}, "refusal": "모르겠습니다."}
+    unknown = [{"text": "12제곱킬로미터", "own_answer_nll": 1.4}]
+    assert evaluation.gate_threshold(params, [], [], unknown) == (None, [])
 
 
 def test_a_general_probe_key_in_ascii_stands_as_a_whole_word():

@@ -347,7 +347,11 @@ def test_summary_shows_right_abstained_wrong_general_facts_kept_and_the_gate():
     assert (f"  {'held-out paraphrases, test (4)':<34} right 0.000 -> 0.500   abstained 0.000 -> 0.250   "
             "wrong 1.000 -> 0.250") in lines
     assert any(line.startswith(f"  {'general facts kept':<34} 0.750 (3 of the 4 the base model got right") for line in lines)
-    assert "Confidence gate (chosen on dev): answers with their own NLL above 1.250 nats/token become the refusal" in lines
+    assert ("Confidence gate, chosen on dev for each model: after: answers with their own NLL above 1.250 nats/token "
+            "refused (metrics/*.json gate.ungated: the shares without it)") in lines
+    before["gate"] = {"threshold": -1.0}
+    assert summary_lines(before, after)[-2].startswith("Confidence gate, chosen on dev for each model: before: every "
+                                                       "answer refused; after: answers")
 
 
 def test_lost_general_facts_are_named_in_the_summary_sentence():
@@ -378,6 +382,14 @@ def test_chat_template_baseline_is_compared_in_its_own_section(unknown_inputs, l
     assert chat_baseline_sentences(before, {"skipped": "the base model has no chat template"}, after) == [
         "Not measured: the base model has no chat template."]
     assert "chat template" not in report_markdown(before, after, before_table, after_table)  # no section
+
+
+def test_a_refusal_on_a_held_out_question_is_marked_abstained_not_wrong():
+    table = pd.DataFrame({"set": "heldout", "id": [0, 1], "question": ["Q?", "R?"], "expected": ["A.", "B."],
+                          "key_fact": ["A", "B"], "generated": ["모르겠습니다.", "C."], "verdict": ["abstained", "wrong"],
+                          "exact_match": False, "contains_answer": False, "states_key_fact": False})
+    rows = report_module.question_rows(table, table)["heldout"]
+    assert [(r[0], r[1]) for r in rows] == [("❔", "abstained"), ("❌", "wrong")]
 
 
 def test_a_gated_answer_shows_what_the_model_would_have_said():
