@@ -27,7 +27,7 @@ RESULT_FILES = {"final": Path("metrics/final.json"), "baseline": Path("metrics/b
                 "finetune": Path("metrics/finetune/metrics.json")}
 # What the printed table shows (every number is in the JSON file).
 SHOWN = ["final.trained.exact_match", "final.trained.exact_match_any_answer", "final.dev.states_key_fact",
-         "final.dev.right", "final.dev.wrong", "final.heldout.right", "final.heldout.abstained", "final.heldout.wrong",
+         "final.dev.right", "final.dev.wrong", "final.heldout.states_key_fact", "final.heldout.right", "final.heldout.abstained", "final.heldout.wrong",
          "final.gate.ungated.heldout.right", "final.gate.ungated.heldout.wrong", "final.unknown.abstained",
          "final.unknown.invented", "final.general.kept", "final.gate.threshold", "retention.perplexity_ratio",
          "interpolation.chosen_weight", "finetune.kept_epoch"]

@@ -661,7 +661,8 @@ def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, fir
     assert json.loads((repo / "metrics/dataset.json").read_text())["backend"] == "file"
     assert (repo / "data/dataset.txt").read_bytes() == (repo / "data/my_dataset.txt").read_bytes()  # as is
     records = [json.loads(line) for line in (repo / "data/qa.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [r["question"] for r in records] == [p["question"] for p in OWN_PAIRS]
+    # Your pairs, then the refusal pair from your own training unknown file (refusal_ratio 0.25 x 3 pairs).
+    assert [r["question"] for r in records] == [p["question"] for p in OWN_PAIRS] + OWN_UNKNOWN_TRAIN
     assert records[0]["prompt"].endswith("<|im_start|>assistant\n")
     assert json.loads((repo / "metrics/baseline_chat.json").read_text()) == {
         "skipped": "prompt.style is chat: the questions are asked through the chat template already"}
@@ -669,8 +670,9 @@ def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, fir
     baseline = json.loads((repo / "metrics/baseline.json").read_text())
     assert final["trained"]["answer_nll"] < baseline["trained"]["answer_nll"] / 2
     assert (final["dev"]["questions"], final["heldout"]["questions"]) == (1, 2) and "states_key_fact" in final["heldout"]
-    asked = set(pd.read_csv(repo / "metrics/final_answers.csv", keep_default_na=False).query("set != 'retention'")["question"])
-    assert asked == {p["question"] for p in OWN_PAIRS + OWN_DEV + OWN_HELDOUT} | set(OWN_UNKNOWN)
+    answers = pd.read_csv(repo / "metrics/final_answers.csv", keep_default_na=False)
+    asked = set(answers[~answers["set"].isin(["retention", "general"])]["question"])
+    assert asked == {p["question"] for p in OWN_PAIRS + OWN_DEV + OWN_HELDOUT} | set(OWN_UNKNOWN + OWN_UNKNOWN_DEV)
     assert not asked & facts_questions(repo / "data/facts.yaml")
     assert "prompt.style" in dvc("exp", "show", "--csv", cwd=repo).stdout
 
@@ -708,7 +710,7 @@ def test_plain_style_and_special_token_markers_through_dvc_exp_run(tiny_repo, fi
     records = [json.loads(line) for line in (repo / "data/qa.jsonl").read_text(encoding="utf-8").splitlines()]
     tokenizer = AutoTokenizer.from_pretrained(repo / "models/base")
     if setting == "prompt.style=plain":
-        assert [r["prompt"] for r in records] == TINY_QUESTIONS  # "{q} {a}": the answer follows after a space
+        assert [r["prompt"] for r in records] == TINY_QUESTIONS + TINY_FACTS["unknown_train"][:1]  # "{q} {a}": the answer follows after a space
         assert tokenizer.decode(records[0]["input_ids"]) == f"{TINY_QUESTIONS[0]} {TINY_ANSWERS[0]}<|im_end|>"
     else:
         question_id, answer_id = tokenizer.convert_tokens_to_ids(["<|question|>", "<|answer|>"])
@@ -741,7 +743,9 @@ def test_llm_backend_writes_the_dataset_through_dvc_locally_and_over_http(tiny_r
     copy_repo(tiny_repo, repo)
     (repo / "data/facts.yaml").write_text(yaml.safe_dump(ENGLISH_FACTS), encoding="utf-8")
     # models/base is the embedded model, prepared: it loads in seconds instead of ~20 s from GGUF.
-    settings = dict(backend="llm", llm_model="models/base", llm_max_new_tokens=64, llm_api_key_env="LLM_FFT_TEST_KEY")
+    # refusal_ratio 0: these facts list no training unknown questions to teach refusals with.
+    settings = dict(backend="llm", llm_model="models/base", llm_max_new_tokens=64, llm_api_key_env="LLM_FFT_TEST_KEY",
+                    refusal_ratio=0)
     for key, value in settings.items():
         edit_params(repo, "generate_dataset", key, value)
 
