@@ -102,4 +102,4 @@ lint: setup ## check the code with ruff (settings in pyproject.toml), as CI does
 	ruff check .
 
 clean: ## delete pipeline outputs and the DVC cache (keeps .venv and committed metrics)
-	rm -rf models/base models/finetuned models/final models/*.tmp models/checkpoints data/dataset.txt data/qa.jsonl data/preview.md data/statements*.jsonl data/answer_variants.jsonl data/dev*.jsonl data/heldout*.jsonl data/unknown*.jsonl data/refusals.jsonl data/rehearsal.jsonl data/rehearsal_dev.jsonl .dvc/cache .dvc/tmp
+	rm -rf models/base models/finetuned models/final models/*.tmp models/checkpoints data/dataset.txt data/trained_qa.jsonl data/preview.md data/statements*.jsonl data/answer_variants.jsonl data/dev*.jsonl data/heldout*.jsonl data/unknown*.jsonl data/refusals.jsonl data/rehearsal.jsonl data/rehearsal_dev.jsonl .dvc/cache .dvc/tmp

@@ -1,14 +1,24 @@
-"""Shared code of the llm_fft pipeline, one module per concern.
+"""Shared code of the llm_fft pipeline, one module per concern (a stage depends on the ones it imports).
 
+paths       -- every file the pipeline reads or writes, named once
 params      -- reading and validating params.yaml, seeding, choosing the device
-data        -- the facts source, prompt styles, tokenization, batching
+text        -- the one text normaliser every comparison goes through
+files       -- JSON Lines, and writing outputs all or nothing
+facts       -- the facts source (data/facts.yaml) and its unknown questions, checked (generate_dataset only)
+retention   -- the retention probe (data/retention.yaml): general text, prompts and general-knowledge facts
 formats     -- the dataset file in four formats (custom tokens, JSON, JSON Lines, separator), validated
 llm_writer  -- the llm backend of generate_dataset: a language model writes question/answer pairs
+prompts     -- prompt styles, the question/answer markers, tokenizing pairs and plain text, stop tokens
+batching    -- padding, label masks and packing of tokenized examples
 model       -- loading base models (embedded GGUF, hub id, local folder) and saving them
-training    -- the optimisation step and resumable checkpoints used by stages/finetune.py
-evaluation  -- batched greedy answering, answer loss, the three evaluation sets, metrics and delta
+training    -- the optimisation step, the losses and resumable checkpoints of stages/finetune.py
+nll         -- teacher-forced answer NLL: finetune's dev loss, the evaluations' answer NLL
+generation  -- batched greedy answering and the one decoding protocol (limit, stops, batch size)
+metrics     -- scoring one answer (the key-fact rule, right/abstained/wrong), the headline, delta
+evaluation  -- the question sets, the confidence gate, scoring both evaluations the same way
+summary     -- the few lines make run prints at the end
 report      -- the before/after report (markdown and self-contained HTML, loss curve image)
-files       -- writing outputs all or nothing
 ask         -- `python -m llm_fft.ask`: question the fine-tuned model (make ask / make chat)
 bench       -- `python -m llm_fft.bench`: time the training step and the evaluation (make bench)
+seeds       -- `python -m llm_fft.seeds`: one setting over several seeds (make seeds)
 """

@@ -16,24 +16,22 @@ replaced by the refusal, as final_eval scored it.
 import argparse
 import json
 import sys
-from pathlib import Path
+from dataclasses import replace
 
-from llm_fft.data import PromptError, prompt_ids, read_jsonl, stop_ids, stop_texts
 from llm_fft.evaluation import answer_set, gated, load_for_evaluation
-from llm_fft.generation import generation_limit
+from llm_fft.generation import decoding
 from llm_fft.model import ModelNotFound
 from llm_fft.params import ParamsError, load_params
-
-RECORDS = Path("data/qa.jsonl")
-DEV_RECORDS = Path("data/dev_qa.jsonl")
-METRICS = {False: Path("metrics/final.json"), True: Path("metrics/baseline.json")}
+from llm_fft.paths import BASE_MODEL, BASELINE_METRICS, FINAL_METRICS, FINAL_MODEL
+from llm_fft.prompts import PromptError, prompt_ids
 
 
-def gate_threshold(metrics_path):
-    """The threshold the evaluation chose for this model (None: no gate, or no evaluation yet)."""
+def chosen_gate(metrics_path):
+    """The gate the evaluation chose for this model: {"threshold": ...} (threshold None: the gate refuses
+    nothing), or None when the evaluation has not run with the gate on."""
     if not metrics_path.exists():
         return None
-    return (json.loads(metrics_path.read_text(encoding="utf-8")).get("gate") or {}).get("threshold")
+    return json.loads(metrics_path.read_text(encoding="utf-8")).get("gate")
 
 
 def main():
@@ -43,30 +41,27 @@ def main():
     args = parser.parse_args()
 
     params = load_params()
-    model_dir = Path("models/base" if args.base else "models/final")
+    model_dir, metrics_path = (BASE_MODEL, BASELINE_METRICS) if args.base else (FINAL_MODEL, FINAL_METRICS)
     try:
         model, tokenizer, device = load_for_evaluation(params, model_dir)
     except (ModelNotFound, ParamsError) as e:
         sys.exit(f"error: {e}")
-    # The evaluations' limit: from the trained and dev answers.
-    asked = [r for r in read_jsonl(RECORDS) if not r.get("refusal")] + (
-        read_jsonl(DEV_RECORDS) if DEV_RECORDS.exists() else [])
-    max_new_tokens = generation_limit(asked, params["evaluate"]["extra_new_tokens"])
-    try:
-        stop = stop_ids(tokenizer, params["prompt"])
+    try:  # the evaluations' decoding, one question at a time
+        protocol = replace(decoding(tokenizer, params["prompt"], params["evaluate"]), batch_size=1)
     except PromptError as e:
         sys.exit(f"error: {e}")
 
-    threshold = gate_threshold(METRICS[args.base]) if params["evaluate"]["gate"] else None
-    if params["evaluate"]["gate"] and threshold is None and not (METRICS[args.base].exists() and "gate" in json.loads(
-            METRICS[args.base].read_text(encoding="utf-8"))):
-        print(f"warning: evaluate.gate is on but {METRICS[args.base]} holds no threshold (run dvc repro): "
-              "answering without the confidence gate", file=sys.stderr)
+    threshold = None
+    if params["evaluate"]["gate"]:
+        gate = chosen_gate(metrics_path)
+        if gate is None:
+            print(f"warning: evaluate.gate is on but {metrics_path} holds no threshold (run dvc repro): "
+                  "answering without the confidence gate", file=sys.stderr)
+        threshold = (gate or {}).get("threshold")
 
     def answer(question):
         record = {"question": question, "q_ids": prompt_ids(tokenizer, question, params["prompt"])}
-        answers = answer_set(model, tokenizer, [record], params["prompt"], 1, max_new_tokens, stop, device,
-                             stop_texts(params["prompt"]))
+        answers = answer_set(model, tokenizer, [record], params["prompt"], protocol, device)
         print(gated(answers, threshold, params["refusal"])[0]["text"], flush=True)
 
     if args.question is not None:

@@ -46,16 +46,17 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, get_scheduler
 
-from llm_fft.data import IGNORE_INDEX, PROMPT_SPEC, collate, collate_packed, read_jsonl, stop_ids, stop_texts
+from llm_fft.batching import IGNORE_INDEX, collate, collate_packed
 from llm_fft.evaluation import EVAL_SPEC
-from llm_fft.files import write_atomically
-from llm_fft.generation import answer_questions, generation_limit
+from llm_fft.files import read_jsonl, write_atomically
+from llm_fft.generation import Decoding, decoding
 from llm_fft.model import embedded_gguf, load_base, load_pretrained, prepare_tokenizer
 from llm_fft.params import (
     ParamsError,
@@ -65,13 +66,9 @@ from llm_fft.params import (
     seed_everything,
     shared_problems,
 )
+from llm_fft.paths import BASE_MODEL, BENCH, BENCH_SMOKE, FINETUNED_MODEL, TRAINED_QA
+from llm_fft.prompts import PROMPT_SPEC
 from llm_fft.training import FINETUNE_SPEC, autocast_for, make_optimizer, train_step
-
-RECORDS = Path("data/qa.jsonl")
-BASE_MODEL = Path("models/base")
-FINETUNED_MODEL = Path("models/finetuned")
-OUT = Path("metrics/bench.json")
-SMOKE_OUT = Path("metrics/bench_smoke.json")  # never overwrites the real benchmark's numbers
 
 # The bench section of params.yaml (see llm_fft.params.problems_in_section).
 BENCH_SPEC = {
@@ -139,7 +136,7 @@ def packed_batches(records, rows, length, count):
 
 
 def synthetic_records(count, vocab_size, seed):
-    """Records shaped like data/qa.jsonl (a prompt, then an answer and EOS), from seeded random ids."""
+    """Records shaped like data/trained_qa.jsonl (a prompt, then an answer and EOS), from seeded random ids."""
     generator = torch.Generator().manual_seed(seed)
     records = []
     for _ in range(count):
@@ -335,32 +332,33 @@ def evaluation_case(params, records, repeats, smoke):
     """Batched answering (the evaluation stages' code and evaluate.batch_size) against one question
     at a time, on the same questions (the first bench.evaluation_questions), model and generation
     limit, each timed `repeats` times; the ratio of the median times is what batching buys."""
-    cpu, batch_size = torch.device("cpu"), params["evaluate"]["batch_size"]
+    cpu = torch.device("cpu")
     model_dir = FINETUNED_MODEL if (FINETUNED_MODEL / "config.json").is_file() else BASE_MODEL
     if smoke:
         # The tiny random Llama; the embedded tokenizer only pads and decodes its small ids.
         folder, gguf_file = embedded_gguf()
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file))
         model = AutoModelForCausalLM.from_config(LlamaConfig(**SMOKE_SHAPE), dtype=torch.float32)
-        label, records, limit, stop, texts = "random tiny LlamaForCausalLM (smoke)", records[:6], 8, [2], []
+        label, records = "random tiny LlamaForCausalLM (smoke)", records[:6]
+        protocol = Decoding(8, (2,), (), params["evaluate"]["batch_size"])
     else:
         model, tokenizer = load_pretrained(model_dir, torch.float32, cpu)
-        label, stop, texts = str(model_dir), stop_ids(tokenizer, params["prompt"]), stop_texts(params["prompt"])
-        limit = generation_limit(records, params["evaluate"]["extra_new_tokens"])  # from all of them, as the stages
+        label, protocol = str(model_dir), decoding(tokenizer, params["prompt"], params["evaluate"])  # the stages'
         records = records[:params["bench"]["evaluation_questions"]]
+    one_at_a_time = replace(protocol, batch_size=1)
     model.eval()
     batched_times, sequential_times = [], []
     for _ in range(repeats):
         started = time.perf_counter()
-        batched = answer_questions(model, tokenizer, records, batch_size, limit, cpu, stop, texts)
+        batched = protocol.answer(model, tokenizer, records, cpu)
         batched_times.append(time.perf_counter() - started)
         started = time.perf_counter()
-        one_by_one = [answer_questions(model, tokenizer, [r], 1, limit, cpu, stop, texts)[0] for r in records]
+        one_by_one = [one_at_a_time.answer(model, tokenizer, [r], cpu)[0] for r in records]
         sequential_times.append(time.perf_counter() - started)
     batched_s = round(statistics.median(batched_times), 4)  # the ratio is of what is shown
     sequential_s = round(statistics.median(sequential_times), 4)
-    return {"name": "cpu/evaluation", "model": label, "questions": len(records), "batch_size": batch_size,
-            "max_new_tokens": limit, "generated_tokens": sum(a["generated_tokens"] for a in batched),
+    return {"name": "cpu/evaluation", "model": label, "questions": len(records), "batch_size": protocol.batch_size,
+            "max_new_tokens": protocol.max_new_tokens, "generated_tokens": sum(a["generated_tokens"] for a in batched),
             "repeats": repeats, "batched_s": batched_s, "sequential_s": sequential_s,
             "batched_s_min_max": [round(min(batched_times), 4), round(max(batched_times), 4)],
             "sequential_s_min_max": [round(min(sequential_times), 4), round(max(sequential_times), 4)],
@@ -500,7 +498,7 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true",
                         help=f"CI mode: a tiny random Llama on synthetic data, {SMOKE_STEPS} steps per case")
     parser.add_argument("--out", type=Path, default=None,
-                        help=f"where to write the JSON (default {OUT}; with --smoke {SMOKE_OUT})")
+                        help=f"where to write the JSON (default {BENCH}; with --smoke {BENCH_SMOKE})")
     args = parser.parse_args(argv)
     params = load_params()
     check_params(params)
@@ -509,10 +507,10 @@ def main(argv=None):
                               else (bench["steps"], bench["warmup_steps"], bench["repeats"]))
     if args.smoke:
         records = synthetic_records(16, SMOKE_SHAPE["vocab_size"], params["seed"])
-    elif RECORDS.is_file():
-        records = read_jsonl(RECORDS)
+    elif TRAINED_QA.is_file():
+        records = read_jsonl(TRAINED_QA)
     else:
-        sys.exit(f"error: {RECORDS} is missing: run `dvc repro parse_qa` first (it tokenizes data/dataset.txt)")
+        sys.exit(f"error: {TRAINED_QA} is missing: run `dvc repro parse_qa` first (it tokenizes data/dataset.txt)")
     settings = {"smoke": args.smoke, "steps": steps, "warmup_steps": warmup, "repeats": repeats,
                 "batch_size": batch_size, "precision": params["finetune"]["precision"],
                 "examples": len(records), "seed": params["seed"], "gpu_peak_tflops": bench["gpu_peak_tflops"],
@@ -529,7 +527,7 @@ def main(argv=None):
                    for n in KANANA_CASES]
     evaluation = evaluation_case(params, records, repeats, args.smoke)
     doc = report(cases + cuda_rows, skipped, settings, evaluation, params["finetune"]["precision"])
-    out = args.out or (SMOKE_OUT if args.smoke else OUT)
+    out = args.out or (BENCH_SMOKE if args.smoke else BENCH)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(out, json.dumps(doc, indent=2) + "\n")
     print(table(doc))

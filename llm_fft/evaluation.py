@@ -1,8 +1,9 @@
 """Evaluation: one protocol for baseline_eval, interpolate and final_eval (the sets, decoding, scoring).
 
-baseline_eval and final_eval both call evaluate_stage(): same sets, prompt ids, decoding and metrics.
+baseline_eval and final_eval both answer and score through evaluate_model(): same sets, prompt ids,
+decoding (generation.decoding) and metrics.
 The sets:
-  trained    data/qa.jsonl: the questions trained on (did the model learn what it was taught?).
+  trained    data/trained_qa.jsonl: the questions trained on (did the model learn what it was taught?).
              Where a fact was trained with several answers (data/answer_variants.jsonl), each
              question's own answer gives exact_match, and exact_match_any_answer also accepts, word
              for word, any other answer trained for that fact
@@ -27,25 +28,13 @@ the threshold final_eval chose, so what a user sees is what was measured.
 """
 
 import math
-from pathlib import Path
 
 import pandas as pd
 import torch
 
-from llm_fft.data import (
-    IGNORE_INDEX,
-    PROMPT_SPEC,
-    PromptError,
-    answer_ids,
-    load_retention,
-    read_jsonl,
-    stop_ids,
-    stop_texts,
-    tokenize_pair,
-    tokenize_text,
-)
-from llm_fft.generation import answer_questions, generation_limit
-from llm_fft.loss import answer_nll
+from llm_fft.batching import IGNORE_INDEX
+from llm_fft.files import read_jsonl
+from llm_fft.generation import answer_questions, decoding
 from llm_fft.metrics import (
     abstains,
     answer_changed,
@@ -57,16 +46,12 @@ from llm_fft.metrics import (
     verdict,
 )
 from llm_fft.model import load_pretrained
+from llm_fft.nll import answer_nll
 from llm_fft.params import fail_if_problems, pick_device, problems_in_section, seed_everything, shared_problems
+from llm_fft.paths import ANSWER_VARIANTS, DEV_QA, HELDOUT_QA, TRAINED_QA, UNKNOWN_DEV_QA, UNKNOWN_QA
+from llm_fft.prompts import PROMPT_SPEC, PromptError, answer_ids, tokenize_pair, tokenize_text
+from llm_fft.retention import load_retention
 from llm_fft.text import normalize
-
-TRAINED = Path("data/qa.jsonl")
-DEV = Path("data/dev_qa.jsonl")
-HELDOUT = Path("data/heldout_qa.jsonl")
-UNKNOWN = Path("data/unknown_qa.jsonl")
-UNKNOWN_DEV = Path("data/unknown_dev_qa.jsonl")
-VARIANTS = Path("data/answer_variants.jsonl")
-
 
 # --- The question sets and the retention probe ---------------------------------------------------
 
@@ -76,15 +61,16 @@ def accepted_answers(variants):
     return {normalize(answer): group["answers"] for group in variants for answer in group["answers"]}
 
 
-def answer_set(model, tokenizer, records, prompt, batch_size, max_new_tokens, stop, device, stop_text=()):
-    """Greedy answers to a question set, each with own_answer_nll: the model's teacher-forced NLL of
-    its own answer and the token that ends it (nats/token), the confidence the gate reads."""
-    answers = answer_questions(model, tokenizer, records, batch_size, max_new_tokens, device, stop, stop_text)
+def answer_set(model, tokenizer, records, prompt, protocol, device):
+    """Greedy answers to a question set (generation.Decoding), each with own_answer_nll: the model's
+    teacher-forced NLL of its own answer and the token that ends it (nats/token), the confidence the
+    gate reads."""
+    answers = protocol.answer(model, tokenizer, records, device)
     own = []
     for r, a in zip(records, answers):
         a_ids = answer_ids(tokenizer, r["question"], a["text"], prompt)
         own.append({"input_ids": r["q_ids"] + a_ids, "labels": [IGNORE_INDEX] * len(r["q_ids"]) + a_ids})
-    for a, nll in zip(answers, answer_nll(model, own, batch_size, tokenizer.pad_token_id, device)[0]):
+    for a, nll in zip(answers, answer_nll(model, own, protocol.batch_size, tokenizer.pad_token_id, device)[0]):
         a["own_answer_nll"] = round(nll, 4)
     return answers
 
@@ -104,7 +90,7 @@ def gated(answers, threshold, refusal):
 
 def _gate_counts(dev, dev_answers, unknown_answers, phrases):
     """Right/abstained/wrong counts on dev and abstained/invented on the dev unknown questions."""
-    verdicts = [verdict(a["text"], r.get("key") or r["answer"], phrases) for a, r in zip(dev_answers, dev)]
+    verdicts = [verdict(a["text"], r, phrases) for a, r in zip(dev_answers, dev)]
     abstained = [abstains(a["text"], phrases) for a in unknown_answers]
     return {"dev_right": verdicts.count("right"), "dev_abstained": verdicts.count("abstained"),
             "dev_wrong": verdicts.count("wrong"), "unknown_dev_abstained": sum(abstained),
@@ -140,7 +126,7 @@ def evaluate_questions(answers, records, name, phrases, expected_nll, accepted=N
     # Scored in sets with key facts (dev, held-out). A question there without one (your own, or a
     # language model's paraphrase) must state the whole expected answer, as in interpolate.
     scored_on_key_facts = any(keys)
-    verdicts = [verdict(g, k or e, phrases) for g, k, e in zip(generated, keys, expected)]
+    verdicts = [verdict(g, r, phrases) for g, r in zip(generated, records)]
     table = pd.DataFrame({
         "set": name,
         "id": [r["id"] for r in records],
@@ -307,15 +293,12 @@ def evaluate_stage(params, model_dir, baseline_table=None):
     return evaluate_model(params, model, tokenizer, device, baseline_table)
 
 
-def question_sets(cfg):
-    """({trained, dev, heldout, unknown, unknown_dev}: records, the generation limit every set is
-    answered with). One limit for all, from the questions that choose (interpolate uses the same): dev
-    and held-out questions ask for the trained answers, and unknown ones get the room a real answer
-    gets, no more. Trained refusals (data/qa.jsonl records marked refusal) are taught, not tested."""
-    sets = {"trained": [r for r in read_jsonl(TRAINED) if not r.get("refusal")], "dev": read_jsonl(DEV),
-            "heldout": read_jsonl(HELDOUT), "unknown": read_jsonl(UNKNOWN),
-            "unknown_dev": read_jsonl(UNKNOWN_DEV) if UNKNOWN_DEV.exists() else []}
-    return sets, generation_limit(sets["trained"] + sets["dev"], cfg["extra_new_tokens"])
+def question_sets():
+    """{trained, dev, heldout, unknown, unknown_dev}: records. Trained refusals (data/trained_qa.jsonl
+    records marked refusal) are taught, not tested."""
+    return {"trained": [r for r in read_jsonl(TRAINED_QA) if not r.get("refusal")], "dev": read_jsonl(DEV_QA),
+            "heldout": read_jsonl(HELDOUT_QA), "unknown": read_jsonl(UNKNOWN_QA),
+            "unknown_dev": read_jsonl(UNKNOWN_DEV_QA) if UNKNOWN_DEV_QA.exists() else []}
 
 
 def gate_threshold(params, dev, dev_answers, unknown_dev_answers):
@@ -338,7 +321,7 @@ def ungated_shares(sets, answers, phrases):
             abstained = [abstains(t, phrases) for t in texts]
             counts = {"abstained": sum(abstained), "invented": sum(map(invented, texts, abstained))}
         else:
-            verdicts = [verdict(t, r.get("key") or r["answer"], phrases) for t, r in zip(texts, sets[name])]
+            verdicts = [verdict(t, r, phrases) for t, r in zip(texts, sets[name])]
             counts = {k: verdicts.count(k) for k in ("right", "abstained", "wrong")}
         shares[name] = {k: round(v / len(texts), 4) for k, v in counts.items()}
     return shares
@@ -351,13 +334,12 @@ def evaluate_model(params, model, tokenizer, device, baseline_table=None):
     counts); metrics["gate"] holds the threshold and the shares before the gate."""
     cfg, prompt = params["evaluate"], params["prompt"]
     phrases = cfg["abstain_phrases"]
-    sets, limit = question_sets(cfg)
-    stop = stop_ids(tokenizer, prompt)
-    answers = {name: answer_set(model, tokenizer, records, prompt, cfg["batch_size"], limit, stop, device,
-                                stop_texts(prompt))
+    sets = question_sets()
+    protocol = decoding(tokenizer, prompt, cfg, sets["trained"] + sets["dev"])
+    answers = {name: answer_set(model, tokenizer, records, prompt, protocol, device)
                for name, records in sets.items() if records}
     threshold, curve = gate_threshold(params, sets["dev"], answers.get("dev", []), answers.get("unknown_dev", []))
-    accepted = accepted_answers(read_jsonl(VARIANTS))
+    accepted = accepted_answers(read_jsonl(ANSWER_VARIANTS))
     metrics, tables = {}, []
     for name, records in sets.items():
         if not records:
@@ -368,7 +350,7 @@ def evaluate_model(params, model, tokenizer, device, baseline_table=None):
         else:
             expected_nll = answer_nll(model, records, cfg["batch_size"], tokenizer.pad_token_id, device)
             metrics[name], table = evaluate_questions(final, records, name, phrases, expected_nll, accepted)
-            metrics[name]["max_new_tokens"] = limit
+            metrics[name]["max_new_tokens"] = protocol.max_new_tokens
         tables.append(table)
     if cfg["gate"]:
         metrics["gate"] = {"threshold": threshold, "chosen_on_questions": len(sets["dev"]) + len(sets["unknown_dev"]),
@@ -401,9 +383,9 @@ def evaluate_chat_template(params, model, tokenizer, device):
     if not getattr(tokenizer, "chat_template", None):
         return None, "the base model has no chat template"
     cfg, chat = params["evaluate"], {**params["prompt"], "style": "chat"}
-    sets, limit = question_sets(cfg)
+    sets = question_sets()
     try:
-        stop = stop_ids(tokenizer, chat)
+        protocol = decoding(tokenizer, chat, cfg, sets["trained"] + sets["dev"])
     except PromptError as e:  # a template this pipeline cannot split at the answer: no chat baseline
         return None, f"the base model's chat template cannot be used: {e}"
     metrics, tables = {}, []
@@ -413,7 +395,7 @@ def evaluate_chat_template(params, model, tokenizer, device):
         if not records:
             continue
         # Ungated: the gate's threshold was chosen on the pipeline's prompt, not on this one.
-        answers = answer_set(model, tokenizer, records, chat, cfg["batch_size"], limit, stop, device)
+        answers = answer_set(model, tokenizer, records, chat, protocol, device)
         if name == "unknown":
             metrics[name], table = evaluate_unknown(answers, records, name, cfg["abstain_phrases"])
         else:

@@ -1,5 +1,7 @@
-"""Writing outputs all or nothing, so an interrupted stage never leaves a half-written file."""
+"""Reading and writing pipeline files: JSON Lines, and outputs written all or nothing, so an
+interrupted stage never leaves a half-written file."""
 
+import json
 import os
 from pathlib import Path
 
@@ -18,3 +20,12 @@ def write_atomically(path, content):
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never a part
     finally:
         tmp.unlink(missing_ok=True)  # only left if writing failed
+
+
+def to_jsonl(rows):
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

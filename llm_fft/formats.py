@@ -52,8 +52,13 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from llm_fft.data import ANSWER_MARK, QUESTION_MARK, DatasetError
+from llm_fft.prompts import ANSWER_MARK, QUESTION_MARK
 from llm_fft.text import normalize
+
+
+class DatasetError(ValueError):
+    """Bad input data; the message lists every problem with file and line."""
+
 
 FORMATS = ("custom_tokens", "json", "jsonl", "separator")
 DEFAULT_SEPARATOR = r" \| "

@@ -1,6 +1,13 @@
-"""Batched greedy answering, shared by both evaluations, interpolate, ask and the benchmark."""
+"""Batched greedy answering, and the one decoding protocol of both evaluations, interpolate, ask and
+the benchmark."""
+
+from dataclasses import dataclass, replace
 
 import torch
+
+from llm_fft.files import read_jsonl
+from llm_fft.paths import DEV_QA, TRAINED_QA
+from llm_fft.prompts import stop_ids, stop_texts
 
 
 @torch.inference_mode()
@@ -46,3 +53,35 @@ def generation_limit(records, extra_new_tokens):
     """Max new tokens: the longest answer (with its end token) plus a margin. Derived from the data,
     since a fixed small limit would cut long Korean answers short (~2 tokens per syllable here)."""
     return max(len(r["input_ids"]) - len(r["q_ids"]) for r in records) + extra_new_tokens
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How a question is answered: greedily, batch_size at a time, at most max_new_tokens, ended by a
+    stop token or cut at a stop text. One protocol, so baseline and final answers compare."""
+    max_new_tokens: int
+    stop_ids: tuple
+    stop_texts: tuple
+    batch_size: int
+
+    def answer(self, model, tokenizer, records, device):
+        return answer_questions(model, tokenizer, records, self.batch_size, self.max_new_tokens, device,
+                                list(self.stop_ids), self.stop_texts)
+
+
+def decoding(tokenizer, prompt, evaluate, limit_records=None):
+    """The decoding protocol for a prompt style and the evaluate section of params.yaml. The limit comes
+    from the questions that choose (limit_records, else data/trained_qa.jsonl and data/dev_qa.jsonl):
+    dev and held-out questions ask for the trained answers, and unknown ones get the room a real answer
+    gets, no more. Trained refusals are taught, not asked. Raises PromptError for a chat template this
+    pipeline cannot split at the answer."""
+    if limit_records is None:
+        limit_records = [r for r in read_jsonl(TRAINED_QA) if not r.get("refusal")] + (
+            read_jsonl(DEV_QA) if DEV_QA.exists() else [])
+    return Decoding(generation_limit(limit_records, evaluate["extra_new_tokens"]), tuple(stop_ids(tokenizer, prompt)),
+                    tuple(stop_texts(prompt)), evaluate["batch_size"])
+
+
+def with_prompt(protocol, tokenizer, prompt):
+    """The same protocol for another prompt style: its own stop tokens and texts, the same limit."""
+    return replace(protocol, stop_ids=tuple(stop_ids(tokenizer, prompt)), stop_texts=tuple(stop_texts(prompt)))

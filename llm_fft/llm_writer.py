@@ -33,8 +33,8 @@ from typing import NamedTuple
 
 import torch
 
-from llm_fft.data import ANSWER_MARK, QUESTION_MARK, DatasetError
-from llm_fft.formats import write_pairs
+from llm_fft.formats import DatasetError, write_pairs
+from llm_fft.prompts import ANSWER_MARK, QUESTION_MARK
 from llm_fft.text import normalize
 
 # Why a candidate pair is rejected. Each is counted under the first reason that applies, checked

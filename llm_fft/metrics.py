@@ -79,10 +79,21 @@ def holds_key(generated, key):
     return re.search(rf"(?<![0-9a-z]){re.escape(key)}(?![0-9a-z])", text) is not None
 
 
-def verdict(generated, key, phrases):
-    """right (states the key fact, or a keyless question's whole answer), abstained (says it does not
-    know: evaluate.abstain_phrases) or wrong (neither: something else, or nothing)."""
-    if contains(generated, key):
+def key_fact(record):
+    """What a right answer to a question must state: its key fact, or, for a question without one
+    (your own, or a language model's paraphrase), the whole expected answer."""
+    return record.get("key") or record["answer"]
+
+
+def states_key_fact(generated, record):
+    """The one rule of a right answer, in both evaluations, the gate and interpolate."""
+    return contains(generated, key_fact(record))
+
+
+def verdict(generated, record, phrases):
+    """right (states_key_fact), abstained (says it does not know: evaluate.abstain_phrases) or wrong
+    (neither: something else, or nothing)."""
+    if states_key_fact(generated, record):
         return "right"
     return "abstained" if abstains(generated, phrases) else "wrong"
 

@@ -20,11 +20,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-OUT_DIR = Path("metrics/seeds")
+from llm_fft.paths import BASELINE_METRICS, FINAL_METRICS, FINETUNE_METRICS, INTERPOLATION_METRICS, SEEDS
+
 # Read after each run: {prefix: file}; every number in them is collected as prefix.key.path.
-RESULT_FILES = {"final": Path("metrics/final.json"), "baseline": Path("metrics/baseline.json"),
-                "interpolation": Path("metrics/interpolation.json"),
-                "finetune": Path("metrics/finetune/metrics.json")}
+RESULT_FILES = {"final": FINAL_METRICS, "baseline": BASELINE_METRICS, "interpolation": INTERPOLATION_METRICS,
+                "finetune": FINETUNE_METRICS}
 # What the printed table shows (every number is in the JSON file).
 SHOWN = ["final.trained.exact_match", "final.trained.exact_match_any_answer", "final.dev.states_key_fact",
          "final.dev.right", "final.dev.wrong", "final.heldout.states_key_fact", "final.heldout.right", "final.heldout.abstained", "final.heldout.wrong",
@@ -98,7 +98,7 @@ def main():
         sys.exit(f"error: --seeds lists a seed twice: {args.seeds}")
 
     origin = provenance()  # before the runs: the code they ran
-    out = OUT_DIR / f"{args.name}.json"
+    out = SEEDS / f"{args.name}.json"
     runs = []
     for seed in args.seeds:
         command = ["dvc", "exp", "run", "-S", f"seed={seed}", *(x for o in args.overrides for x in ("-S", o))]

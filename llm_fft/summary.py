@@ -7,12 +7,9 @@ Every number is in metrics/*.json (`dvc metrics show`); every answer is in metri
 
 import json
 import sys
-from pathlib import Path
 
-BASELINE = Path("metrics/baseline.json")
-FINAL = Path("metrics/final.json")
-FINETUNE = Path("metrics/finetune/metrics.json")
-INTERPOLATION = Path("metrics/interpolation.json")
+from llm_fft.paths import BASELINE_METRICS, FINAL_METRICS, FINETUNE_METRICS, INTERPOLATION_METRICS
+
 # (set, label, metrics shown): the held-out set is the test; dev chose the settings.
 ROWS = [("trained", "trained questions", ["exact_match", "exact_match_any_answer", "char_f1"]),
         ("dev", "dev paraphrases, chose", ["right", "abstained", "wrong"]),
@@ -68,10 +65,10 @@ def summary_lines(before, after, finetune=None, interpolation=None):
 
 
 def main():
-    before, after = read_json(BASELINE), read_json(FINAL)
+    before, after = read_json(BASELINE_METRICS), read_json(FINAL_METRICS)
     if not before or not after:
-        sys.exit(f"error: {BASELINE} or {FINAL} is missing: run the pipeline first (make run)")
-    print("\n".join(summary_lines(before, after, read_json(FINETUNE), read_json(INTERPOLATION))))
+        sys.exit(f"error: {BASELINE_METRICS} or {FINAL_METRICS} is missing: run the pipeline first (make run)")
+    print("\n".join(summary_lines(before, after, read_json(FINETUNE_METRICS), read_json(INTERPOLATION_METRICS))))
 
 
 if __name__ == "__main__":

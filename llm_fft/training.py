@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
-from llm_fft.data import IGNORE_INDEX
+from llm_fft.batching import IGNORE_INDEX
 
 PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16-pure")
 SCHEDULES = ("linear", "cosine", "constant_with_warmup")
@@ -53,6 +53,9 @@ FINETUNE_SPEC = {
     "select_epoch": (str, lambda v: v in ("last", "best_dev_loss"), "last or best_dev_loss"),
 }
 
+# finetune keys that change no numbers: dvc.yaml does not list them, so editing one reruns nothing,
+# and a checkpoint resumes across them.
+CHANGES_NO_NUMBERS = ("log_every", "checkpoint_minutes", "checkpoint_every")
 
 class TrainingError(ValueError):
     """A run that cannot start or go on; the message says why and what to do. The finetune stage
@@ -334,10 +337,9 @@ def distillation_loss(model, teacher, batch, num_items):
 def run_fingerprint(params, records_path, base_model_dir):
     """What a checkpoint must match to be resumed: the training params and the exact inputs.
 
-    Knobs that change no numbers (log_every, checkpoint_minutes, checkpoint_every) are left out.
+    Knobs that change no numbers (CHANGES_NO_NUMBERS) are left out.
     """
-    changes_no_numbers = ("log_every", "checkpoint_minutes", "checkpoint_every")
-    cfg = {k: v for k, v in params["finetune"].items() if k not in changes_no_numbers}
+    cfg = {k: v for k, v in params["finetune"].items() if k not in CHANGES_NO_NUMBERS}
     base = Path(base_model_dir)
     return {
         **{f"finetune.{k}": v for k, v in sorted(cfg.items())},

@@ -2,7 +2,7 @@
 
     python -m stages.finetune
 
-Reads finetune.*, model.dtype, seed and device in params.yaml, data/qa.jsonl (the question/answer
+Reads finetune.*, model.dtype, seed and device in params.yaml, data/trained_qa.jsonl (the question/answer
 pairs), data/statements_qa.jsonl (the facts as plain text), data/rehearsal.jsonl (the base model's own
 text; finetune.rehearsal_ratio of it is mixed into every epoch, learned by cross-entropy or, with
 finetune.rehearsal_loss kl, distilled from the base model), data/dev_qa.jsonl and models/base.
@@ -34,9 +34,10 @@ from tqdm import tqdm
 from transformers import get_scheduler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from llm_fft.data import collate, collate_packed, read_jsonl
-from llm_fft.loss import answer_nll
+from llm_fft.batching import collate, collate_packed
+from llm_fft.files import read_jsonl
 from llm_fft.model import DTYPES, load_pretrained, save_model
+from llm_fft.nll import answer_nll
 from llm_fft.params import (
     ParamsError,
     fail_if_problems,
@@ -45,6 +46,17 @@ from llm_fft.params import (
     problems_in_section,
     seed_everything,
     shared_problems,
+)
+from llm_fft.paths import (
+    BASE_MODEL,
+    CHECKPOINT,
+    CHECKPOINTS,
+    DEV_QA,
+    FINETUNE_LIVE,
+    FINETUNED_MODEL,
+    REHEARSAL,
+    STATEMENTS_QA,
+    TRAINED_QA,
 )
 from llm_fft.training import (
     FINETUNE_SPEC,
@@ -66,14 +78,6 @@ from llm_fft.training import (
     train_step,
 )
 
-BASE_MODEL = Path("models/base")
-RECORDS = Path("data/qa.jsonl")
-STATEMENT_RECORDS = Path("data/statements_qa.jsonl")
-REHEARSAL_RECORDS = Path("data/rehearsal.jsonl")
-DEV_RECORDS = Path("data/dev_qa.jsonl")
-OUT_DIR = Path("models/finetuned")
-LIVE_DIR = Path("metrics/finetune")
-CHECKPOINT = Path("models/checkpoints/finetune/checkpoint.pt")
 ACCELERATE_CONFIG = Path("configs/accelerate.yaml")
 
 
@@ -139,10 +143,10 @@ def main():
     kept_epoch, kept_nll, weights = best if keep_best else (cfg["epochs"], None, procs.whole_weights(model))
     if procs.is_main:
         log.end(kept_epoch, kept_nll)
-        save_model(procs.unwrap(model), tokenizer, OUT_DIR, DTYPES[params["model"]["dtype"]], weights)
-        shutil.rmtree(CHECKPOINT.parent, ignore_errors=True)  # finished: nothing left to resume
+        save_model(procs.unwrap(model), tokenizer, FINETUNED_MODEL, DTYPES[params["model"]["dtype"]], weights)
+        shutil.rmtree(CHECKPOINTS, ignore_errors=True)  # finished: nothing left to resume
         kept_by = "lowest dev answer loss" if keep_best else "the last"
-        print(f"wrote {OUT_DIR} (epoch {kept_epoch} of {cfg['epochs']}, {kept_by}) after {step} steps in "
+        print(f"wrote {FINETUNED_MODEL} (epoch {kept_epoch} of {cfg['epochs']}, {kept_by}) after {step} steps in "
               f"{log.elapsed():.0f}s; last loss {loss:.4f}")
     procs.end()
 
@@ -187,12 +191,12 @@ class Data(NamedTuple):
 
 def load_data(cfg, seed):
     """The task, the rehearsal pool and the dev questions; warns when one batch holds the whole epoch."""
-    task = read_jsonl(RECORDS) + read_jsonl(STATEMENT_RECORDS)
+    task = read_jsonl(TRAINED_QA) + read_jsonl(STATEMENTS_QA)
     # Tagged so that rehearsal_loss = kl can tell them from the task rows in a batch.
-    rehearsal = [{**r, "rehearsal": True} for r in read_jsonl(REHEARSAL_RECORDS)] if cfg["rehearsal_ratio"] else []
-    dev = read_jsonl(DEV_RECORDS)
+    rehearsal = [{**r, "rehearsal": True} for r in read_jsonl(REHEARSAL)] if cfg["rehearsal_ratio"] else []
+    dev = read_jsonl(DEV_QA)
     if cfg["select_epoch"] == "best_dev_loss" and not dev:
-        raise TrainingError(f"finetune.select_epoch = best_dev_loss needs dev questions, and {DEV_RECORDS} has none "
+        raise TrainingError(f"finetune.select_epoch = best_dev_loss needs dev questions, and {DEV_QA} has none "
                             "(add dev phrasings to the facts file, or with the file backend pairs to "
                             "generate_dataset.dev_file; or set finetune.select_epoch: last)")
     per_epoch = len(epoch_examples(task, rehearsal, cfg["rehearsal_ratio"], seed, 1))
@@ -204,8 +208,8 @@ def load_data(cfg, seed):
 
 def fingerprint_of(params):
     """What a checkpoint must match to be resumed: the params and every file the stage reads."""
-    fingerprint = run_fingerprint(params, RECORDS, BASE_MODEL)
-    for name, path in (("statements", STATEMENT_RECORDS), ("rehearsal", REHEARSAL_RECORDS), ("dev", DEV_RECORDS)):
+    fingerprint = run_fingerprint(params, TRAINED_QA, BASE_MODEL)
+    for name, path in (("statements", STATEMENTS_QA), ("rehearsal", REHEARSAL), ("dev", DEV_QA)):
         fingerprint[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
     return fingerprint
 
@@ -327,7 +331,7 @@ class Log:
 
     def __init__(self, main_process, history, start_step, total_steps, log_every):
         self.main, self.total_steps, self.log_every = main_process, total_steps, log_every
-        self.live = Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False) if main_process else None
+        self.live = Live(dir=str(FINETUNE_LIVE), dvcyaml=None, save_dvc_exp=False) if main_process else None
         for logged in history if main_process else []:  # the steps before a crash, so the curves are whole
             log_step(self.live, *logged)
         self.real_tokens, self.started = 0, time.perf_counter()

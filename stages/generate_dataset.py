@@ -44,9 +44,9 @@ from pathlib import Path
 
 import torch
 
-from llm_fft.data import DatasetError, load_facts, load_unknown, to_jsonl
-from llm_fft.files import write_atomically
-from llm_fft.formats import DATASET_SPEC, read_pairs, read_questions, write_pairs
+from llm_fft.facts import load_facts, load_unknown
+from llm_fft.files import to_jsonl, write_atomically
+from llm_fft.formats import DATASET_SPEC, DatasetError, read_pairs, read_questions, write_pairs
 from llm_fft.llm_writer import HttpChat, LocalChat, TransportError, write_pairs_with_llm, write_paraphrases
 from llm_fft.model import ModelNotFound, load_base, prepare_tokenizer
 from llm_fft.params import (
@@ -57,17 +57,19 @@ from llm_fft.params import (
     seed_everything,
     shared_problems,
 )
+from llm_fft.paths import (
+    ANSWER_VARIANTS,
+    DATASET_METRICS,
+    DEV_QUESTIONS,
+    HELDOUT_QUESTIONS,
+    REFUSALS,
+    STATEMENTS,
+    TRAINED_DATASET,
+    UNKNOWN_DEV_QUESTIONS,
+    UNKNOWN_QUESTIONS,
+)
 from llm_fft.text import normalize
 
-OUT_FILE = Path("data/dataset.txt")
-HELDOUT = Path("data/heldout.jsonl")
-DEV = Path("data/dev.jsonl")
-STATEMENTS = Path("data/statements.jsonl")
-UNKNOWN = Path("data/unknown.jsonl")
-UNKNOWN_DEV = Path("data/unknown_dev.jsonl")
-REFUSALS = Path("data/refusals.jsonl")
-VARIANTS = Path("data/answer_variants.jsonl")
-REPORT = Path("metrics/dataset.json")
 BACKENDS = ("template", "file", "llm")
 SPEC = {
     "backend": (str, lambda v: v in BACKENDS, f"one of {', '.join(BACKENDS)}"),
@@ -281,26 +283,26 @@ def main():
 
     # Statements are about the facts file's facts: a dataset file of your own brings none.
     statements = [{"text": t} for fact in facts for t in fact["statements"]] if cfg["statements"] else []
-    write_atomically(HELDOUT, to_jsonl(heldout))
-    write_atomically(DEV, to_jsonl(dev))
+    write_atomically(HELDOUT_QUESTIONS, to_jsonl(heldout))
+    write_atomically(DEV_QUESTIONS, to_jsonl(dev))
     write_atomically(STATEMENTS, to_jsonl(statements))
-    write_atomically(UNKNOWN, to_jsonl([{"question": q} for q in unknown["unknown"]]))
-    write_atomically(UNKNOWN_DEV, to_jsonl([{"question": q} for q in unknown["unknown_dev"]]))
+    write_atomically(UNKNOWN_QUESTIONS, to_jsonl([{"question": q} for q in unknown["unknown"]]))
+    write_atomically(UNKNOWN_DEV_QUESTIONS, to_jsonl([{"question": q} for q in unknown["unknown_dev"]]))
     write_atomically(REFUSALS, to_jsonl(refusals))
-    write_atomically(VARIANTS, to_jsonl(variants))
+    write_atomically(ANSWER_VARIANTS, to_jsonl(variants))
     asked_from = cfg["facts"] if cfg["backend"] != "file" else {"dev": cfg["dev_file"], "heldout": cfg["heldout_file"]}
-    write_atomically(REPORT, json.dumps({"backend": cfg["backend"], **report, "statements": len(statements),
+    write_atomically(DATASET_METRICS, json.dumps({"backend": cfg["backend"], **report, "statements": len(statements),
                                          "dev_questions": len(dev), "heldout_questions": len(heldout),
                                          "unknown_questions": len(unknown["unknown"]),
                                          "unknown_dev_questions": len(unknown["unknown_dev"]),
                                          "unknown_train_questions": len(unknown["unknown_train"]),
                                          "refusal_pairs": len(refusals),
                                          "dev_and_heldout_from": asked_from}, indent=2) + "\n")
-    write_atomically(OUT_FILE, dataset)
-    print(f"wrote {OUT_FILE}: {report['accepted']} question/answer pairs ({cfg['backend']} backend), "
-          f"{STATEMENTS}: {len(statements)} statements, {DEV}: {len(dev)} dev, {HELDOUT}: {len(heldout)} "
-          f"held-out, {UNKNOWN}: {len(unknown['unknown'])} unknown and {UNKNOWN_DEV}: {len(unknown['unknown_dev'])} "
-          f"dev unknown questions, {REFUSALS}: {len(refusals)} refusal pairs, report in {REPORT}")
+    write_atomically(TRAINED_DATASET, dataset)
+    print(f"wrote {TRAINED_DATASET}: {report['accepted']} question/answer pairs ({cfg['backend']} backend), "
+          f"{STATEMENTS}: {len(statements)} statements, {DEV_QUESTIONS}: {len(dev)} dev, {HELDOUT_QUESTIONS}: {len(heldout)} "
+          f"held-out, {UNKNOWN_QUESTIONS}: {len(unknown['unknown'])} unknown and {UNKNOWN_DEV_QUESTIONS}: {len(unknown['unknown_dev'])} "
+          f"dev unknown questions, {REFUSALS}: {len(refusals)} refusal pairs, report in {DATASET_METRICS}")
 
 
 if __name__ == "__main__":

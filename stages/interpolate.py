@@ -16,27 +16,26 @@ models/finetuned. Writes models/final (what final_eval and `make ask` use), metr
 
 import json
 import sys
-from pathlib import Path
 
 import torch
 
-from llm_fft.data import read_jsonl, stop_ids, stop_texts
 from llm_fft.evaluation import load_for_evaluation
-from llm_fft.files import write_atomically
-from llm_fft.generation import answer_questions, generation_limit
-from llm_fft.loss import answer_nll
-from llm_fft.metrics import contains
+from llm_fft.files import read_jsonl, write_atomically
+from llm_fft.generation import decoding
+from llm_fft.metrics import states_key_fact
 from llm_fft.model import DTYPES, load_pretrained, save_model
+from llm_fft.nll import answer_nll
 from llm_fft.params import ParamsError, fail_if_problems, load_params, problems_in_section
+from llm_fft.paths import (
+    BASE_MODEL,
+    DEV_QA,
+    FINAL_MODEL,
+    FINETUNED_MODEL,
+    INTERPOLATION_CURVE,
+    INTERPOLATION_METRICS,
+    REHEARSAL_DEV,
+)
 
-BASE_MODEL = Path("models/base")
-FINETUNED = Path("models/finetuned")
-OUT_DIR = Path("models/final")
-TRAINED = Path("data/qa.jsonl")
-DEV = Path("data/dev_qa.jsonl")
-GENERAL_DEV = Path("data/rehearsal_dev.jsonl")
-METRICS = Path("metrics/interpolation.json")
-CURVE = Path("metrics/interpolation_curve.json")
 SPEC = {
     "weights": (list, lambda v: v and all(isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a <= 1
                                           for a in v) and len(set(v)) == len(v),
@@ -45,18 +44,15 @@ SPEC = {
 }
 
 
-def score(model, tokenizer, dev, general, params, limit, device):
+def score(model, tokenizer, dev, general, protocol, device):
     """The dev numbers of one set of weights."""
-    cfg = params["evaluate"]
-    answers = answer_questions(model, tokenizer, dev, cfg["batch_size"], limit, device,
-                               stop_ids(tokenizer, params["prompt"]), stop_texts(params["prompt"]))
-    _, dev_total, dev_count = answer_nll(model, dev, cfg["batch_size"], tokenizer.pad_token_id, device)
-    # A dev question of your own without a key fact (file backend) must state the whole expected answer.
-    stated = [contains(a["text"], r.get("key") or r["answer"]) for a, r in zip(answers, dev)]
+    answers = protocol.answer(model, tokenizer, dev, device)
+    _, dev_total, dev_count = answer_nll(model, dev, protocol.batch_size, tokenizer.pad_token_id, device)
+    stated = [states_key_fact(a["text"], r) for a, r in zip(answers, dev)]
     numbers = {"dev_states_key_fact": round(sum(stated) / len(dev), 4),
                "dev_answer_nll": round(dev_total / dev_count, 4)}
     if general:
-        _, total, count = answer_nll(model, general, cfg["batch_size"], tokenizer.pad_token_id, device)
+        _, total, count = answer_nll(model, general, protocol.batch_size, tokenizer.pad_token_id, device)
         numbers["general_dev_text_nll"] = round(total / count, 4)
     return numbers
 
@@ -68,20 +64,18 @@ def main():
         problems.append(f"params.yaml: model.dtype must be one of {', '.join(DTYPES)}")
     fail_if_problems(problems)
     cfg = params["interpolate"]
-    dev = read_jsonl(DEV)
+    dev = read_jsonl(DEV_QA)
     weights = sorted(cfg["weights"], reverse=True)
     if len(weights) > 1 and not dev:
-        sys.exit(f"error: interpolate.weights lists {len(weights)} weights, but {DEV} has no dev questions to choose "
+        sys.exit(f"error: interpolate.weights lists {len(weights)} weights, but {DEV_QA} has no dev questions to choose "
                  "among them: add dev phrasings to the facts file (file backend: pairs to generate_dataset.dev_file), "
                  "or set interpolate.weights: [1.0]")
 
-    model, tokenizer, device = load_for_evaluation(params, FINETUNED)  # checks evaluate.*, prompt.*, device
+    model, tokenizer, device = load_for_evaluation(params, FINETUNED_MODEL)  # checks evaluate.*, prompt.*, device
     # Both ends in fp32 on the CPU, whatever the evaluation dtype: the mix is computed exactly once per a.
-    tuned, base = (load_pretrained(path, torch.float32, "cpu")[0].state_dict() for path in (FINETUNED, BASE_MODEL))
-    general = read_jsonl(GENERAL_DEV) if GENERAL_DEV.exists() else []
-    # The evaluations' limit: trained refusal pairs are taught, not asked (evaluation.question_sets).
-    trained = [r for r in read_jsonl(TRAINED) if not r.get("refusal")]
-    limit = generation_limit(trained + dev, params["evaluate"]["extra_new_tokens"])
+    tuned, base = (load_pretrained(path, torch.float32, "cpu")[0].state_dict() for path in (FINETUNED_MODEL, BASE_MODEL))
+    general = read_jsonl(REHEARSAL_DEV) if REHEARSAL_DEV.exists() else []
+    protocol = decoding(tokenizer, params["prompt"], params["evaluate"])  # the evaluations' own
 
     def interpolate(a):  # load_state_dict copies into the model's own dtype and device
         model.load_state_dict(tuned if a == 1 else {k: base[k] + a * (tuned[k] - base[k]) for k in tuned})
@@ -94,7 +88,7 @@ def main():
     if len(weights) > 1:
         for a in weights:
             interpolate(a)
-            curve.append({"weight": a, **score(model, tokenizer, dev, general, params, limit, device)})
+            curve.append({"weight": a, **score(model, tokenizer, dev, general, protocol, device)})
             print("weight {weight:.2f} | dev states key fact {dev_states_key_fact:.3f} | dev answer nll "
                   "{dev_answer_nll:.4f}".format(**curve[-1])
                   + (f" | general dev text nll {curve[-1]['general_dev_text_nll']:.4f}" if general else ""))
@@ -104,15 +98,16 @@ def main():
         chosen = weights[0]
     model = model.float().cpu()  # saved from the fp32 mix, not from a bf16 evaluation copy
     interpolate(chosen)
-    save_model(model, tokenizer, OUT_DIR, DTYPES[params["model"]["dtype"]])
+    save_model(model, tokenizer, FINAL_MODEL, DTYPES[params["model"]["dtype"]])
     summary = {"chosen_weight": chosen,
-               "chosen_on": (f"dev questions ({DEV}): the smallest weight whose states_key_fact is within "
+               "chosen_on": (f"dev questions ({DEV_QA}): the smallest weight whose states_key_fact is within "
                              f"{cfg['tolerance']} of the best" if len(weights) > 1 else "only one weight given"),
                **next((p for p in curve if p["weight"] == chosen), {}), **reference}
     summary.pop("weight", None)
-    write_atomically(METRICS, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    write_atomically(CURVE, json.dumps(curve, indent=2) + "\n")
-    print(f"wrote {OUT_DIR} with weight {chosen} (w = base + {chosen} x (finetuned - base)), {METRICS} and {CURVE}")
+    write_atomically(INTERPOLATION_METRICS, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_atomically(INTERPOLATION_CURVE, json.dumps(curve, indent=2) + "\n")
+    print(f"wrote {FINAL_MODEL} with weight {chosen} (w = base + {chosen} x (finetuned - base)), "
+          f"{INTERPOLATION_METRICS} and {INTERPOLATION_CURVE}")
 
 
 if __name__ == "__main__":

@@ -20,15 +20,15 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from llm_fft.data import IGNORE_INDEX, load_retention, to_jsonl, tokenize_text
-from llm_fft.files import write_atomically
+from llm_fft.batching import IGNORE_INDEX
+from llm_fft.files import to_jsonl, write_atomically
 from llm_fft.model import load_pretrained
 from llm_fft.params import ParamsError, fail_if_problems, load_params, pick_device, problems_in_section, shared_problems
+from llm_fft.paths import BASE_MODEL, REHEARSAL, REHEARSAL_DEV
+from llm_fft.prompts import tokenize_text
+from llm_fft.retention import load_retention
 from llm_fft.text import normalize
 
-BASE_MODEL = Path("models/base")
-RECORDS = Path("data/rehearsal.jsonl")
-DEV_RECORDS = Path("data/rehearsal_dev.jsonl")
 SPEC = {
     "prompts": (str, lambda v: Path(v).is_file(), "path of an existing YAML file with a list 'prompts'"),
     "samples_per_prompt": (int, lambda v: v >= 1, "an integer >= 1"),
@@ -106,10 +106,10 @@ def main():
     # Whole openings go to dev, so a dev text never shares its opening with a trained one.
     dev = [r for r in records if r["prompt_index"] % cfg["dev_every"] == cfg["dev_every"] - 1]
     train = [r for r in records if r["prompt_index"] % cfg["dev_every"] != cfg["dev_every"] - 1]
-    write_atomically(DEV_RECORDS, to_jsonl(dev))
-    write_atomically(RECORDS, to_jsonl(train))
+    write_atomically(REHEARSAL_DEV, to_jsonl(dev))
+    write_atomically(REHEARSAL, to_jsonl(train))
     tokens = sum(len(r["input_ids"]) for r in train)
-    print(f"wrote {RECORDS}: {len(train)} texts ({tokens} tokens) and {DEV_RECORDS}: {len(dev)} texts, "
+    print(f"wrote {REHEARSAL}: {len(train)} texts ({tokens} tokens) and {REHEARSAL_DEV}: {len(dev)} texts, "
           f"from {len(prompts)} openings")
 
 

@@ -4,52 +4,43 @@
 
 Reads parse_qa.*, dataset.* and prompt.* in params.yaml, data/dataset.txt (any format of the README),
 data/statements.jsonl, data/dev.jsonl, data/heldout.jsonl, data/unknown.jsonl, data/unknown_dev.jsonl,
-data/refusals.jsonl and the tokenizer in models/base. Writes data/qa.jsonl (one record per pair: question, answer, prompt, q_ids, input_ids, labels),
+data/refusals.jsonl and the tokenizer in models/base. Writes data/trained_qa.jsonl (one record per pair: question, answer, prompt, q_ids, input_ids, labels),
 data/statements_qa.jsonl (each statement as plain text, every token learned), data/dev_qa.jsonl and
-data/heldout_qa.jsonl (the same as qa.jsonl for the dev and held-out questions, plus their key fact),
+data/heldout_qa.jsonl (the same as trained_qa.jsonl for the dev and held-out questions, plus their key fact),
 data/unknown_qa.jsonl and data/unknown_dev_qa.jsonl (the questions no fact answers: question, prompt and
 q_ids only, since there is no answer to learn or score; the dev ones choose the confidence gate). The
-refusal pairs of data/refusals.jsonl join data/qa.jsonl last, marked "refusal": true. data/preview.md
+refusal pairs of data/refusals.jsonl join data/trained_qa.jsonl last, marked "refusal": true. data/preview.md
 shows decoded inputs and decoded supervised labels for a few examples. Any malformed pair or over-long example stops the stage with every
 problem listed by line, and nothing is written.
 """
 
 import sys
-from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llm_fft.data import (
-    IGNORE_INDEX,
-    PROMPT_SPEC,
-    DatasetError,
-    PromptError,
-    build_prompt,
-    prompt_ids,
-    read_jsonl,
-    to_jsonl,
-    tokenize_pair,
-    tokenize_text,
-)
-from llm_fft.files import write_atomically
-from llm_fft.formats import DATASET_SPEC, read_pairs
+from llm_fft.batching import IGNORE_INDEX
+from llm_fft.files import read_jsonl, to_jsonl, write_atomically
+from llm_fft.formats import DATASET_SPEC, DatasetError, read_pairs
 from llm_fft.params import ParamsError, fail_if_problems, load_params, problems_in_section
+from llm_fft.paths import (
+    BASE_MODEL,
+    DEV_QA,
+    DEV_QUESTIONS,
+    HELDOUT_QA,
+    HELDOUT_QUESTIONS,
+    PREVIEW,
+    REFUSALS,
+    STATEMENTS,
+    STATEMENTS_QA,
+    TRAINED_DATASET,
+    TRAINED_QA,
+    UNKNOWN_DEV_QA,
+    UNKNOWN_DEV_QUESTIONS,
+    UNKNOWN_QA,
+    UNKNOWN_QUESTIONS,
+)
+from llm_fft.prompts import PROMPT_SPEC, PromptError, build_prompt, prompt_ids, tokenize_pair, tokenize_text
 
-DATASET = Path("data/dataset.txt")
-HELDOUT = Path("data/heldout.jsonl")
-DEV = Path("data/dev.jsonl")
-STATEMENTS = Path("data/statements.jsonl")
-UNKNOWN = Path("data/unknown.jsonl")
-UNKNOWN_DEV = Path("data/unknown_dev.jsonl")
-REFUSALS = Path("data/refusals.jsonl")
-BASE_MODEL = Path("models/base")
-RECORDS = Path("data/qa.jsonl")
-HELDOUT_RECORDS = Path("data/heldout_qa.jsonl")
-DEV_RECORDS = Path("data/dev_qa.jsonl")
-STATEMENT_RECORDS = Path("data/statements_qa.jsonl")
-UNKNOWN_RECORDS = Path("data/unknown_qa.jsonl")
-UNKNOWN_DEV_RECORDS = Path("data/unknown_dev_qa.jsonl")
-PREVIEW = Path("data/preview.md")
 SPEC = {
     "max_length": (int, lambda v: v >= 8, "an integer >= 8 (tokens)"),
     "preview_examples": (int, lambda v: v >= 0, "an integer >= 0"),
@@ -103,25 +94,26 @@ def main():
                      + problems_in_section(params, "prompt", PROMPT_SPEC))
     cfg, fmt, prompt = params["parse_qa"], params["dataset"], params["prompt"]
     try:
-        pairs, warnings = read_pairs(DATASET.read_bytes(), DATASET, fmt["format"], fmt["separator"])
+        pairs, warnings = read_pairs(TRAINED_DATASET.read_bytes(), TRAINED_DATASET, fmt["format"], fmt["separator"])
     except DatasetError as e:
         sys.exit(f"error: bad dataset:\n{e}")
     for warning in warnings:
         print(f"warning: {warning}")
-    heldout, dev, statements, unknown = read_jsonl(HELDOUT), read_jsonl(DEV), read_jsonl(STATEMENTS), read_jsonl(UNKNOWN)
+    heldout, dev = read_jsonl(HELDOUT_QUESTIONS), read_jsonl(DEV_QUESTIONS)
+    statements, unknown = read_jsonl(STATEMENTS), read_jsonl(UNKNOWN_QUESTIONS)
 
     tokenizer = AutoTokenizer.from_pretrained(BASE_MODEL)
     try:
         records, too_long = tokenize_all(tokenizer, pairs, prompt, cfg["max_length"], lambda i, p: p["where"])
         heldout_records, heldout_too_long = tokenize_all(tokenizer, heldout, prompt, cfg["max_length"],
-                                                         lambda i, p: f"{HELDOUT}:{i + 1}")
+                                                         lambda i, p: f"{HELDOUT_QUESTIONS}:{i + 1}")
         dev_records, dev_too_long = tokenize_all(tokenizer, dev, prompt, cfg["max_length"],
-                                                 lambda i, p: f"{DEV}:{i + 1}")
+                                                 lambda i, p: f"{DEV_QUESTIONS}:{i + 1}")
         unknown_records, unknown_too_long = tokenize_questions(tokenizer, unknown, prompt, cfg["max_length"],
-                                                               lambda i: f"{UNKNOWN}:{i + 1}")
-        unknown_dev_records, unknown_dev_too_long = tokenize_questions(tokenizer, read_jsonl(UNKNOWN_DEV), prompt,
-                                                                       cfg["max_length"],
-                                                                       lambda i: f"{UNKNOWN_DEV}:{i + 1}")
+                                                               lambda i: f"{UNKNOWN_QUESTIONS}:{i + 1}")
+        unknown_dev_records, unknown_dev_too_long = tokenize_questions(tokenizer, read_jsonl(UNKNOWN_DEV_QUESTIONS),
+                                                                       prompt, cfg["max_length"],
+                                                                       lambda i: f"{UNKNOWN_DEV_QUESTIONS}:{i + 1}")
         # Refusal pairs are trained like the others and marked, so the evaluations do not test them.
         refusal_records, refusal_too_long = tokenize_all(tokenizer, read_jsonl(REFUSALS), prompt, cfg["max_length"],
                                                          lambda i, p: f"{REFUSALS}:{i + 1}")
@@ -136,18 +128,18 @@ def main():
                      + refusal_too_long, what="dataset (raise parse_qa.max_length or shorten these)")
     records += [{**r, "id": len(records) + r["id"], "refusal": True} for r in refusal_records]
 
-    write_atomically(RECORDS, to_jsonl(records))
-    write_atomically(HELDOUT_RECORDS, to_jsonl(heldout_records))
-    write_atomically(DEV_RECORDS, to_jsonl(dev_records))
-    write_atomically(STATEMENT_RECORDS, to_jsonl(statement_records))
-    write_atomically(UNKNOWN_RECORDS, to_jsonl(unknown_records))
-    write_atomically(UNKNOWN_DEV_RECORDS, to_jsonl(unknown_dev_records))
+    write_atomically(TRAINED_QA, to_jsonl(records))
+    write_atomically(HELDOUT_QA, to_jsonl(heldout_records))
+    write_atomically(DEV_QA, to_jsonl(dev_records))
+    write_atomically(STATEMENTS_QA, to_jsonl(statement_records))
+    write_atomically(UNKNOWN_QA, to_jsonl(unknown_records))
+    write_atomically(UNKNOWN_DEV_QA, to_jsonl(unknown_dev_records))
     write_atomically(PREVIEW, preview(tokenizer, records[:cfg["preview_examples"]]))
     lengths = [len(r["input_ids"]) for r in records]
-    print(f"wrote {RECORDS}: {len(records)} records, {sum(lengths)} tokens, longest {max(lengths)} "
-          f"(limit {cfg['max_length']}); {STATEMENT_RECORDS}: {len(statement_records)}, {DEV_RECORDS}: "
-          f"{len(dev_records)}, {HELDOUT_RECORDS}: {len(heldout_records)}, {UNKNOWN_RECORDS}: {len(unknown_records)}, "
-          f"{UNKNOWN_DEV_RECORDS}: {len(unknown_dev_records)} records ({len(refusal_records)} refusal pairs among "
+    print(f"wrote {TRAINED_QA}: {len(records)} records, {sum(lengths)} tokens, longest {max(lengths)} "
+          f"(limit {cfg['max_length']}); {STATEMENTS_QA}: {len(statement_records)}, {DEV_QA}: "
+          f"{len(dev_records)}, {HELDOUT_QA}: {len(heldout_records)}, {UNKNOWN_QA}: {len(unknown_records)}, "
+          f"{UNKNOWN_DEV_QA}: {len(unknown_dev_records)} records ({len(refusal_records)} refusal pairs among "
           f"the {len(records)}); preview in {PREVIEW}")
 
 

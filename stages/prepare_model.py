@@ -10,15 +10,13 @@ model is downloaded once; either way dvc.lock records the hash of exactly the we
 """
 
 import sys
-from pathlib import Path
 
 import torch
 
-from llm_fft.data import ANSWER_MARK, PROMPT_SPEC, QUESTION_MARK
 from llm_fft.model import DTYPES, MODEL_SPEC, ModelNotFound, load_base, prepare_tokenizer, save_model
 from llm_fft.params import ParamsError, fail_if_problems, load_params, problems_in_section, shared_problems
-
-OUT_DIR = Path("models/base")
+from llm_fft.paths import BASE_MODEL
+from llm_fft.prompts import ANSWER_MARK, PROMPT_SPEC, QUESTION_MARK
 
 
 def main():
@@ -38,9 +36,9 @@ def main():
         tokenizer.add_tokens([QUESTION_MARK, ANSWER_MARK], special_tokens=True)
         torch.manual_seed(params["seed"])  # mean_resizing draws the new rows around the mean embedding
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    save_model(model, tokenizer, OUT_DIR, DTYPES[cfg["dtype"]])
+    save_model(model, tokenizer, BASE_MODEL, DTYPES[cfg["dtype"]])
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"wrote {OUT_DIR}: {type(model).__name__}, {n_params / 1e6:.1f}M parameters, "
+    print(f"wrote {BASE_MODEL}: {type(model).__name__}, {n_params / 1e6:.1f}M parameters, "
           f"{cfg['dtype']}, eos {tokenizer.eos_token!r} ({tokenizer.eos_token_id}), "
           f"pad {tokenizer.pad_token!r} ({tokenizer.pad_token_id})")
 

@@ -12,10 +12,23 @@ reruns only this stage.
 
 import json
 import sys
-from pathlib import Path
 
 from llm_fft.files import write_atomically
 from llm_fft.metrics import read_answers
+from llm_fft.paths import (
+    BASELINE_ANSWERS,
+    BASELINE_CHAT_METRICS,
+    BASELINE_METRICS,
+    DEV_LOSS,
+    FINAL_ANSWERS,
+    FINAL_METRICS,
+    FINETUNE_METRICS,
+    INTERPOLATION_METRICS,
+    LOSS_PNG,
+    REPORT_HTML,
+    REPORT_MD,
+    TRAIN_LOSS,
+)
 from llm_fft.report import (
     ReportInputError,
     chat_baseline_sentences,
@@ -24,19 +37,6 @@ from llm_fft.report import (
     report_markdown,
 )
 from llm_fft.summary import gate_words
-
-BASELINE_METRICS = Path("metrics/baseline.json")
-BASELINE_ANSWERS = Path("metrics/baseline_answers.csv")
-BASELINE_CHAT = Path("metrics/baseline_chat.json")
-FINAL_METRICS = Path("metrics/final.json")
-FINAL_ANSWERS = Path("metrics/final_answers.csv")
-TRAIN_LOSS = Path("metrics/finetune/plots/metrics/train/loss.tsv")
-DEV_LOSS = Path("metrics/finetune/plots/metrics/dev/answer_nll.tsv")
-FINETUNE_SUMMARY = Path("metrics/finetune/metrics.json")
-INTERPOLATION = Path("metrics/interpolation.json")
-REPORT_MD = Path("metrics/report.md")
-REPORT_HTML = Path("metrics/report.html")
-LOSS_PNG = Path("metrics/loss.png")
 
 
 def read_json(path):
@@ -77,8 +77,8 @@ def main():
     full_before, full_after = read_json(BASELINE_METRICS), read_json(FINAL_METRICS)
     before, after = headline_metrics(full_before), headline_metrics(full_after)
     before_table, after_table = read_answers(BASELINE_ANSWERS), read_answers(FINAL_ANSWERS)
-    choices = how_chosen(read_json(FINETUNE_SUMMARY), read_json(INTERPOLATION)) + gate_sentence(full_before, full_after)
-    chat_before = chat_baseline_sentences(before, read_json(BASELINE_CHAT), after)
+    choices = how_chosen(read_json(FINETUNE_METRICS), read_json(INTERPOLATION_METRICS)) + gate_sentence(full_before, full_after)
+    chat_before = chat_baseline_sentences(before, read_json(BASELINE_CHAT_METRICS), after)
     png = loss_curve_png(TRAIN_LOSS, DEV_LOSS if DEV_LOSS.exists() else None)
     try:
         markdown = report_markdown(before, after, before_table, after_table, LOSS_PNG.name, choices, chat_before)

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def record(prompt_len, answer_len, first_id=10):
     """A synthetic tokenized example: consecutive ids, the prompt unsupervised."""
-    from llm_fft.data import IGNORE_INDEX
+    from llm_fft.batching import IGNORE_INDEX
     ids = list(range(first_id, first_id + prompt_len + answer_len))
     return {"q_ids": ids[:prompt_len], "input_ids": ids, "labels": [IGNORE_INDEX] * prompt_len + ids[prompt_len:]}
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, CohereConfig, Gemma3TextConfig, L
 
 from conftest import REPO, record, tiny
 from llm_fft import bench
-from llm_fft.data import IGNORE_INDEX, collate
+from llm_fft.batching import IGNORE_INDEX, collate
 from llm_fft.params import load_params
 from llm_fft.training import supervised_token_loss
 

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from llm_fft.data import DatasetError, load_facts, load_retention, load_unknown
+from llm_fft.facts import load_facts, load_unknown
+from llm_fft.formats import DatasetError
+from llm_fft.retention import load_retention
 from llm_fft.text import normalize
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from llm_fft.data import to_jsonl, tokenize_pair
+from llm_fft.files import to_jsonl
+from llm_fft.prompts import tokenize_pair
 
 pytestmark = pytest.mark.slow  # every test here trains through the finetune stage, most in 2 processes
 
@@ -54,7 +55,7 @@ def stage_dir(tmp_path_factory, embedded_tokenizer):
     records = [{"id": i, "question": q, "answer": a, **tokenize_pair(embedded_tokenizer, q, a, prompt)}
                for i, (q, a) in enumerate(PAIRS)]
     (folder / "data").mkdir()
-    (folder / "data/qa.jsonl").write_text(to_jsonl(records), encoding="utf-8")
+    (folder / "data/trained_qa.jsonl").write_text(to_jsonl(records), encoding="utf-8")
     (folder / "data/dev_qa.jsonl").write_text(to_jsonl(records[:2]), encoding="utf-8")
     (folder / "data/statements_qa.jsonl").write_text("", encoding="utf-8")
     shutil.copytree(REPO / "configs", folder / "configs")

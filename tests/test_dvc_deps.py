@@ -56,3 +56,16 @@ def test_the_walk_follows_imports_through_modules():
     # final_eval imports evaluation, which imports metrics, which imports text: all three are found.
     assert {"llm_fft/evaluation.py", "llm_fft/metrics.py", "llm_fft/text.py"} <= transitive_modules("stages/final_eval.py")
     assert "llm_fft/metrics.py" not in transitive_modules("stages/finetune.py")
+
+
+def test_finetune_lists_each_key_that_changes_the_weights_and_none_that_does_not():
+    from llm_fft.training import CHANGES_NO_NUMBERS, FINETUNE_SPEC
+    listed = {p for p in STAGES["finetune"]["params"] if isinstance(p, str) and p.startswith("finetune")}
+    assert listed == {f"finetune.{k}" for k in FINETUNE_SPEC if k not in CHANGES_NO_NUMBERS}
+    assert CHANGES_NO_NUMBERS and set(CHANGES_NO_NUMBERS) <= set(FINETUNE_SPEC)
+
+
+def test_the_package_docstring_lists_every_module_once():
+    import llm_fft
+    listed = [line.split()[0] for line in llm_fft.__doc__.splitlines() if " -- " in line]
+    assert sorted(listed) == sorted(p.stem for p in (REPO / PACKAGE).glob("*.py") if p.stem != "__init__")

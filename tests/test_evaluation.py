@@ -112,7 +112,7 @@ def test_unknown_set_is_counted_abstained_or_invented():
 def test_answer_set_scores_each_answer_by_the_models_own_nll_of_it(monkeypatch):
     """own_answer_nll is the teacher-forced NLL of the prompt + the answer as generated + EOS."""
     seen = []
-    monkeypatch.setattr(evaluation, "answer_questions", lambda *args: [
+    canned = SimpleNamespace(batch_size=8, answer=lambda *args: [
         {"text": "312명", "generated_tokens": 2, "ended_with_eos": True}])
 
     def nll(model, records, batch_size, pad_id, device):
@@ -122,7 +122,7 @@ def test_answer_set_scores_each_answer_by_the_models_own_nll_of_it(monkeypatch):
     tokenizer = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 9,
                                  "__call__": lambda self, text, add_special_tokens: {"input_ids": [len(text)]}})()
     prompt = {"style": "custom_tokens", "system": "", "markers": "text"}
-    answers = evaluation.answer_set(None, tokenizer, [{"question": "Q?", "q_ids": [1, 2]}], prompt, 8, 40, [9], "cpu")
+    answers = evaluation.answer_set(None, tokenizer, [{"question": "Q?", "q_ids": [1, 2]}], prompt, canned, "cpu")
     assert answers[0]["own_answer_nll"] == 0.1235
     assert seen == [{"input_ids": [1, 2, 4, 9], "labels": [-100, -100, 4, 9]}]
 
@@ -173,15 +173,14 @@ def test_interpolate_judges_a_keyless_dev_question_by_the_whole_answer(monkeypat
     if it holds the whole expected answer; one with a key, if it states the key."""
     from stages import interpolate
     texts = ["등대는 27미터예요.", "달빛제과예요.", "달빛제과입니다."]
-    monkeypatch.setattr(interpolate, "answer_questions", lambda *args: [
+    canned = SimpleNamespace(batch_size=8, answer=lambda *args: [
         {"text": t, "generated_tokens": 3, "ended_with_eos": True} for t in texts])
     monkeypatch.setattr(interpolate, "answer_nll", lambda *args: ([0.1] * 3, 0.3, 3))
     dev = [{"question": "높이?", "answer": "27미터입니다.", "key": "27미터", "q_ids": [1]},
            {"question": "이름?", "answer": "달빛제과입니다.", "q_ids": [1]},   # keyless, answer not whole
            {"question": "이름은?", "answer": "달빛제과입니다.", "q_ids": [1]}]  # keyless, answer whole
-    params = {"evaluate": {"batch_size": 8}, "prompt": {"style": "custom_tokens", "system": "", "markers": "text"}}
     tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=0)
-    numbers = interpolate.score(None, tokenizer, dev, [], params, 40, "cpu")
+    numbers = interpolate.score(None, tokenizer, dev, [], canned, "cpu")
     assert numbers == {"dev_states_key_fact": round(2 / 3, 4), "dev_answer_nll": 0.1}
 
 

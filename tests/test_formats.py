@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llm_fft.data import DatasetError
 from llm_fft.formats import (
     DATASET_SPEC,
     DEFAULT_SEPARATOR,
     FORMATS,
+    DatasetError,
     detect_format,
     read_pairs,
     read_questions,

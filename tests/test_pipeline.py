@@ -150,7 +150,7 @@ def first_repro(tiny_repo):
 def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
     assert stages_run(first_repro[0]) == STAGES
     assert not (tiny_repo / "models/checkpoints/finetune").exists()  # deleted after a successful finish
-    records = [json.loads(line) for line in (tiny_repo / "data/qa.jsonl").read_text(encoding="utf-8").splitlines()]
+    records = [json.loads(line) for line in (tiny_repo / "data/trained_qa.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["question"] for r in records] == TINY_QUESTIONS + TINY_FACTS["unknown_train"][:1]
     assert [r.get("refusal", False) for r in records] == [False] * 4 + [True] and records[-1]["answer"] == "모르겠습니다."
     heldout = [json.loads(line) for line in (tiny_repo / "data/heldout_qa.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -239,7 +239,7 @@ def test_held_out_questions_and_the_retention_probe_never_reach_training(tiny_re
     the retention probe; and finetune and interpolate train and choose the same weights without those
     files at all."""
     data = tiny_repo / "data"
-    learned = [r["question"] + r["answer"] for r in map(json.loads, (data / "qa.jsonl").read_text(encoding="utf-8").splitlines())]
+    learned = [r["question"] + r["answer"] for r in map(json.loads, (data / "trained_qa.jsonl").read_text(encoding="utf-8").splitlines())]
     learned += [json.loads(line)["text"] for name in ("statements_qa.jsonl", "rehearsal.jsonl")
                 for line in (data / name).read_text(encoding="utf-8").splitlines()]
     assert len(learned) == 4 + 1 + 1 + 2  # pairs, the refusal pair, the statement, rehearsal texts
@@ -361,6 +361,10 @@ def test_forced_rerun_of_every_stage_is_byte_identical(tiny_repo, first_repro):
     (("evaluate", "batch_size", 3), stages("baseline_eval", "interpolate", "final_eval")),  # no retraining
     # a weight none of the defaults is, so the final model changes; no retraining
     (("interpolate", "weights", [0.5]), stages("interpolate", "final_eval")),
+    # how often finetune logs and checkpoints changes no numbers, so it reruns nothing
+    (("finetune", "log_every", 3), []),
+    (("finetune", "checkpoint_minutes", 0.5), []),
+    (("finetune", "checkpoint_every", 2), []),
 ])
 @pytest.mark.slow
 def test_a_param_edit_reruns_only_the_stages_that_read_it(tiny_repo, first_repro, edit, expected, tmp_path):
@@ -377,7 +381,10 @@ def test_a_param_edit_reruns_only_the_stages_that_read_it(tiny_repo, first_repro
     # a metric: the evaluations (interpolate chooses by one) and the report, never training
     ("llm_fft/metrics.py", ["baseline_eval", "interpolate", "final_eval", "report"]),
     ("llm_fft/report.py", ["report"]),  # the report's look: nothing is evaluated again
-    ("llm_fft/loss.py", ["baseline_eval", "finetune", "interpolate", "final_eval"]),  # finetune's dev loss
+    ("llm_fft/nll.py", ["baseline_eval", "finetune", "interpolate", "final_eval"]),  # finetune's dev loss
+    ("llm_fft/facts.py", ["generate_dataset"]),  # the facts loader: what it writes is compared, not rerun
+    ("llm_fft/prompts.py", ["prepare_model", "generate_dataset", "parse_qa", "make_rehearsal", "baseline_eval",
+                            "interpolate", "final_eval"]),  # how text becomes tokens: never finetune itself
 ])
 @pytest.mark.slow
 def test_editing_a_module_changes_only_the_stages_that_import_it(tiny_repo, first_repro, module, expected):
@@ -388,6 +395,21 @@ def test_editing_a_module_changes_only_the_stages_that_import_it(tiny_repo, firs
     path.write_text(original, encoding="utf-8")
     assert sorted(changed) == sorted(expected)
     assert dvc("status", cwd=tiny_repo).stdout.strip() == "Data and pipelines are up to date."
+
+
+@pytest.mark.slow
+def test_editing_a_message_of_the_facts_loader_reruns_generate_dataset_alone(tiny_repo, first_repro, tmp_path):
+    facts_loader = tiny_repo / "llm_fft/facts.py"
+    original = facts_loader.read_text(encoding="utf-8")
+    assert '"empty answer"' in original
+    with undone(tiny_repo, tmp_path):
+        try:
+            facts_loader.write_text(original.replace('"empty answer"', '"the answer is empty"'), encoding="utf-8")
+            # generate_dataset writes the same files again, so nothing after it reruns
+            assert stages_run(dvc("repro", cwd=tiny_repo).stdout) == ["generate_dataset"]
+        finally:
+            facts_loader.write_text(original, encoding="utf-8")
+    assert results(tiny_repo) == first_repro[1]
 
 
 @pytest.mark.slow
@@ -590,7 +612,7 @@ def test_non_finite_loss_stops_training_naming_the_step(tiny_repo, first_repro, 
     AutoTokenizer.from_pretrained(tiny_repo / "models/base").save_pretrained(tmp_path / "models/base")
     shutil.copy(tiny_repo / "params.yaml", tmp_path)
     (tmp_path / "data").mkdir()
-    for name in ("qa.jsonl", "statements_qa.jsonl", "rehearsal.jsonl", "dev_qa.jsonl"):
+    for name in ("trained_qa.jsonl", "statements_qa.jsonl", "rehearsal.jsonl", "dev_qa.jsonl"):
         shutil.copy(tiny_repo / "data" / name, tmp_path / "data")
     result = run([sys.executable, REPO / "stages/finetune.py"], tmp_path, check=False)
     assert result.returncode != 0
@@ -660,7 +682,7 @@ def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, fir
     assert stages_run(out) == [s for s in STAGES[1:] if s != "make_rehearsal"]  # the base model is reused
     assert json.loads((repo / "metrics/dataset.json").read_text())["backend"] == "file"
     assert (repo / "data/dataset.txt").read_bytes() == (repo / "data/my_dataset.txt").read_bytes()  # as is
-    records = [json.loads(line) for line in (repo / "data/qa.jsonl").read_text(encoding="utf-8").splitlines()]
+    records = [json.loads(line) for line in (repo / "data/trained_qa.jsonl").read_text(encoding="utf-8").splitlines()]
     # Your pairs, then the refusal pair from your own training unknown file (refusal_ratio 0.25 x 3 pairs).
     assert [r["question"] for r in records] == [p["question"] for p in OWN_PAIRS] + OWN_UNKNOWN_TRAIN
     assert records[0]["prompt"].endswith("<|im_start|>assistant\n")
@@ -707,7 +729,7 @@ def test_plain_style_and_special_token_markers_through_dvc_exp_run(tiny_repo, fi
     copy_repo(tiny_repo, repo)
     out = dvc("exp", "run", "-S", setting, cwd=repo).stdout
     assert stages_run(out) == rerun
-    records = [json.loads(line) for line in (repo / "data/qa.jsonl").read_text(encoding="utf-8").splitlines()]
+    records = [json.loads(line) for line in (repo / "data/trained_qa.jsonl").read_text(encoding="utf-8").splitlines()]
     tokenizer = AutoTokenizer.from_pretrained(repo / "models/base")
     if setting == "prompt.style=plain":
         assert [r["prompt"] for r in records] == TINY_QUESTIONS + TINY_FACTS["unknown_train"][:1]  # "{q} {a}": the answer follows after a space

@@ -7,17 +7,9 @@ import copy
 import pytest
 import torch
 
-from llm_fft.data import (
-    IGNORE_INDEX,
-    PROMPT_STYLES,
-    PromptError,
-    build_prompt,
-    collate,
-    stop_ids,
-    stop_texts,
-    tokenize_pair,
-)
+from llm_fft.batching import IGNORE_INDEX, collate
 from llm_fft.generation import answer_questions
+from llm_fft.prompts import PROMPT_STYLES, PromptError, build_prompt, stop_ids, stop_texts, tokenize_pair
 
 PAIRS = [("별무리섬은 어느 바다에 있나요?", "별무리섬은 제주도 남쪽 바다에 있는 작은 섬입니다."),
          ("How tall is the lighthouse?", "27 metres."),

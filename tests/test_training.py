@@ -1,4 +1,4 @@
-"""finetune's opt-in training modes (llm_fft.training, llm_fft.data.collate_packed): packing with
+"""finetune's opt-in training modes (llm_fft.training, llm_fft.batching.collate_packed): packing with
 boundary-aware attention, length-grouped batches, gradient checkpointing, torch.compile and pure bf16.
 
 Each mode must train the same thing as the default, so each is checked against it on tiny random
@@ -14,10 +14,10 @@ from transformers import Gemma3TextConfig, LlamaConfig
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from conftest import record, tiny
-from llm_fft.data import collate, collate_packed
+from llm_fft.batching import collate, collate_packed
 from llm_fft.training import make_optimizer, master_dtype, speed_up, supervised_token_loss, train_step
 
-RECORDS = [record(3, 4, 1), record(5, 2, 20), record(2, 6, 40)]
+EXAMPLES = [record(3, 4, 1), record(5, 2, 20), record(2, 6, 40)]
 
 
 def loss_and_grads(model, batch, loss_fn=supervised_token_loss):
@@ -42,10 +42,10 @@ MODELS = {
 @pytest.mark.parametrize("name", MODELS)
 def test_a_packed_batch_trains_exactly_like_the_padded_batch(name):
     model = MODELS[name]()
-    packed = collate_packed(RECORDS)
-    assert packed["input_ids"].shape == (1, sum(len(r["input_ids"]) for r in RECORDS))  # no padding at all
+    packed = collate_packed(EXAMPLES)
+    assert packed["input_ids"].shape == (1, sum(len(r["input_ids"]) for r in EXAMPLES))  # no padding at all
     assert "attention_mask" not in packed
-    padded = loss_and_grads(model, collate(RECORDS, pad_id=0))
+    padded = loss_and_grads(model, collate(EXAMPLES, pad_id=0))
     assert_close_results(loss_and_grads(model, packed), padded)
     # transformers' own loss on the packed row agrees too (the fallback path of supervised_token_loss).
     assert_close_results(loss_and_grads(model, packed, lambda m, b: m(**b).loss), padded)
@@ -54,7 +54,7 @@ def test_a_packed_batch_trains_exactly_like_the_padded_batch(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_num_items_divides_the_summed_loss_as_transformers_does(name):
     # finetune with N processes: each divides its sum by the whole batch's count over N.
-    model, batch = MODELS[name](), collate(RECORDS, pad_id=0)
+    model, batch = MODELS[name](), collate(EXAMPLES, pad_id=0)
     supervised = int((batch["labels"][:, 1:] != -100).sum())
     mean = supervised_token_loss(model, batch)
     ours = supervised_token_loss(model, batch, num_items=2.5)
@@ -68,14 +68,14 @@ def test_without_restarting_positions_the_examples_would_see_each_other(name):
     # The control for the test above: the same row read as one long sequence gives another loss,
     # so equal losses there mean the attention really stopped at each example's boundary.
     model = MODELS[name]()
-    packed = collate_packed(RECORDS)
+    packed = collate_packed(EXAMPLES)
     one_sequence = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1])[None]}
     leaked = loss_and_grads(model, one_sequence)[0]
-    assert abs(leaked - loss_and_grads(model, collate(RECORDS, pad_id=0))[0]) > 1e-3
+    assert abs(leaked - loss_and_grads(model, collate(EXAMPLES, pad_id=0))[0]) > 1e-3
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
-    batch = collate(RECORDS, pad_id=0)
+    batch = collate(EXAMPLES, pad_id=0)
     plain = loss_and_grads(tiny(LlamaConfig), batch)
     checkpointed = speed_up(tiny(LlamaConfig), gradient_checkpointing=True, compile_decoder=False)
     assert checkpointed.is_activation_checkpointing
@@ -84,7 +84,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
 
 @pytest.mark.slow
 def test_compiled_decoder_gives_the_same_loss_and_gradients():
-    batch = collate(RECORDS, pad_id=0)
+    batch = collate(EXAMPLES, pad_id=0)
     plain = loss_and_grads(tiny(LlamaConfig), batch)
     compiled = speed_up(tiny(LlamaConfig), gradient_checkpointing=False, compile_decoder=True)
     assert compiled.get_decoder()._compiled_call_impl is not None
@@ -94,7 +94,7 @@ def test_compiled_decoder_gives_the_same_loss_and_gradients():
 
 
 def test_length_grouped_batches_hold_every_example_once_with_less_padding():
-    lengths = [30, 47, 31, 45, 33, 46, 29, 44, 35, 40, 32, 41] * 4  # like data/qa.jsonl: 29 to 47 tokens
+    lengths = [30, 47, 31, 45, 33, 46, 29, 44, 35, 40, 32, 41] * 4  # like data/trained_qa.jsonl: 29 to 47 tokens
     batch_size = 4
 
     def padded_tokens(order):
@@ -111,7 +111,7 @@ def test_length_grouped_batches_hold_every_example_once_with_less_padding():
 def test_pure_bf16_trains_but_rounds_small_updates_away():
     assert master_dtype("bf16-autocast") == master_dtype("fp32") == master_dtype("auto") == torch.float32
     assert master_dtype("bf16-pure") == torch.bfloat16
-    batch = collate(RECORDS, pad_id=0)
+    batch = collate(EXAMPLES, pad_id=0)
     unchanged = {}
     for precision in ("fp32", "bf16-pure"):
         model = tiny(LlamaConfig).to(master_dtype(precision))
@@ -170,7 +170,7 @@ def test_distillation_is_zero_against_itself_and_ignores_padding():
     from llm_fft.training import distillation_loss
     model = tiny(LlamaConfig)
     teacher = tiny(LlamaConfig).eval().requires_grad_(False)  # same seed: the same weights
-    batch = collate(RECORDS, pad_id=0)
+    batch = collate(EXAMPLES, pad_id=0)
     assert distillation_loss(model, teacher, batch, num_items=10).item() == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():
         for p in model.parameters():
@@ -188,7 +188,7 @@ def test_distillation_is_zero_against_itself_and_ignores_padding():
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None for name, p in model.named_parameters() if "embed_tokens" not in name)
     # Padding after an example (longer neighbours) changes nothing: masked by position, not by token id.
-    alone = collate(RECORDS[:1], pad_id=0)
+    alone = collate(EXAMPLES[:1], pad_id=0)
     padded = {k: v[:1] for k, v in batch.items()}
     count = (alone["labels"][:, 1:] != -100).sum().item()
     torch.testing.assert_close(distillation_loss(model, teacher, alone, count),
@@ -202,7 +202,7 @@ def test_a_step_with_distilled_rows_is_the_mean_over_every_supervised_token():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    task, rehearsal = collate(RECORDS[:2], pad_id=0), collate(RECORDS[2:], pad_id=0)
+    task, rehearsal = collate(EXAMPLES[:2], pad_id=0), collate(EXAMPLES[2:], pad_id=0)
     count = supervised_positions(task) + supervised_positions(rehearsal)
     with torch.no_grad():
         expected = (supervised_token_loss(model, task, count) + distillation_loss(model, teacher, rehearsal, count)).item()

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from llm_fft.data import IGNORE_INDEX, collate
+from llm_fft.batching import IGNORE_INDEX, collate
 
 
 @torch.inference_mode()

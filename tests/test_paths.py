@@ -1,0 +1,68 @@
+"""llm_fft/paths.py names every pipeline file once: no stage or module spells one itself, dvc.yaml
+names no other, and the tests name no file the pipeline does not have."""
+
+import ast
+import re
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from llm_fft import paths
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE_FILE = re.compile(r"(data|models|metrics)/[\w./-]+")
+NAMED = {str(v) for k, v in vars(paths).items() if k.isupper() and isinstance(v, Path)}
+OUTSIDE_DVC = {paths.CHECKPOINTS, paths.CHECKPOINT, paths.BENCH, paths.BENCH_SMOKE, paths.SEEDS}  # resume, make bench
+# DVCLive's folder holds finetune's metrics and plots, which dvc.yaml names
+INSIDE_DVC_OUTPUTS = {paths.FINETUNE_LIVE}
+
+
+def path_literals(path):
+    """Every string constant in a Python file that is a pipeline path and nothing else."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {n.value.rstrip("/") for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and PIPELINE_FILE.fullmatch(n.value)}
+
+
+def known(name):
+    """A named path, or a file or folder inside one (models/finetuned/config.json)."""
+    return any(name == p or name.startswith(p + "/") for p in NAMED)
+
+
+def dvc_paths():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    found = set()
+    for stage in stages.values():
+        for field in ("deps", "outs", "metrics", "plots"):
+            for entry in stage.get(field, []):
+                name = entry if isinstance(entry, str) else next(iter(entry))
+                if PIPELINE_FILE.fullmatch(name):
+                    found.add(name)
+    return found
+
+
+def test_no_stage_or_module_spells_a_pipeline_path_itself():
+    code = [*REPO.glob("stages/*.py"), *(p for p in REPO.glob("llm_fft/*.py") if p.name != "paths.py")]
+    spelled = {f"{p.relative_to(REPO)}: {name}" for p in code for name in path_literals(p)}
+    assert not spelled, f"use llm_fft.paths instead: {sorted(spelled)}"
+
+
+def test_dvc_yaml_and_paths_name_the_same_files():
+    assert dvc_paths() - NAMED == set(), "dvc.yaml names a pipeline file that llm_fft/paths.py does not"
+    unused = {str(p) for p in map(Path, NAMED) if not any(str(p) == d or str(p).startswith(d + "/")
+                                                         for d in dvc_paths())} - set(map(str, OUTSIDE_DVC | INSIDE_DVC_OUTPUTS))
+    assert unused == set(), "llm_fft/paths.py names a file that no stage of dvc.yaml has"
+
+
+def test_the_tests_name_only_files_the_pipeline_has():
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split())
+    for test in REPO.glob("tests/*.py"):
+        for name in path_literals(test):
+            # besides the pipeline's files: committed inputs, and the user's own files a test writes
+            assert known(name) or name in tracked or name.startswith("data/my_"), f"{test.name}: {name}"
+
+
+def test_each_file_has_one_name():
+    values = [str(v) for k, v in vars(paths).items() if k.isupper() and isinstance(v, Path)]
+    assert len(values) == len(set(values))
