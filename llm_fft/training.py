@@ -166,8 +166,15 @@ class Processes:
 
         A process left without an example (the epoch's last batch may be short) trains on a copy of
         one with no label: it must take part in the gradient all-reduce, adding nothing."""
-        return global_batch[self.rank::self.world] or [{**global_batch[0],
-                                                        "labels": [IGNORE_INDEX] * len(global_batch[0]["labels"])}]
+        return global_batch[self.rank::self.world] or self.unlabelled(global_batch)
+
+    def unlabelled(self, rows):
+        """[a copy of the first of rows with no label] in several processes, [] in one process or
+        when there is none: a forward pass that takes part in the collectives and adds nothing."""
+        first = next(iter(rows), None)
+        if self.world == 1 or first is None:
+            return []
+        return [{**first, "labels": [IGNORE_INDEX] * len(first["labels"])}]
 
     def loss_divisor(self, global_batch):
         """train_step's num_items: None in one process (its batch's own mean).

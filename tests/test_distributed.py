@@ -4,6 +4,7 @@ batch, only the main process writes, and a run killed midway resumes from its ch
 never killed. The opt-in modes (packing, length-grouped batches, gradient checkpointing) through the
 stage itself."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ import yaml
 from safetensors.torch import load_file
 
 from llm_fft.files import to_jsonl
-from llm_fft.prompts import tokenize_pair
+from llm_fft.prompts import tokenize_pair, tokenize_text
 
 pytestmark = pytest.mark.slow  # every test here trains through the finetune stage, most in 2 processes
 
@@ -32,6 +33,8 @@ PAIRS = [("별무리섬 등대의 높이는?", "27미터입니다."), ("등대�
          ("등대는 무슨 색인가요?", "하얀 몸통에 파란 지붕입니다."), ("가장 높은 산은?", "해오름봉입니다."),
          ("우체국은 어디에 있나요?", "선착장 바로 옆에 있습니다.")]
 STEPS = 6  # 2 epochs x 3 batches
+REHEARSAL_TEXTS = ["The Nile flows north through eleven countries.", "A prime number has exactly two divisors.",
+                   "Bread rises because yeast makes gas.", "The piano was invented in Italy."]
 # Each process divides its summed answer-token loss by the whole batch's count, so the processes'
 # mean gradient is the one-process gradient: the same numbers but for the order of float sums.
 # Measured on this data (CPU, gloo), DDP and FSDP alike: losses at most 9e-8 apart (relative),
@@ -58,15 +61,20 @@ def stage_dir(tmp_path_factory, embedded_tokenizer):
     (folder / "data/trained_qa.jsonl").write_text(to_jsonl(records), encoding="utf-8")
     (folder / "data/dev_qa.jsonl").write_text(to_jsonl(records[:2]), encoding="utf-8")
     (folder / "data/statements_qa.jsonl").write_text("", encoding="utf-8")
+    # The base model's own text for rehearsal_loss kl (the runs that set rehearsal_ratio > 0)
+    rehearsal = [tokenize_text(embedded_tokenizer, text) for text in REHEARSAL_TEXTS]
+    (folder / "data/rehearsal.jsonl").write_text(to_jsonl(rehearsal), encoding="utf-8")
     shutil.copytree(REPO / "configs", folder / "configs")
     return folder
 
 
-def prepare_run(stage_dir, run_dir, processes, **finetune):
-    """A copy of stage_dir with these finetune params; returns the command and environment that train."""
+def prepare_run(stage_dir, run_dir, processes, model_dtype="float32", **finetune):
+    """A copy of stage_dir with these finetune params (and model.dtype, the saved model's); returns the
+    command and environment that train."""
     shutil.copytree(stage_dir, run_dir)
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["device"] = "cpu"
+    params["model"]["dtype"] = model_dtype
     params["finetune"].update({"epochs": 2, "batch_size": 4, "warmup_steps": 0, "lr": 1e-3, "log_every": 1,
                                "checkpoint_minutes": 0, "checkpoint_every": 0, "processes": processes, "rehearsal_ratio": 0,
                                # fp32: the tolerances below were measured in it (auto is bf16 on CPUs that have it)
@@ -141,8 +149,12 @@ def test_fsdp_over_two_processes_trains_like_one_process(stage_dir, one_process,
 
 @pytest.mark.parametrize("fsdp, every", [(False, {"checkpoint_every": 2}), (True, {"checkpoint_every": 2}),
                                          # by time, as on the GPU box: the processes must save together
-                                         (False, {"checkpoint_minutes": 1e-6})],
-                         ids=["ddp", "fsdp", "ddp-by-time"])
+                                         (False, {"checkpoint_minutes": 1e-6}),
+                                         # the default rehearsal: two forward passes of the DDP model
+                                         # (task rows, distilled rehearsal rows) before one backward
+                                         (False, {"checkpoint_every": 2, "rehearsal_ratio": 0.5,
+                                                  "rehearsal_loss": "kl"})],
+                         ids=["ddp", "fsdp", "ddp-by-time", "ddp-kl"])
 def test_two_process_run_killed_midway_resumes_as_if_never_killed(stage_dir, tmp_path, fsdp, every):
     settings = {"fsdp": fsdp, "epochs": 4, **every}
     train(stage_dir, tmp_path / "whole", 2, **settings)
@@ -170,6 +182,31 @@ def test_two_process_run_killed_midway_resumes_as_if_never_killed(stage_dir, tmp
     assert list(loss_curve(run_dir)) == list(loss_curve(tmp_path / "whole"))
     resumed, whole = weights(run_dir), weights(tmp_path / "whole")
     assert all(torch.equal(resumed[name], whole[name]) for name in whole)
+
+
+def test_fsdp_saves_bfloat16_weights_that_load_and_answer(stage_dir, one_process, tmp_path, embedded_tokenizer):
+    """make train's dtype (model.dtype bfloat16) with FSDP: the gathered weights are saved in bf16, and
+    the saved model loads and answers like the one-process run's."""
+    from llm_fft.generation import answer_questions
+    from llm_fft.model import load_pretrained
+    from llm_fft.nll import answer_nll
+    run_dir = tmp_path / "fsdp-bf16"
+    log = train(stage_dir, run_dir, 2, model_dtype="bfloat16", fsdp=True)
+    assert_main_process_alone_wrote(run_dir, log)
+    assert '"dtype": "bfloat16"' in (run_dir / "models/finetuned/config.json").read_text(encoding="utf-8")
+    saved, reference = weights(run_dir), weights(one_process[0])
+    assert saved.keys() == reference.keys() and all(w.dtype == torch.bfloat16 for w in saved.values())
+    for name in reference:  # the fp32 run's weights rounded to bf16, up to the FSDP/one-process spread
+        torch.testing.assert_close(saved[name], reference[name].to(torch.bfloat16), rtol=2 ** -7, atol=WEIGHT_TOLERANCE,
+                                   msg=name)
+    records = [json.loads(line) for line in (run_dir / "data/trained_qa.jsonl").read_text(encoding="utf-8").splitlines()]
+    nll = {}
+    for name, folder in (("bf16", run_dir), ("fp32", one_process[0])):
+        model, tokenizer = load_pretrained(folder / "models/finetuned", torch.float32, "cpu")
+        answers = answer_questions(model.eval(), tokenizer, records, 4, 8, "cpu")
+        assert len(answers) == len(records) and all(a["generated_tokens"] > 0 for a in answers)
+        nll[name] = answer_nll(model, records, 4, tokenizer.pad_token_id, "cpu")[1]
+    assert nll["bf16"] == pytest.approx(nll["fp32"], rel=1e-2)
 
 
 def test_packed_batches_train_like_padded_ones(stage_dir, one_process, tmp_path):
