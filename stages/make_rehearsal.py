@@ -99,7 +99,9 @@ def main():
     cfg = params["rehearsal"]
     prompts = read_prompts(cfg["prompts"], load_retention())
     device = pick_device(params["device"])
-    model, tokenizer = load_pretrained(BASE_MODEL, torch.float32, device)
+    # bf16 on CUDA (half the memory and time; the base model's own weights are bf16 on the hub), fp32
+    # on the CPU, where the committed rehearsal text was written.
+    model, tokenizer = load_pretrained(BASE_MODEL, torch.bfloat16 if device.type == "cuda" else torch.float32, device)
     records = continue_prompts(model.eval(), tokenizer, prompts, cfg, device)
     for i, r in enumerate(records):
         r["id"] = i

@@ -204,3 +204,22 @@ def test_fast_loss_applies_gemma_logit_softcapping():
 def test_an_architecture_that_rescales_its_logits_keeps_the_standard_loss():
     model = tiny(CohereConfig, logit_scale=3.0)  # logits = lm_head(h) * 3: lm_head alone would be wrong
     assert_same_loss_and_gradients(model, tiny_batch(), rtol=0, atol=0)
+
+
+def test_kanana_shape_loads_with_tied_embeddings_and_its_parameter_count():
+    """kanana-nano-2.1b-base: hidden 1792 split into 24 heads of an explicit head_dim 128, which
+    transformers 5.23's own check refuses (llm_fft.model relaxes it); tied embeddings, 2.09B
+    parameters, as its 4.17 GB bf16 model.safetensors says. docs/gpu.md's estimate uses this count."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**bench.KANANA_SHAPE))
+    count = sum(p.numel() for p in model.parameters())
+    assert count == 2_086_979_328 and abs(2 * count / 1e9 - 4.17) < 0.01
+    assert f"{count:,}" in (REPO / "docs/gpu.md").read_text(encoding="utf-8")
+
+
+def test_a_llama_config_must_split_into_its_heads_only_where_head_dim_is_derived():
+    from transformers import LlamaConfig
+    with pytest.raises(Exception, match="not a multiple of the number of attention heads"):
+        LlamaConfig(hidden_size=64, num_attention_heads=3, num_key_value_heads=1)
+    assert LlamaConfig(hidden_size=64, num_attention_heads=3, num_key_value_heads=1, head_dim=16).head_dim == 16
