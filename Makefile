@@ -41,7 +41,7 @@ else
 $(error PROFILE=$(PROFILE): the profiles are ko, or none for the default)
 endif
 
-.PHONY: help setup run train ask chat seeds bench test test-fast lint clean
+.PHONY: help setup run train ask chat seeds bench gpu-check test test-fast lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -87,6 +87,9 @@ NAME ?= params
 SET ?=
 seeds: setup ## run one setting over 3 seeds: make seeds NAME=x SET="-S k=v ..."; writes metrics/seeds/NAME.json
 	python -m llm_fft.seeds --name $(NAME) --seeds $(SEEDS) $(SET)
+
+gpu-check: setup ## GPU box, first: every stage on a random kanana-shaped model (no hub), timed, peak GPU memory, MFU
+	python -m llm_fft.gpu_check
 
 bench: setup ## time the training step (ours vs the notebook method); writes metrics/bench.json
 	python -m llm_fft.bench

@@ -21,4 +21,5 @@ report      -- the before/after report (markdown and self-contained HTML, loss c
 ask         -- `python -m llm_fft.ask`: question the fine-tuned model (make ask / make chat)
 bench       -- `python -m llm_fft.bench`: time the training step and the evaluation (make bench)
 seeds       -- `python -m llm_fft.seeds`: one setting over several seeds (make seeds)
+gpu_check   -- `python -m llm_fft.gpu_check`: every stage on a random kanana-shaped model, on a new GPU box (make gpu-check)
 """

@@ -68,7 +68,8 @@ REPORT_MD = Path("metrics/report.md")
 REPORT_HTML = Path("metrics/report.html")
 LOSS_PNG = Path("metrics/loss.png")
 
-# outside the pipeline: make bench, make seeds
+# outside the pipeline: make bench, make seeds, make gpu-check
 BENCH = Path("metrics/bench.json")
 BENCH_SMOKE = Path("metrics/bench_smoke.json")  # never overwrites the real benchmark's numbers
 SEEDS = Path("metrics/seeds")
+GPU_CHECK = Path("metrics/gpu_check.json")

@@ -13,7 +13,8 @@ from llm_fft import paths
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_FILE = re.compile(r"(data|models|metrics)/[\w./-]+")
 NAMED = {str(v) for k, v in vars(paths).items() if k.isupper() and isinstance(v, Path)}
-OUTSIDE_DVC = {paths.CHECKPOINTS, paths.CHECKPOINT, paths.BENCH, paths.BENCH_SMOKE, paths.SEEDS}  # resume, make bench
+OUTSIDE_DVC = {paths.CHECKPOINTS, paths.CHECKPOINT, paths.BENCH, paths.BENCH_SMOKE, paths.SEEDS,  # resume, make bench
+               paths.GPU_CHECK}
 # DVCLive's folder holds finetune's metrics and plots, which dvc.yaml names
 INSIDE_DVC_OUTPUTS = {paths.FINETUNE_LIVE}
 
