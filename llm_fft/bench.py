@@ -505,6 +505,8 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=None,
                         help=f"where to write the JSON (default {BENCH}; with --smoke {BENCH_SMOKE})")
     args = parser.parse_args(argv)
+    if args.cuda_only and not torch.cuda.is_available():
+        sys.exit("error: --cuda-only needs a CUDA GPU, and torch.cuda.is_available() is False here")
     params = load_params()
     check_params(params)
     bench, batch_size = params["bench"], params["finetune"]["batch_size"]

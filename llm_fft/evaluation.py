@@ -283,7 +283,8 @@ def load_for_evaluation(params, model_dir):
 
 
 def evaluate_stage(params, model_dir, baseline_table=None):
-    """The whole evaluation, shared by baseline_eval and final_eval so they cannot drift.
+    """The whole evaluation of final_eval: load_for_evaluation, then evaluate_model, the two steps
+    baseline_eval takes itself (it reuses the model for the chat-template baseline), so they cannot drift.
 
     Returns (metrics {trained, dev, heldout, unknown, unknown_dev, gate, retention, general}, one table
     of every question of every set, the gate's curve); a set without questions (no held-out file, no

@@ -1,7 +1,7 @@
 """Batched greedy answering, and the one decoding protocol of both evaluations, interpolate, ask and
 the benchmark."""
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -16,7 +16,7 @@ def answer_questions(model, tokenizer, records, batch_size, max_new_tokens, devi
 
     Prompts are sorted by length so each batch pads little, left-padded so every prompt ends where
     generation starts, and given an explicit attention mask: pad == EOS, so it cannot be inferred.
-    `stop`: token ids that end an answer (default: EOS); `stop_texts` (data.stop_texts): text that
+    `stop`: token ids that end an answer (default: EOS); `stop_texts` (prompts.stop_texts): text that
     ends it too, cut off with whatever follows. Returns one dict per record: text, generated_tokens
     (up to the stop token, a stop text's tokens included), ended_with_eos (ended by a stop token: not
     by the length limit, nor cut at a stop text; did the model learn to stop?).
@@ -81,7 +81,3 @@ def decoding(tokenizer, prompt, evaluate, limit_records=None):
     return Decoding(generation_limit(limit_records, evaluate["extra_new_tokens"]), tuple(stop_ids(tokenizer, prompt)),
                     tuple(stop_texts(prompt)), evaluate["batch_size"])
 
-
-def with_prompt(protocol, tokenizer, prompt):
-    """The same protocol for another prompt style: its own stop tokens and texts, the same limit."""
-    return replace(protocol, stop_ids=tuple(stop_ids(tokenizer, prompt)), stop_texts=tuple(stop_texts(prompt)))

@@ -10,11 +10,13 @@ locally (byte-level BPE, <|begin_of_text|> added by the post-processor, <|end_of
 token: kanana's kind), trims the data to a few facts and sets the `make train` profile's params with
 model.name = that folder and one short epoch. Then every stage of dvc.yaml runs in order, through
 `dvc repro -s` where DVC is installed, else `python -m stages.NAME`, each timed, with the peak GPU
-memory in use while it ran (the whole device, sampled every 0.1 s: several processes count). Any
-failing stage stops it with that stage's output. The table goes to stdout and metrics/gpu_check.json.
+memory it added (in use on the whole device, sampled every 0.1 s, over what was in use when it
+started: several processes count). A failing stage stops it with that stage's output, and the
+scratch folder is kept. The table goes to stdout and metrics/gpu_check.json.
 """
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -36,6 +38,9 @@ from llm_fft.paths import BENCH, GPU_CHECK, RETENTION
 REPO = Path(__file__).resolve().parents[1]
 BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
 FACTS, UNKNOWN, RETENTION_ITEMS, REHEARSAL_PROMPTS = 6, 3, 3, 8  # how much of the data the check keeps
+# --smoke: a tiny Llama whose hidden size does not split into its heads, as kanana's does not (1792 over
+# 24 heads of 128): every stage must load it through llm_fft.model's relaxed config check.
+SMOKE = {**SMOKE_SHAPE, "num_attention_heads": 3, "num_key_value_heads": 1, "head_dim": 16}
 # The `make train` profile (Makefile KANANA) on one GPU, but one epoch and a small evaluation.
 PROFILE = {"model.dtype": "bfloat16", "finetune.lr": 1e-5, "finetune.epochs": 1, "finetune.batch_size": 2,
            "finetune.warmup_steps": 0, "finetune.lr_schedule": "constant_with_warmup", "finetune.processes": 1,
@@ -91,7 +96,12 @@ def write_model(folder, shape, texts):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return sum(p.numel() for p in model.parameters())
+    parameters = sum(p.numel() for p in model.parameters())
+    del model  # the stages get the GPU: nothing of this process's stays cached on it
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return parameters
 
 
 def trim_data(work):
@@ -117,14 +127,15 @@ def set_params(work, overrides):
         node = params
         for section in sections:
             node = node[section]
+        assert key in node, f"params.yaml has no {dotted}"  # a renamed key must not pass unnoticed
         node[key] = value
     (work / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
 
 
 def copy_repo(work):
     """The repository's tracked and new files (not .venv, models or DVC's cache), in a fresh git repo."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
     for name in files:
         if (REPO / name).is_file():
             (work / name).parent.mkdir(parents=True, exist_ok=True)
@@ -134,20 +145,30 @@ def copy_repo(work):
         subprocess.run(git + args, cwd=work, check=True, capture_output=True)
 
 
+def gpu_memory_in_use():
+    """GiB in use on the GPU, by every process."""
+    free, total = torch.cuda.mem_get_info()
+    return (total - free) / 2**30
+
+
 class PeakGpuMemory:
-    """The most GPU memory in use on the device while the block ran, in GiB (None on the CPU)."""
+    """The most GPU memory the block added, in GiB: the peak in use on the device while it ran, over
+    what was in use when it started (None when not on CUDA)."""
+
+    def __init__(self, on_cuda):
+        self.on_cuda = on_cuda
 
     def __enter__(self):
-        self.peak, self.running = None, torch.cuda.is_available()
+        self.peak, self.running = None, self.on_cuda
         if self.running:
+            self.before = gpu_memory_in_use()
             self.thread = threading.Thread(target=self._sample, daemon=True)
             self.thread.start()
         return self
 
     def _sample(self):
         while self.running:
-            free, total = torch.cuda.mem_get_info()
-            self.peak = max(self.peak or 0, (total - free) / 2**30)
+            self.peak = max(self.peak or 0.0, gpu_memory_in_use() - self.before)
             time.sleep(0.1)
 
     def __exit__(self, *exc):
@@ -156,7 +177,7 @@ class PeakGpuMemory:
             self.thread.join()
 
 
-def run_stages(work):
+def run_stages(work, on_cuda):
     """Every stage of dvc.yaml in order, timed: [{stage, seconds, peak_gpu_gib}]. Exits on a failure."""
     stages = list(yaml.safe_load((work / "dvc.yaml").read_text(encoding="utf-8"))["stages"])
     # DVC runs each stage's `python`: this interpreter's, as make's venv would
@@ -166,16 +187,20 @@ def run_stages(work):
     for stage in stages:
         command = [dvc, "repro", "-s", stage] if dvc else [sys.executable, "-m", f"stages.{stage}"]
         started = time.perf_counter()
-        with PeakGpuMemory() as memory:
+        with PeakGpuMemory(on_cuda) as memory:
             result = subprocess.run(command, cwd=work, capture_output=True, text=True, env=env)
         rows.append({"stage": stage, "seconds": round(time.perf_counter() - started, 1),
                      "peak_gpu_gib": None if memory.peak is None else round(memory.peak, 2)})
-        print(f"{stage:<17} {rows[-1]['seconds']:>7.1f} s   peak GPU memory "
+        print(f"{stage:<17} {rows[-1]['seconds']:>7.1f} s   peak GPU memory added "
               f"{'-' if memory.peak is None else f'{memory.peak:.1f} GiB'}", flush=True)
         if result.returncode != 0:
-            sys.exit(f"error: stage {stage} failed ({' '.join(map(str, command))} in {work}):\n"
-                     f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+            raise StageFailed(f"error: stage {stage} failed ({' '.join(map(str, command))} in {work}, kept):\n"
+                              f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return rows
+
+
+class StageFailed(RuntimeError):
+    pass
 
 
 def main(argv=None):
@@ -188,10 +213,11 @@ def main(argv=None):
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("error: no CUDA GPU here (torch.cuda.is_available() is False); --smoke runs the same path on the CPU")
     device = "cpu" if args.smoke else "cuda"
-    shape = SMOKE_SHAPE if args.smoke else KANANA_SHAPE
+    shape = SMOKE if args.smoke else KANANA_SHAPE
     started = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="llm_fft-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
+    keep = args.work is not None
     try:
         print(f"gpu-check in {work}: a random {'tiny' if args.smoke else 'kanana-shaped'} Llama on {device}",
               flush=True)
@@ -200,12 +226,12 @@ def main(argv=None):
                                  corpus(work))
         trim_data(work)
         set_params(work, {**PROFILE, "model.name": str(work / "random-model"), "device": device})
-        rows = run_stages(work)
+        rows = run_stages(work, on_cuda=device == "cuda")
         bench = None
         if not args.smoke:  # make bench's CUDA cases: kanana-shaped training steps, their MFU
             result = subprocess.run([sys.executable, "-m", "llm_fft.bench", "--cuda-only"], cwd=work, text=True)
             if result.returncode != 0:
-                sys.exit("error: make bench's CUDA cases failed (output above)")
+                raise StageFailed(f"error: make bench's CUDA cases failed (output above; in {work}, kept)")
             bench = json.loads((work / BENCH).read_text(encoding="utf-8"))
         doc = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
                "shape": "smoke" if args.smoke else "kanana-nano-2.1b-base", "parameters": parameters,
@@ -213,8 +239,11 @@ def main(argv=None):
                "bench": bench and {"cases": bench["cases"], "skipped": bench["skipped"]}}
         write_atomically(args.out, json.dumps(doc, indent=2) + "\n")
         print(f"gpu-check passed: every stage ran, {doc['total_seconds']:.0f} s in all; wrote {args.out}")
+    except StageFailed as e:
+        keep = True  # what failed can be looked at
+        sys.exit(str(e))
     finally:
-        if args.work is None:
+        if not keep:
             shutil.rmtree(work, ignore_errors=True)
 
 

@@ -116,6 +116,12 @@ def prepare_tokenizer(tokenizer):
     return tokenizer
 
 
+def load_tokenizer(folder):
+    """The tokenizer of a model folder written by save_model (models/base). Through this module, so
+    the relaxed LlamaConfig check above applies: AutoTokenizer reads the model's config too."""
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def load_pretrained(folder, dtype, device):
     """Load a model folder written by save_model (models/base, models/finetuned)."""
     folder = Path(folder)

@@ -232,10 +232,12 @@ def set_up(cfg, procs, total_steps):
 
 def load_teacher(cfg, procs):
     """The frozen base model that rehearsal_loss = kl distils from: a second copy of the weights, never
-    trained. On CUDA in bf16 (4.2 GB for kanana instead of 8.4; its matmuls run in bf16 under autocast
-    anyway, and a hub model's weights are bf16 already); elsewhere in the master dtype (~0.5 GB for
-    the embedded model), as before."""
-    dtype = torch.bfloat16 if procs.device.type == "cuda" else master_dtype(cfg["precision"])
+    trained. On CUDA with bf16 autocast in bf16 (4.2 GB for kanana instead of 8.4; kanana's weights are
+    bf16 on the hub, and its matmuls run in bf16 under autocast anyway; its norms and residual stream
+    then run in bf16 too, so the KL starts a little above 0); elsewhere in the master dtype (~0.5 GB
+    for the embedded model), as before."""
+    bf16_autocast = isinstance(autocast_for(procs.device, cfg["precision"]), torch.autocast)
+    dtype = torch.bfloat16 if procs.device.type == "cuda" and bf16_autocast else master_dtype(cfg["precision"])
     teacher, _ = load_pretrained(BASE_MODEL, dtype, procs.device)
     return teacher.eval().requires_grad_(False)
 

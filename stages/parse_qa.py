@@ -16,11 +16,10 @@ problem listed by line, and nothing is written.
 
 import sys
 
-from transformers import AutoTokenizer
-
 from llm_fft.batching import IGNORE_INDEX
 from llm_fft.files import read_jsonl, to_jsonl, write_atomically
 from llm_fft.formats import DATASET_SPEC, DatasetError, read_pairs
+from llm_fft.model import load_tokenizer
 from llm_fft.params import ParamsError, fail_if_problems, load_params, problems_in_section
 from llm_fft.paths import (
     BASE_MODEL,
@@ -102,7 +101,7 @@ def main():
     heldout, dev = read_jsonl(HELDOUT_QUESTIONS), read_jsonl(DEV_QUESTIONS)
     statements, unknown = read_jsonl(STATEMENTS), read_jsonl(UNKNOWN_QUESTIONS)
 
-    tokenizer = AutoTokenizer.from_pretrained(BASE_MODEL)
+    tokenizer = load_tokenizer(BASE_MODEL)
     try:
         records, too_long = tokenize_all(tokenizer, pairs, prompt, cfg["max_length"], lambda i, p: p["where"])
         heldout_records, heldout_too_long = tokenize_all(tokenizer, heldout, prompt, cfg["max_length"],

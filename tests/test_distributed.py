@@ -90,7 +90,8 @@ def prepare_run(stage_dir, run_dir, processes, model_dtype="float32", **finetune
 
 def train(stage_dir, run_dir, processes, **finetune):
     command, env = prepare_run(stage_dir, run_dir, processes, **finetune)
-    result = subprocess.run(command, cwd=run_dir, capture_output=True, text=True, env=env)
+    # A collective one process skips hangs the others: fail then, never hang CI
+    result = subprocess.run(command, cwd=run_dir, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
 
@@ -136,6 +137,16 @@ def test_two_processes_train_like_one_with_the_same_global_batch(stage_dir, one_
     assert len(loss_curve(one_dir)) == STEPS and loss_curve(one_dir)[-1] < loss_curve(one_dir)[0]  # it trained
     assert_trained_like(tmp_path / "ddp", one_dir)
     assert_main_process_alone_wrote(tmp_path / "ddp", two_log)
+
+
+def test_two_processes_with_the_kl_rehearsal_train_like_one(stage_dir, tmp_path):
+    # The default rehearsal: each step calls the model for the task rows and for the distilled
+    # rehearsal rows; a process whose share lacks a kind runs it unlabelled, adding nothing.
+    kl = {"rehearsal_ratio": 0.5, "rehearsal_loss": "kl"}
+    one_log = train(stage_dir, tmp_path / "one", 1, **kl)
+    two_log = train(stage_dir, tmp_path / "two", 2, **kl)
+    assert "rehearsal texts (kl)" in one_log and "x 2 process(es) (fp32)" in two_log
+    assert_trained_like(tmp_path / "two", tmp_path / "one")
 
 
 def test_fsdp_over_two_processes_trains_like_one_process(stage_dir, one_process, tmp_path):

@@ -257,7 +257,7 @@ UNKNOWN_AFTER = {"questions": 4, "abstained": 0.25, "invented": 0.5, "mean_gener
 
 
 def with_unknown(table, after):
-    """The table with the unknown set's rows between held-out and retention, as evaluate_stage writes them."""
+    """The table with the unknown set's rows between held-out and retention, as evaluate_model writes them."""
     rows = []
     for i, (question, before_answer, after_answer) in enumerate(UNKNOWN):
         generated, abstained = after_answer if after else before_answer
