@@ -267,3 +267,28 @@ def test_general_facts_kept_counts_only_what_the_base_model_knew(monkeypatch):
     after, _ = evaluation.evaluate_general(None, tokenizer, facts, 8, 24, "cpu", table)
     # Jupiter was lost; 서울 is right now but the base model did not know it, so it does not count.
     assert after == {"prompts": 3, "right": round(2 / 3, 4), "right_before": 2, "kept": 0.5, "lost": 1}
+
+
+def test_a_chat_template_that_hides_the_answer_boundary_skips_the_chat_baseline(embedded_tokenizer, tmp_path,
+                                                                                  monkeypatch):
+    """A template whose generation prompt is not a prefix of the rendered conversation (here: it adds
+    a line only when asked for a generation prompt) cannot be split at the answer. The chat baseline
+    is then skipped with the reason, before the model is used, and baseline_eval goes on without it."""
+    import copy
+
+    from llm_fft.files import to_jsonl
+    from llm_fft.prompts import tokenize_pair
+    tokenizer = copy.deepcopy(embedded_tokenizer)
+    tokenizer.chat_template = ("{% if add_generation_prompt %}Answer briefly.\n{% endif %}"
+                               "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}assistant:{% endif %}")
+    params = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))
+    record = {"id": 0, "question": "Q?", "answer": "A.", "key": "A",
+              **tokenize_pair(tokenizer, "Q?", "A.", params["prompt"])}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for name in ("trained_qa", "dev_qa", "heldout_qa", "unknown_qa"):
+        (tmp_path / f"data/{name}.jsonl").write_text(to_jsonl([record]), encoding="utf-8")
+    metrics, reason = evaluation.evaluate_chat_template(params, None, tokenizer, "cpu")  # no model: never used
+    assert metrics is None
+    assert reason.startswith("the base model's chat template cannot be used: the chat template renders")
