@@ -12,6 +12,7 @@ prompts     -- prompt styles, the question/answer markers, tokenizing pairs and 
 batching    -- padding, label masks and packing of tokenized examples
 model       -- loading base models (embedded GGUF, hub id, local folder) and saving them
 training    -- the optimisation step, the losses and resumable checkpoints of stages/finetune.py
+distill     -- the base model's stored next-token distributions over the rehearsal text, and the KL to them
 nll         -- teacher-forced answer NLL: finetune's dev loss, the evaluations' answer NLL
 generation  -- batched greedy answering and the one decoding protocol (limit, stops, batch size)
 metrics     -- scoring one answer (the key-fact rule, right/abstained/wrong), the headline, delta

@@ -40,6 +40,9 @@ RETENTION = Path("data/retention.yaml")
 REHEARSAL = Path("data/rehearsal.jsonl")
 REHEARSAL_DEV = Path("data/rehearsal_dev.jsonl")
 
+# teacher_distributions: the base model's next-token distributions over the rehearsal texts
+REHEARSAL_TEACHER = Path("data/rehearsal_teacher.safetensors")
+
 # baseline_eval
 BASELINE_METRICS = Path("metrics/baseline.json")
 BASELINE_ANSWERS = Path("metrics/baseline_answers.csv")

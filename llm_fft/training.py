@@ -24,6 +24,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from llm_fft.batching import IGNORE_INDEX
+from llm_fft.distill import stored_kl
 
 PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16-pure")
 SCHEDULES = ("linear", "cosine", "constant_with_warmup")
@@ -242,26 +243,21 @@ def make_optimizer(model, lr, weight_decay):
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
 
 
-def train_step(model, batch, optimizer, scheduler, max_grad_norm, autocast, num_items=None, distill=None):
+def train_step(model, batch, optimizer, scheduler, max_grad_norm, autocast, num_items=None, teacher=None):
     """One optimizer step on one batch; returns (loss, gradient norm before clipping) as floats.
 
     The loss is the mean cross-entropy over supervised tokens (-100 skipped), as model(**batch).loss,
     computed by supervised_token_loss where the architecture allows it (it skips unsupervised work);
     num_items: the sum is divided by it instead of by the batch's own supervised tokens.
-    distill: (teacher, batch of rehearsal rows), for finetune.rehearsal_loss = kl. Those rows add their
-    distillation_loss, batch may be None (no task row), and both parts share one divisor, so the loss
-    stays a mean over every supervised token of the step.
+    teacher: for finetune.rehearsal_loss = kl, the stored distributions of the batch's rehearsal rows
+    (distill.batch_teacher): their positions are learned by distillation_loss instead, in the same
+    forward pass and under the same divisor, so the loss stays a mean over every supervised token.
     """
     with autocast:
-        if distill is None:
+        if teacher is None:
             loss = supervised_token_loss(model, batch, num_items)
         else:
-            teacher, distill_batch = distill
-            if num_items is None:
-                num_items = sum(supervised_positions(b) for b in (batch, distill_batch) if b is not None)
-            loss = distillation_loss(model, teacher, distill_batch, num_items)
-            if batch is not None:
-                loss = loss + supervised_token_loss(model, batch, num_items)
+            loss = distillation_loss(model, batch, teacher, num_items)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
@@ -277,40 +273,55 @@ def train_step(model, batch, optimizer, scheduler, max_grad_norm, autocast, num_
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"})
 
 
-def supervised_token_loss(model, batch, num_items=None):
-    """model(**batch).loss, without computing logits where no token is learned.
+def plain_head(model):
+    """Whether the output head can be run on chosen positions only (see PLAIN_HEAD_MODEL_TYPES).
+
+    A model wrapped for DDP or sharded by FSDP (finetune.processes > 1) must be called whole: the
+    wrapper's forward (DDP) and the root's hooks (FSDP) arrange the gradient all-reduce and the
+    gathering of the embeddings and head."""
+    return (not isinstance(model, FSDPModule) and hasattr(model, "get_decoder")
+            and getattr(model.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
+            and model.get_decoder() is not model
+            and isinstance(model.get_output_embeddings(), torch.nn.Linear))
+
+
+def supervised_logits(model, batch):
+    """(logits, targets) at the positions that predict a supervised token, row by row.
 
     model(**batch) projects every position onto the whole vocabulary (49152 rows for SmolLM2,
     128256 for kanana), then drops most of it: the prompt (~55% of the tokens here) and the padding
-    have label -100. Here the decoder runs as usual, but the output head and the cross-entropy see
-    only the positions that predict a supervised token. The result is the same mean over
-    supervised tokens; the batch must hold input_ids and labels (unshifted, as for model(**batch)).
-    With num_items, the sum over supervised tokens divided by num_items (transformers' num_items_in_batch).
+    have label -100. Where plain_head allows, the decoder runs as usual and the output head sees only
+    the positions that predict a supervised token; otherwise the whole model runs and the rest is dropped.
+    The batch holds input_ids and labels (unshifted, as for model(**batch)).
     """
-    # A model wrapped for DDP or sharded by FSDP (finetune.processes > 1) must be called whole: the
-    # wrapper's forward (DDP) and the root's hooks (FSDP) arrange the gradient all-reduce and the
-    # gathering of the embeddings and head. Those, and other heads, take the standard loss.
-    plain_head = (not isinstance(model, FSDPModule) and hasattr(model, "get_decoder")
-                  and getattr(model.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
-                  and model.get_decoder() is not model
-                  and isinstance(model.get_output_embeddings(), torch.nn.Linear))
-    if not plain_head:
-        return model(**batch, **({} if num_items is None else {"num_items_in_batch": num_items})).loss
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
     # The hidden state at position t predicts the token at t + 1 (the shift model(**batch) does
     # inside forward): pair hidden[:, :-1] with labels[:, 1:].
     targets = batch["labels"][:, 1:]
     supervised = targets != IGNORE_INDEX
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    hidden = decoder(**inputs, use_cache=False).last_hidden_state
-    logits = head(hidden[:, :-1][supervised])  # (supervised tokens, vocab)
+    if not plain_head(model):
+        return model(**inputs, use_cache=False).logits[:, :-1][supervised], targets[supervised]
+    hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state
+    logits = model.get_output_embeddings()(hidden[:, :-1][supervised])  # (supervised tokens, vocab)
     softcap = getattr(model.config, "final_logit_softcapping", None)
     if softcap:  # Gemma 2/3 squash their logits; the standard loss sees them squashed
         logits = torch.tanh(logits / softcap) * softcap
+    return logits, targets[supervised]
+
+
+def supervised_token_loss(model, batch, num_items=None):
+    """model(**batch).loss, without computing logits where no token is learned (supervised_logits).
+
+    The same mean over supervised tokens; with num_items, the sum over supervised tokens divided by
+    num_items (transformers' num_items_in_batch). Models without a plain head take the standard loss.
+    """
+    if not plain_head(model):
+        return model(**batch, **({} if num_items is None else {"num_items_in_batch": num_items})).loss
+    logits, targets = supervised_logits(model, batch)
     # fp32 cross-entropy, as transformers' loss does under bf16 autocast.
     if num_items is None:
-        return F.cross_entropy(logits.float(), targets[supervised])
-    return F.cross_entropy(logits.float(), targets[supervised], reduction="sum") / num_items
+        return F.cross_entropy(logits.float(), targets)
+    return F.cross_entropy(logits.float(), targets, reduction="sum") / num_items
 
 
 def supervised_positions(batch):
@@ -318,25 +329,23 @@ def supervised_positions(batch):
     return (batch["labels"][:, 1:] != IGNORE_INDEX).sum().item()
 
 
-def distillation_loss(model, teacher, batch, num_items):
-    """KL(teacher || model) of the next-token distributions, summed over the vocabulary and over the
-    supervised positions, divided by num_items (finetune.rehearsal_loss = kl; teacher: the frozen base).
+def distillation_loss(model, batch, teacher, num_items=None):
+    """Cross-entropy at the task rows' supervised positions and KL(teacher || model) at the rehearsal
+    rows' (finetune.rehearsal_loss = kl), summed and divided by num_items (default: the batch's
+    supervised positions). teacher: distill.batch_teacher of the batch's rows, the base model's stored
+    distributions and which positions they are for. One forward pass for both kinds of row.
 
     Cross-entropy on the base model's sampled rehearsal text teaches those sampled tokens, and a few
     hundred texts seen every epoch are soon learned by heart. The KL teaches, at every position, the
-    whole distribution the base model had there, which is what its answers to everything else come
-    from (self-distillation; Hinton et al. 2015, Li & Hoiem's "Learning without Forgetting" 2016).
+    distribution the base model had there, which is what its answers to everything else come from
+    (self-distillation; Hinton et al. 2015, Li & Hoiem's "Learning without Forgetting" 2016).
     """
-    targets = batch["labels"][:, 1:]
-    supervised = targets != IGNORE_INDEX  # padding is masked by position, as for the cross-entropy
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    with torch.no_grad():
-        teacher_logits = teacher(**inputs, use_cache=False).logits[:, :-1][supervised]
-    logits = model(**inputs, use_cache=False).logits[:, :-1][supervised]
-    # fp32 log-probabilities under bf16 autocast, as for the cross-entropy.
-    kl = F.kl_div(F.log_softmax(logits.float(), dim=-1), F.log_softmax(teacher_logits.float(), dim=-1),
-                  log_target=True, reduction="sum")
-    return kl / num_items
+    *stored, distilled = teacher
+    logits, targets = supervised_logits(model, batch)  # padding is masked by position
+    task = ~distilled
+    # fp32, as the cross-entropy alone is under bf16 autocast.
+    loss = F.cross_entropy(logits[task].float(), targets[task], reduction="sum") + stored_kl(logits[distilled], *stored)
+    return loss / (num_items or len(targets))
 
 
 # --- Checkpoints: resume after a crash ---------------------------------------------------------

@@ -5,7 +5,8 @@
 Reads finetune.*, model.dtype, seed and device in params.yaml, data/trained_qa.jsonl (the question/answer
 pairs), data/statements_qa.jsonl (the facts as plain text), data/rehearsal.jsonl (the base model's own
 text; finetune.rehearsal_ratio of it is mixed into every epoch, learned by cross-entropy or, with
-finetune.rehearsal_loss kl, distilled from the base model), data/dev_qa.jsonl and models/base.
+finetune.rehearsal_loss kl, distilled from the base model's distributions stored in
+data/rehearsal_teacher.safetensors), data/dev_qa.jsonl and models/base.
 It never reads the held-out questions: they only report. Writes models/finetuned (save_pretrained:
 model and tokenizer; the last epoch's weights, or with finetune.select_epoch best_dev_loss the epoch
 whose dev answer loss was lowest) and, through DVCLive, metrics/finetune/ (loss and learning rate per
@@ -35,6 +36,7 @@ from transformers import get_scheduler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from llm_fft.batching import collate, collate_packed
+from llm_fft.distill import batch_teacher, load_teacher
 from llm_fft.files import read_jsonl
 from llm_fft.model import DTYPES, load_pretrained, save_model
 from llm_fft.nll import answer_nll
@@ -55,6 +57,7 @@ from llm_fft.paths import (
     FINETUNE_LIVE,
     FINETUNED_MODEL,
     REHEARSAL,
+    REHEARSAL_TEACHER,
     STATEMENTS_QA,
     TRAINED_QA,
 )
@@ -95,7 +98,6 @@ def main():
     seed_everything(seed)
     procs = Processes(pick_device(params["device"]), cfg["fsdp"])
     model, tokenizer, optimizer, scheduler = set_up(cfg, procs, total_steps)
-    teacher = load_teacher(cfg, procs) if cfg["rehearsal_loss"] == "kl" and data.rehearsal else None
     # history: (loss, lr, dev answer loss or None) of every step done, replayed into DVCLive.
     # best: (epoch, dev loss, whole weights on the CPU) of the lowest dev loss so far (best_dev_loss).
     start_step, history, best = 0, [], None
@@ -116,7 +118,7 @@ def main():
                 continue  # done before the crash
             step += 1
             loss, lr, grad_norm = train_one_step(model, optimizer, scheduler, autocast, global_batch, tokenizer,
-                                                 cfg, procs, teacher)
+                                                 cfg, procs)
             if not math.isfinite(loss):
                 log.end()
                 sys.exit(f"error: loss is {loss} at step {step} (epoch {epoch}); no model saved. "
@@ -162,11 +164,6 @@ def check_params():
     cfg = params.get("finetune") or {}
     if cfg.get("fsdp") is True and cfg.get("processes") == 1:
         problems.append("params.yaml: finetune.fsdp shards the model over processes: set finetune.processes > 1")
-    # Without rehearsal no teacher is loaded, so kl costs nothing there.
-    if cfg.get("fsdp") is True and cfg.get("rehearsal_loss") == "kl" and cfg.get("rehearsal_ratio"):
-        problems.append("params.yaml: finetune.rehearsal_loss kl keeps a whole copy of the base model in every "
-                        "process, which finetune.fsdp is there to avoid: use rehearsal_loss ce with fsdp "
-                        "(or finetune.rehearsal_ratio 0)")
     fail_if_problems(problems)
     return params
 
@@ -192,8 +189,13 @@ class Data(NamedTuple):
 def load_data(cfg, seed):
     """The task, the rehearsal pool and the dev questions; warns when one batch holds the whole epoch."""
     task = read_jsonl(TRAINED_QA) + read_jsonl(STATEMENTS_QA)
-    # Tagged so that rehearsal_loss = kl can tell them from the task rows in a batch.
-    rehearsal = [{**r, "rehearsal": True} for r in read_jsonl(REHEARSAL)] if cfg["rehearsal_ratio"] else []
+    # With rehearsal_loss = kl each rehearsal text carries its rows of the base model's stored distributions.
+    rehearsal = read_jsonl(REHEARSAL) if cfg["rehearsal_ratio"] else []
+    if rehearsal and cfg["rehearsal_loss"] == "kl":
+        try:
+            rehearsal = [{**r, "teacher": t} for r, t in zip(rehearsal, load_teacher(REHEARSAL_TEACHER, rehearsal))]
+        except (OSError, ValueError) as e:
+            raise TrainingError(f"finetune.rehearsal_loss kl: {e}") from e
     dev = read_jsonl(DEV_QA)
     if cfg["select_epoch"] == "best_dev_loss" and not dev:
         raise TrainingError(f"finetune.select_epoch = best_dev_loss needs dev questions, and {DEV_QA} has none "
@@ -209,7 +211,8 @@ def load_data(cfg, seed):
 def fingerprint_of(params):
     """What a checkpoint must match to be resumed: the params and every file the stage reads."""
     fingerprint = run_fingerprint(params, TRAINED_QA, BASE_MODEL)
-    for name, path in (("statements", STATEMENTS_QA), ("rehearsal", REHEARSAL), ("dev", DEV_QA)):
+    for name, path in (("statements", STATEMENTS_QA), ("rehearsal", REHEARSAL), ("teacher", REHEARSAL_TEACHER),
+                       ("dev", DEV_QA)):
         fingerprint[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
     return fingerprint
 
@@ -228,18 +231,6 @@ def set_up(cfg, procs, total_steps):
     scheduler = get_scheduler(cfg["lr_schedule"], optimizer, num_warmup_steps=cfg["warmup_steps"],
                               num_training_steps=total_steps)
     return model, tokenizer, optimizer, scheduler
-
-
-def load_teacher(cfg, procs):
-    """The frozen base model that rehearsal_loss = kl distils from: a second copy of the weights, never
-    trained. On CUDA with bf16 autocast in bf16 (4.2 GB for kanana instead of 8.4; kanana's weights are
-    bf16 on the hub, and its matmuls run in bf16 under autocast anyway; its norms and residual stream
-    then run in bf16 too, so the KL starts a little above 0); elsewhere in the master dtype (~0.5 GB
-    for the embedded model), as before."""
-    bf16_autocast = isinstance(autocast_for(procs.device, cfg["precision"]), torch.autocast)
-    dtype = torch.bfloat16 if procs.device.type == "cuda" and bf16_autocast else master_dtype(cfg["precision"])
-    teacher, _ = load_pretrained(BASE_MODEL, dtype, procs.device)
-    return teacher.eval().requires_grad_(False)
 
 
 def resume(checkpoint, model, optimizer, scheduler):
@@ -279,27 +270,18 @@ def epoch_batches(data, cfg, seed, epoch):
     return DataLoader(records, batch_size=cfg["batch_size"], sampler=order, collate_fn=list, generator=shuffle)
 
 
-def train_one_step(model, optimizer, scheduler, autocast, global_batch, tokenizer, cfg, procs, teacher):
+def train_one_step(model, optimizer, scheduler, autocast, global_batch, tokenizer, cfg, procs):
     """One optimizer step on this process's rows of the global batch. Returns (the whole batch's
     mean loss, the learning rate of the step, the gradient norm before clipping).
-    With a teacher (rehearsal_loss = kl) the rehearsal rows are a batch of their own, distilled."""
-    def to_batch(rows):
-        batch = collate_packed(rows) if cfg["packing"] else collate(rows, tokenizer.pad_token_id)
-        return {k: v.to(procs.device) for k, v in batch.items()}
-
-    rows, distill = procs.own_rows(global_batch), None
-    if teacher is not None:
-        rehearsal_rows = [r for r in rows if r.get("rehearsal")]
-        rows = [r for r in rows if not r.get("rehearsal")]
-        # Under DDP every process must call the model as often as the others (its forward is a
-        # collective): a kind of row the global batch has and this process lacks is run unlabelled.
-        rows, rehearsal_rows = (rows or procs.unlabelled(r for r in global_batch if not r.get("rehearsal")),
-                                rehearsal_rows or procs.unlabelled(r for r in global_batch if r.get("rehearsal")))
-        distill = (teacher, to_batch(rehearsal_rows)) if rehearsal_rows else None
-    batch = to_batch(rows) if rows else None
+    With rehearsal_loss = kl the rehearsal rows are distilled from their stored teacher distributions,
+    in the same forward pass as the task rows."""
+    rows = procs.own_rows(global_batch)
+    batch = collate_packed(rows) if cfg["packing"] else collate(rows, tokenizer.pad_token_id)
+    batch = {k: v.to(procs.device) for k, v in batch.items()}
+    teacher = batch_teacher(rows, procs.device) if any("teacher" in r for r in rows) else None
     lr = scheduler.get_last_lr()[0]
     loss, grad_norm = train_step(model, batch, optimizer, scheduler, cfg["max_grad_norm"], autocast,
-                                 procs.loss_divisor(global_batch), distill)
+                                 procs.loss_divisor(global_batch), teacher)
     return procs.mean(loss), lr, grad_norm
 
 
@@ -343,7 +325,9 @@ class Log:
         self.live = Live(dir=str(FINETUNE_LIVE), dvcyaml=None, save_dvc_exp=False) if main_process else None
         for logged in history if main_process else []:  # the steps before a crash, so the curves are whole
             log_step(self.live, *logged)
+        # Real tokens and time since the last log line: the line shows the speed now, so a slowdown shows.
         self.real_tokens, self.started = 0, time.perf_counter()
+        self.last_line = self.started
         self.progress = tqdm(total=total_steps, initial=start_step, desc="finetune", unit="step",
                              disable=not main_process)
 
@@ -357,10 +341,11 @@ class Log:
             log_step(self.live, loss, lr, dev_nll)
         self.progress.update()
         if step % self.log_every == 0 or step == self.total_steps:
-            elapsed = self.elapsed()
+            now = time.perf_counter()
             self.write(f"step {step:05d}/{self.total_steps:05d} ({100 * step / self.total_steps:5.1f}%) | "
                        f"epoch {epoch:3d} | loss {loss:.4f} | lr {lr:.2e} | grad_norm {grad_norm:7.3f} | "
-                       f"real tok/s {self.real_tokens / elapsed:7.1f} | elapsed {elapsed:6.1f}s")
+                       f"real tok/s {self.real_tokens / (now - self.last_line):7.1f} | elapsed {self.elapsed():6.1f}s")
+            self.real_tokens, self.last_line = 0, now
 
     def elapsed(self):
         return time.perf_counter() - self.started

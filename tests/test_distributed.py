@@ -19,6 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from llm_fft.distill import save_teacher, teacher_top_k
 from llm_fft.files import to_jsonl
 from llm_fft.prompts import tokenize_pair, tokenize_text
 
@@ -64,6 +65,10 @@ def stage_dir(tmp_path_factory, embedded_tokenizer):
     # The base model's own text for rehearsal_loss kl (the runs that set rehearsal_ratio > 0)
     rehearsal = [tokenize_text(embedded_tokenizer, text) for text in REHEARSAL_TEXTS]
     (folder / "data/rehearsal.jsonl").write_text(to_jsonl(rehearsal), encoding="utf-8")
+    # and the base model's distributions over it, as stage teacher_distributions stores them
+    base = LlamaForCausalLM.from_pretrained(folder / "models/base").eval()
+    save_teacher(folder / "data/rehearsal_teacher.safetensors",
+                 teacher_top_k(base, rehearsal, 16, 2, embedded_tokenizer.pad_token_id, "cpu"))
     shutil.copytree(REPO / "configs", folder / "configs")
     return folder
 

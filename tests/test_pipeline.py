@@ -23,8 +23,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llm_fft.metrics import read_answers
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["prepare_model", "generate_dataset", "parse_qa", "make_rehearsal", "baseline_eval", "finetune",
-          "interpolate", "final_eval", "report"]
+STAGES = ["prepare_model", "generate_dataset", "parse_qa", "make_rehearsal", "teacher_distributions", "baseline_eval",
+          "finetune", "interpolate", "final_eval", "report"]
+# What the facts, the dataset and the prompt do not touch: the base model's own text and its distributions.
+REHEARSAL_STAGES = ("make_rehearsal", "teacher_distributions")
 # The report stage's inputs among the results: it reruns exactly when one of them changed.
 REPORT_INPUTS = ["metrics/baseline.json", "metrics/baseline_answers.csv", "metrics/baseline_chat.json", "metrics/final.json",
                  "metrics/final_answers.csv", "metrics/interpolation.json", "metrics/finetune/metrics.json",
@@ -416,7 +418,7 @@ def test_editing_the_facts_reruns_everything_from_generate_dataset(tiny_repo, fi
     facts = tiny_repo / "data/facts.yaml"
     with undone(tiny_repo, tmp_path):
         facts.write_text(facts.read_text(encoding="utf-8").replace("27미터", "28미터"), encoding="utf-8")
-        assert stages_run(dvc("repro", cwd=tiny_repo).stdout) == [s for s in STAGES[1:] if s != "make_rehearsal"]
+        assert stages_run(dvc("repro", cwd=tiny_repo).stdout) == [s for s in STAGES[1:] if s not in REHEARSAL_STAGES]
     assert results(tiny_repo) == first_repro[1]
 
 
@@ -590,7 +592,7 @@ def test_bad_params_are_all_reported_before_any_work(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["finetune"]["lr"] = -1.0
     params["finetune"]["epoch"] = params["finetune"].pop("epochs")
-    params["finetune"].update(fsdp=True, processes=1, rehearsal_loss="kl")
+    params["finetune"].update(fsdp=True, processes=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     result = run([sys.executable, REPO / "stages/finetune.py"], tmp_path, check=False)
     assert result.returncode != 0
@@ -598,7 +600,6 @@ def test_bad_params_are_all_reported_before_any_work(tmp_path):
     assert "finetune.epoch is not a known key (did you mean 'epochs'?)" in result.stderr
     assert "finetune.epochs is missing" in result.stderr
     assert "finetune.fsdp shards the model over processes: set finetune.processes > 1" in result.stderr
-    assert "finetune.rehearsal_loss kl keeps a whole copy of the base model in every process" in result.stderr
 
 
 @pytest.mark.slow
@@ -611,7 +612,7 @@ def test_non_finite_loss_stops_training_naming_the_step(tiny_repo, first_repro, 
     AutoTokenizer.from_pretrained(tiny_repo / "models/base").save_pretrained(tmp_path / "models/base")
     shutil.copy(tiny_repo / "params.yaml", tmp_path)
     (tmp_path / "data").mkdir()
-    for name in ("trained_qa.jsonl", "statements_qa.jsonl", "rehearsal.jsonl", "dev_qa.jsonl"):
+    for name in ("trained_qa.jsonl", "statements_qa.jsonl", "rehearsal.jsonl", "rehearsal_teacher.safetensors", "dev_qa.jsonl"):
         shutil.copy(tiny_repo / "data" / name, tmp_path / "data")
     result = run([sys.executable, REPO / "stages/finetune.py"], tmp_path, check=False)
     assert result.returncode != 0
@@ -678,7 +679,7 @@ def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, fir
     write_own_data(repo)
     edit_params(repo, "generate_dataset", "backend", "template")  # switched by -S below
     out = dvc("exp", "run", "-S", "generate_dataset.backend=file", "-S", "prompt.style=chat", cwd=repo).stdout
-    assert stages_run(out) == [s for s in STAGES[1:] if s != "make_rehearsal"]  # the base model is reused
+    assert stages_run(out) == [s for s in STAGES[1:] if s not in REHEARSAL_STAGES]  # the base model is reused
     assert json.loads((repo / "metrics/dataset.json").read_text())["backend"] == "file"
     assert (repo / "data/dataset.txt").read_bytes() == (repo / "data/my_dataset.txt").read_bytes()  # as is
     records = [json.loads(line) for line in (repo / "data/trained_qa.jsonl").read_text(encoding="utf-8").splitlines()]

@@ -6,6 +6,7 @@ models: same loss and gradients (or, for pure bf16, the documented rounding risk
 """
 
 import contextlib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -166,53 +167,128 @@ def test_a_checkpoint_of_another_run_is_refused_by_raising_not_exiting(tmp_path)
         load_checkpoint(path, {"finetune.lr": 1e-4, "seed": 1})
 
 
-def test_distillation_is_zero_against_itself_and_ignores_padding():
-    from llm_fft.training import distillation_loss
-    model = tiny(LlamaConfig)
-    teacher = tiny(LlamaConfig).eval().requires_grad_(False)  # same seed: the same weights
-    batch = collate(EXAMPLES, pad_id=0)
-    assert distillation_loss(model, teacher, batch, num_items=10).item() == pytest.approx(0.0, abs=1e-6)
+def with_teacher(teacher, records, k):
+    """The records as finetune holds rehearsal texts: each with its rows of the teacher's stored distributions."""
+    from llm_fft.distill import load_teacher, save_teacher, teacher_top_k
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:  # through the file, as the stage writes and finetune reads it
+        path = Path(folder) / "teacher.safetensors"
+        save_teacher(path, teacher_top_k(teacher, records, k, batch_size=2, pad_id=0, device="cpu"))
+        return [{**r, "teacher": t} for r, t in zip(records, load_teacher(path, records))]
+
+
+def perturbed(model, scale=0.05):
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    # By hand: KL summed over the vocabulary at each supervised position (labels[1:] != -100).
+            p.add_(torch.randn_like(p) * scale)
+    return model
+
+
+def full_kl_by_hand(model, teacher, batch):
+    """KL(teacher || model) over the whole vocabulary, summed over the supervised positions."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     supervised = batch["labels"][:, 1:] != -100
-    p_log = torch.log_softmax(teacher(**inputs).logits[:, :-1][supervised], -1)
+    with torch.no_grad():
+        p_log = torch.log_softmax(teacher(**inputs).logits[:, :-1][supervised], -1)
     q_log = torch.log_softmax(model(**inputs).logits[:, :-1][supervised], -1)
-    expected = (p_log.exp() * (p_log - q_log)).sum() / 10
-    loss = distillation_loss(model, teacher, batch, num_items=10)
+    return (p_log.exp() * (p_log - q_log)).sum()
+
+
+def test_the_stored_kl_is_the_live_teachers_when_k_covers_the_vocabulary():
+    from llm_fft.distill import batch_teacher
+    from llm_fft.training import distillation_loss
+    teacher = tiny(LlamaConfig).eval().requires_grad_(False)
+    model = perturbed(tiny(LlamaConfig))  # tiny() seeds: the same weights as the teacher, then moved
+    rows = with_teacher(teacher, EXAMPLES, k=64)  # the whole vocabulary of tiny()
+    batch = collate(rows, pad_id=0)
+    expected = full_kl_by_hand(model, teacher, batch) / 10
+    loss = distillation_loss(model, batch, batch_teacher(rows, "cpu"), num_items=10)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert loss.item() > 0
     loss.backward()
-    assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None for name, p in model.named_parameters() if "embed_tokens" not in name)
+    # Against the teacher itself it is zero.
+    unmoved = tiny(LlamaConfig)
+    assert distillation_loss(unmoved, batch, batch_teacher(rows, "cpu")).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_top_k_teacher_gives_a_smaller_kl_that_vanishes_only_at_the_teacher():
+    from llm_fft.distill import batch_teacher
+    from llm_fft.training import distillation_loss
+    teacher = tiny(LlamaConfig).eval().requires_grad_(False)
+    model = perturbed(tiny(LlamaConfig))
+    full = with_teacher(teacher, EXAMPLES, k=64)
+    top = with_teacher(teacher, EXAMPLES, k=4)
+    batch = collate(top, pad_id=0)
+    assert len(top[0]["teacher"][0][0]) == 4
+    with torch.no_grad():
+        full_loss = distillation_loss(model, batch, batch_teacher(full, "cpu")).item()
+        top_loss = distillation_loss(model, batch, batch_teacher(top, "cpu")).item()
+        at_teacher = distillation_loss(tiny(LlamaConfig), batch, batch_teacher(top, "cpu")).item()
+    # Merging the other tokens into one outcome can only lose information (the KL's data
+    # processing inequality), and keeps some: the rest term makes it more than the top tokens' part.
+    assert 0 < top_loss < full_loss
+    assert at_teacher == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distilled_rows_ignore_padding_and_rows_without_labels():
+    from llm_fft.distill import batch_teacher
+    from llm_fft.training import distillation_loss
+    teacher = tiny(LlamaConfig).eval().requires_grad_(False)
+    model = perturbed(tiny(LlamaConfig))
+    rows = with_teacher(teacher, EXAMPLES, k=8)
     # Padding after an example (longer neighbours) changes nothing: masked by position, not by token id.
-    alone = collate(EXAMPLES[:1], pad_id=0)
-    padded = {k: v[:1] for k, v in batch.items()}
-    count = (alone["labels"][:, 1:] != -100).sum().item()
-    torch.testing.assert_close(distillation_loss(model, teacher, alone, count),
-                               distillation_loss(model, teacher, padded, count), rtol=1e-5, atol=1e-6)
+    alone, padded = collate(rows[:1], pad_id=0), {k: v[:1] for k, v in collate(rows, pad_id=0).items()}
+    with torch.no_grad():
+        torch.testing.assert_close(distillation_loss(model, alone, batch_teacher(rows[:1], "cpu")),
+                                   distillation_loss(model, padded, batch_teacher(rows[:1], "cpu")))
+    # A row without labels (Processes.unlabelled, in DDP) brings no teacher rows and adds nothing.
+    unlabelled = {**rows[1], "labels": [-100] * len(rows[1]["labels"])}
+    with torch.no_grad():
+        torch.testing.assert_close(
+            distillation_loss(model, collate([rows[0], unlabelled], 0), batch_teacher([rows[0], unlabelled], "cpu")),
+            distillation_loss(model, collate(rows[:1], 0), batch_teacher(rows[:1], "cpu")))
+    # Texts other than those the teacher saw are refused, with what to run.
+    from llm_fft.distill import load_teacher, save_teacher, teacher_top_k
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "teacher.safetensors"
+        save_teacher(path, teacher_top_k(teacher, EXAMPLES, 8, batch_size=2, pad_id=0, device="cpu"))
+        with pytest.raises(ValueError, match=r"holds the distributions of other texts .*: run `dvc repro teacher_distributions`"):
+            load_teacher(path, EXAMPLES[:2])
 
 
 def test_a_step_with_distilled_rows_is_the_mean_over_every_supervised_token():
-    from llm_fft.training import distillation_loss, supervised_positions
+    from llm_fft.distill import batch_teacher
+    from llm_fft.training import supervised_positions
     teacher = tiny(LlamaConfig).eval().requires_grad_(False)
-    model = tiny(LlamaConfig)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    model = perturbed(tiny(LlamaConfig))
+    # Two task rows and one rehearsal row with its stored distributions, in one batch.
+    rows = EXAMPLES[:2] + with_teacher(teacher, EXAMPLES[2:], k=64)
+    batch = collate(rows, pad_id=0)
     task, rehearsal = collate(EXAMPLES[:2], pad_id=0), collate(EXAMPLES[2:], pad_id=0)
-    count = supervised_positions(task) + supervised_positions(rehearsal)
+    count = supervised_positions(batch)
     with torch.no_grad():
-        expected = (supervised_token_loss(model, task, count) + distillation_loss(model, teacher, rehearsal, count)).item()
+        expected = (supervised_token_loss(model, task, count) + full_kl_by_hand(model, teacher, rehearsal) / count).item()
     optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    loss, _ = train_step(model, task, optimizer, scheduler, 1.0, contextlib.nullcontext(), distill=(teacher, rehearsal))
+    loss, _ = train_step(model, batch, optimizer, scheduler, 1.0, contextlib.nullcontext(),
+                         teacher=batch_teacher(rows, "cpu"))
     assert loss == pytest.approx(expected, rel=1e-5)
-    # A batch of rehearsal rows alone is a step too.
-    loss, _ = train_step(model, None, optimizer, scheduler, 1.0, contextlib.nullcontext(), distill=(teacher, rehearsal))
+    # A batch of rehearsal rows alone is a step too, and so is one packed as finetune.packing does.
+    alone = rows[2:]
+    loss, _ = train_step(model, collate(alone, 0), optimizer, scheduler, 1.0, contextlib.nullcontext(),
+                         teacher=batch_teacher(alone, "cpu"))
     assert loss > 0
+    with torch.no_grad():
+        packed = distillation_loss_of(model, collate_packed(rows), batch_teacher(rows, "cpu"))
+        padded = distillation_loss_of(model, collate(rows, 0), batch_teacher(rows, "cpu"))
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-6)
+
+
+def distillation_loss_of(model, batch, teacher):
+    from llm_fft.training import distillation_loss
+    return distillation_loss(model, batch, teacher)
 
 
 def test_checkpoints_are_due_by_minutes_of_training_or_by_steps():
