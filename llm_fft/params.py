@@ -99,6 +99,17 @@ def pick_device(name):
     return torch.device(name)
 
 
+def native_bf16(device):
+    """Whether the device multiplies bf16 matrices in hardware: CUDA, or a CPU with AVX-512 BF16 or AMX."""
+    if device.type == "cuda":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
+    except OSError:  # not Linux: assume not
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def seed_everything(seed):
     """Seed Python, NumPy and torch, and ask torch for deterministic kernels where it has them."""
     random.seed(seed)

@@ -25,6 +25,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from llm_fft.batching import IGNORE_INDEX
 from llm_fft.distill import stored_kl
+from llm_fft.params import native_bf16
 
 PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16-pure")
 SCHEDULES = ("linear", "cosine", "constant_with_warmup")
@@ -73,17 +74,6 @@ def autocast_for(device, precision):
     if precision == "bf16-autocast" or (precision == "auto" and native_bf16(device)):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def native_bf16(device):
-    """Whether the device multiplies bf16 matrices in hardware: CUDA, or a CPU with AVX-512 BF16 or AMX."""
-    if device.type == "cuda":
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
-    except OSError:  # not Linux: assume not
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def master_dtype(precision):

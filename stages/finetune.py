@@ -44,6 +44,7 @@ from llm_fft.params import (
     ParamsError,
     fail_if_problems,
     load_params,
+    native_bf16,
     pick_device,
     problems_in_section,
     seed_everything,
@@ -71,7 +72,6 @@ from llm_fft.training import (
     load_checkpoint,
     make_optimizer,
     master_dtype,
-    native_bf16,
     restore_rng,
     restore_training_state,
     run_fingerprint,
@@ -194,7 +194,7 @@ def load_data(cfg, seed):
     if rehearsal and cfg["rehearsal_loss"] == "kl":
         try:
             rehearsal = [{**r, "teacher": t} for r, t in zip(rehearsal, load_teacher(REHEARSAL_TEACHER, rehearsal))]
-        except (OSError, ValueError) as e:
+        except ValueError as e:
             raise TrainingError(f"finetune.rehearsal_loss kl: {e}") from e
     dev = read_jsonl(DEV_QA)
     if cfg["select_epoch"] == "best_dev_loss" and not dev:
@@ -209,10 +209,13 @@ def load_data(cfg, seed):
 
 
 def fingerprint_of(params):
-    """What a checkpoint must match to be resumed: the params and every file the stage reads."""
+    """What a checkpoint must match to be resumed: the params and every file the stage reads (the
+    stored teacher distributions only where rehearsal_loss kl reads them)."""
     fingerprint = run_fingerprint(params, TRAINED_QA, BASE_MODEL)
-    for name, path in (("statements", STATEMENTS_QA), ("rehearsal", REHEARSAL), ("teacher", REHEARSAL_TEACHER),
-                       ("dev", DEV_QA)):
+    cfg = params["finetune"]
+    distils = cfg["rehearsal_loss"] == "kl" and cfg["rehearsal_ratio"] > 0
+    for name, path in (("statements", STATEMENTS_QA), ("rehearsal", REHEARSAL), ("dev", DEV_QA),
+                       *([("teacher", REHEARSAL_TEACHER)] if distils else [])):
         fingerprint[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
     return fingerprint
 

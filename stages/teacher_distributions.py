@@ -38,7 +38,7 @@ def main():
     teacher = teacher_top_k(model.eval(), records, cfg["top_k"], cfg["batch_size"], tokenizer.pad_token_id, device)
     REHEARSAL_TEACHER.parent.mkdir(parents=True, exist_ok=True)
     tmp = REHEARSAL_TEACHER.with_name(REHEARSAL_TEACHER.name + ".tmp")
-    save_teacher(tmp, teacher)
+    save_teacher(tmp, teacher, records)
     tmp.replace(REHEARSAL_TEACHER)  # all or nothing
     kept = teacher["logprobs"].exp().sum(-1)
     held = f"; the top {cfg['top_k']} tokens hold {kept.mean():.1%} of the teacher's probability on average " \

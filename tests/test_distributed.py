@@ -68,7 +68,7 @@ def stage_dir(tmp_path_factory, embedded_tokenizer):
     # and the base model's distributions over it, as stage teacher_distributions stores them
     base = LlamaForCausalLM.from_pretrained(folder / "models/base").eval()
     save_teacher(folder / "data/rehearsal_teacher.safetensors",
-                 teacher_top_k(base, rehearsal, 16, 2, embedded_tokenizer.pad_token_id, "cpu"))
+                 teacher_top_k(base, rehearsal, 16, 2, embedded_tokenizer.pad_token_id, "cpu"), rehearsal)
     shutil.copytree(REPO / "configs", folder / "configs")
     return folder
 
@@ -145,8 +145,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(stage_dir, one_
 
 
 def test_two_processes_with_the_kl_rehearsal_train_like_one(stage_dir, tmp_path):
-    # The default rehearsal: each step calls the model for the task rows and for the distilled
-    # rehearsal rows; a process whose share lacks a kind runs it unlabelled, adding nothing.
+    # The default rehearsal: each process's rows, task and distilled rehearsal rows alike, in one forward
+    # pass; the processes' shares differ in which rows carry stored teacher distributions.
     kl = {"rehearsal_ratio": 0.5, "rehearsal_loss": "kl"}
     one_log = train(stage_dir, tmp_path / "one", 1, **kl)
     two_log = train(stage_dir, tmp_path / "two", 2, **kl)
@@ -164,12 +164,11 @@ def test_fsdp_over_two_processes_trains_like_one_process(stage_dir, one_process,
 
 
 @pytest.mark.parametrize("fsdp, every", [
-    # DDP with the default rehearsal: the model is called for the task rows and for the distilled
-    # rehearsal rows, and a process lacking one kind must still make that call (else DDP hangs)
+    # DDP and FSDP with the default rehearsal, distilled from the stored teacher distributions
     (False, {"checkpoint_every": 2, "rehearsal_ratio": 0.5, "rehearsal_loss": "kl"}),
-    (True, {"checkpoint_every": 2}),
+    (True, {"checkpoint_every": 2, "rehearsal_ratio": 0.5, "rehearsal_loss": "kl"}),
     (False, {"checkpoint_minutes": 1e-6}),  # by time, as on the GPU box: the processes must save together
-], ids=["ddp-kl", "fsdp", "ddp-by-time"])
+], ids=["ddp-kl", "fsdp-kl", "ddp-by-time"])
 def test_two_process_run_killed_midway_resumes_as_if_never_killed(stage_dir, tmp_path, fsdp, every):
     settings = {"fsdp": fsdp, "epochs": 4, **every}
     train(stage_dir, tmp_path / "whole", 2, **settings)

@@ -6,6 +6,7 @@ models: same loss and gradients (or, for pure bf16, the documented rounding risk
 """
 
 import contextlib
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -170,10 +171,9 @@ def test_a_checkpoint_of_another_run_is_refused_by_raising_not_exiting(tmp_path)
 def with_teacher(teacher, records, k):
     """The records as finetune holds rehearsal texts: each with its rows of the teacher's stored distributions."""
     from llm_fft.distill import load_teacher, save_teacher, teacher_top_k
-    import tempfile
     with tempfile.TemporaryDirectory() as folder:  # through the file, as the stage writes and finetune reads it
         path = Path(folder) / "teacher.safetensors"
-        save_teacher(path, teacher_top_k(teacher, records, k, batch_size=2, pad_id=0, device="cpu"))
+        save_teacher(path, teacher_top_k(teacher, records, k, batch_size=2, pad_id=0, device="cpu"), records)
         return [{**r, "teacher": t} for r, t in zip(records, load_teacher(path, records))]
 
 
@@ -242,20 +242,35 @@ def test_distilled_rows_ignore_padding_and_rows_without_labels():
     with torch.no_grad():
         torch.testing.assert_close(distillation_loss(model, alone, batch_teacher(rows[:1], "cpu")),
                                    distillation_loss(model, padded, batch_teacher(rows[:1], "cpu")))
-    # A row without labels (Processes.unlabelled, in DDP) brings no teacher rows and adds nothing.
+    # A row without labels (Processes.unlabelled under DDP: a copy of a rehearsal row, teacher rows and
+    # all) brings no teacher rows and adds nothing, beside another row or alone in its process.
     unlabelled = {**rows[1], "labels": [-100] * len(rows[1]["labels"])}
     with torch.no_grad():
         torch.testing.assert_close(
             distillation_loss(model, collate([rows[0], unlabelled], 0), batch_teacher([rows[0], unlabelled], "cpu")),
             distillation_loss(model, collate(rows[:1], 0), batch_teacher(rows[:1], "cpu")))
-    # Texts other than those the teacher saw are refused, with what to run.
+    lone = distillation_loss(model, collate([unlabelled], 0), batch_teacher([unlabelled], "cpu"), num_items=5)
+    assert lone.item() == 0.0
+    lone.backward()  # it still takes part in backward, as every process must under DDP
+
+
+def test_stored_distributions_of_other_texts_or_an_unreadable_file_are_refused(tmp_path):
     from llm_fft.distill import load_teacher, save_teacher, teacher_top_k
-    import tempfile
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "teacher.safetensors"
-        save_teacher(path, teacher_top_k(teacher, EXAMPLES, 8, batch_size=2, pad_id=0, device="cpu"))
-        with pytest.raises(ValueError, match=r"holds the distributions of other texts .*: run `dvc repro teacher_distributions`"):
-            load_teacher(path, EXAMPLES[:2])
+    teacher = tiny(LlamaConfig).eval().requires_grad_(False)
+    path = tmp_path / "teacher.safetensors"
+    save_teacher(path, teacher_top_k(teacher, EXAMPLES, 8, batch_size=2, pad_id=0, device="cpu"), EXAMPLES)
+    assert len(load_teacher(path, EXAMPLES)) == 3
+    rerun = r"run `dvc repro teacher_distributions`"
+    # Fewer texts, or the same lengths with other tokens (rehearsal.jsonl rewritten outside DVC)
+    other = [{**EXAMPLES[0], "input_ids": [t + 1 for t in EXAMPLES[0]["input_ids"]]}, *EXAMPLES[1:]]
+    for records in (EXAMPLES[:2], other):
+        with pytest.raises(ValueError, match=f"holds the distributions of other texts .*: {rerun}"):
+            load_teacher(path, records)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"cannot be read .*: {rerun}"):
+        load_teacher(path, EXAMPLES)
+    with pytest.raises(ValueError, match=f"cannot be read .*: {rerun}"):
+        load_teacher(tmp_path / "missing.safetensors", EXAMPLES)
 
 
 def test_a_step_with_distilled_rows_is_the_mean_over_every_supervised_token():
@@ -280,9 +295,13 @@ def test_a_step_with_distilled_rows_is_the_mean_over_every_supervised_token():
     loss, _ = train_step(model, collate(alone, 0), optimizer, scheduler, 1.0, contextlib.nullcontext(),
                          teacher=batch_teacher(alone, "cpu"))
     assert loss > 0
+    # Packed as finetune.packing does: a rehearsal text learns its first token too (labels == input_ids),
+    # which the packing collator masks as an example boundary; the stored rows follow it.
+    whole = {"input_ids": list(range(30, 37)), "labels": list(range(30, 37))}
+    mixed = [*rows, *with_teacher(teacher, [whole], k=64)]
     with torch.no_grad():
-        packed = distillation_loss_of(model, collate_packed(rows), batch_teacher(rows, "cpu"))
-        padded = distillation_loss_of(model, collate(rows, 0), batch_teacher(rows, "cpu"))
+        packed = distillation_loss_of(model, collate_packed(mixed), batch_teacher(mixed, "cpu"))
+        padded = distillation_loss_of(model, collate(mixed, 0), batch_teacher(mixed, "cpu"))
     torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-6)
 
 
