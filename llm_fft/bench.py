@@ -26,8 +26,14 @@ same order (the JSON gives the median run's real tokens/s with the min and max):
                  reason in the JSON, where there is no CUDA GPU
 
   evaluation     answering questions as baseline_eval/final_eval do (batches of evaluate.batch_size,
-                 left-padded, sorted by length) against one question at a time, on the same
-                 questions, model (models/finetuned if it exists, else models/base) and limit
+                 left-padded, sorted by length, weights in evaluate.dtype) against one question at a
+                 time, on the same questions, model (models/finetuned if it exists, else models/base)
+                 and limit
+
+The ceiling: the machine's bf16 and fp32 matrix products at the model's own shapes (one decoder layer's
+and the output head, weighted as a forward pass runs them), in TFLOP/s; each training case reports its
+useful work (6 x matmul parameters x real tokens / s) and that as a share of the bf16 ceiling, and the
+evaluation case its generated tokens/s.
 
 Throughput counts real tokens only: padding is not work done. The ratios of median real tokens/s
 are printed and written under "ratios": at matched precision (fp32 against fp32, bf16 autocast
@@ -52,10 +58,10 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, get_scheduler
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, get_scheduler
 
 from llm_fft.batching import IGNORE_INDEX, collate, collate_packed
-from llm_fft.evaluation import EVAL_SPEC
+from llm_fft.evaluation import EVAL_SPEC, eval_dtype
 from llm_fft.files import read_jsonl, write_atomically
 from llm_fft.generation import Decoding, decoding
 from llm_fft.model import embedded_gguf, load_base, load_pretrained, prepare_tokenizer
@@ -84,7 +90,8 @@ BENCH_SPEC = {
 # The finetune keys the benchmark trains with, under the finetune stage's own rules
 # (stages/finetune.py checks the whole section).
 FINETUNE_KEYS_READ = {key: FINETUNE_SPEC[key] for key in ("lr", "batch_size", "weight_decay", "warmup_steps",
-                                                         "lr_schedule", "max_grad_norm", "precision")}
+                                                         "lr_schedule", "max_grad_norm", "precision",
+                                                         "packing")}
 
 # kakaocorp/kanana-nano-2.1b-base's shape: every config field that sets the cost of a step. Tied embeddings:
 # 2,086,979,328 parameters, 4.17 GB in bf16, the size of its model.safetensors (untied would be 4.63 GB).
@@ -225,6 +232,46 @@ def mfu(model, real_tokens, seconds, peak_tflops):
     return 6 * matmul_parameters(model) * real_tokens / seconds / (peak_tflops * 1e12)
 
 
+def useful_tflops(model, real_tokens, seconds):
+    """The training step's useful work per second: 6 x matmul parameters x real tokens (TFLOP/s)."""
+    return 6 * matmul_parameters(model) * real_tokens / seconds / 1e12
+
+
+# The ceiling is measured on this many rows (tokens) per matrix product: about a training step's here.
+CEILING_TOKENS = 512
+
+
+def matmul_ceiling(config, device, repeats=5):
+    """What this machine's matrix products reach at the model's own shapes: {dtype: TFLOP/s}.
+
+    One decoder layer's products (q, k, v, o, gate, up, down) and the output head, each on
+    CEILING_TOKENS rows, timed `repeats` times (the fastest kept), weighted as a forward pass runs them
+    (every layer, the head once). It is the bound a training step's useful TFLOP/s is a share of."""
+    hidden, inner, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    kv = config.num_key_value_heads * head_dim
+    layer = [(hidden, config.num_attention_heads * head_dim), (hidden, kv), (hidden, kv),
+             (config.num_attention_heads * head_dim, hidden), (hidden, inner), (hidden, inner), (inner, hidden)]
+    products = [(shape, config.num_hidden_layers) for shape in layer] + [((hidden, vocab), 1)]
+    ceiling = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        flops = seconds = 0.0
+        for (k, n), count in products:
+            a = torch.randn(CEILING_TOKENS, k, device=device, dtype=dtype)
+            b = torch.randn(k, n, device=device, dtype=dtype)
+            times = []
+            for _ in range(repeats):
+                sync(device)
+                started = time.perf_counter()
+                torch.mm(a, b)
+                sync(device)
+                times.append(time.perf_counter() - started)
+            flops += count * 2 * CEILING_TOKENS * k * n
+            seconds += count * min(times)
+        ceiling[str(dtype).removeprefix("torch.")] = round(flops / seconds / 1e12, 4)
+    return ceiling
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -266,6 +313,7 @@ def run_case(name, method, model, model_label, step_for, batches, real_counts, w
         "step_s": round(statistics.median(step_seconds), 4),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "mfu": round(mfu(model, real, seconds, peak_tflops), 4) if device.type == "cuda" else None,
+        "useful_tflops": round(useful_tflops(model, real, seconds), 4),
         "last_loss": round(loss, 4),
     }
 
@@ -294,6 +342,13 @@ def load_cpu_model(params, smoke):
         model, tokenizer = load_base(m["name"], m["revision"], m["trust_remote_code"], torch.float32)
         label = m["name"]
     return model, prepare_tokenizer(tokenizer).pad_token_id, label
+
+
+def cpu_model_config(params):
+    """The config of the model the CPU cases train (models/base, else the model params.yaml names)."""
+    if (BASE_MODEL / "config.json").is_file():
+        return AutoConfig.from_pretrained(BASE_MODEL)
+    return load_cpu_model(params, smoke=False)[0].config
 
 
 CPU_CASES = ("cpu/notebook-bf16", "cpu/notebook-fp32", "cpu/ours-fp32", "cpu/ours-bf16-autocast", "cpu/ours-packed")
@@ -344,8 +399,9 @@ def evaluation_case(params, records, repeats, smoke):
         label, records = "random tiny LlamaForCausalLM (smoke)", records[:6]
         protocol = Decoding(8, (2,), (), params["evaluate"]["batch_size"])
     else:
-        model, tokenizer = load_pretrained(model_dir, torch.float32, cpu)
-        label, protocol = str(model_dir), decoding(tokenizer, params["prompt"], params["evaluate"])  # the stages'
+        # The evaluations' own weights dtype and decoding
+        model, tokenizer = load_pretrained(model_dir, eval_dtype(params["evaluate"]["dtype"], cpu), cpu)
+        label, protocol = str(model_dir), decoding(tokenizer, params["prompt"], params["evaluate"])
         records = records[:params["bench"]["evaluation_questions"]]
     one_at_a_time = replace(protocol, batch_size=1)
     model.eval()
@@ -359,8 +415,11 @@ def evaluation_case(params, records, repeats, smoke):
         sequential_times.append(time.perf_counter() - started)
     batched_s = round(statistics.median(batched_times), 4)  # the ratio is of what is shown
     sequential_s = round(statistics.median(sequential_times), 4)
-    return {"name": "cpu/evaluation", "model": label, "questions": len(records), "batch_size": protocol.batch_size,
-            "max_new_tokens": protocol.max_new_tokens, "generated_tokens": sum(a["generated_tokens"] for a in batched),
+    generated = sum(a["generated_tokens"] for a in batched)
+    return {"name": "cpu/evaluation", "model": label, "dtype": str(model.dtype).removeprefix("torch."),
+            "questions": len(records), "batch_size": protocol.batch_size,
+            "max_new_tokens": protocol.max_new_tokens, "generated_tokens": generated,
+            "generated_tokens_per_s": round(generated / batched_s, 1),
             "repeats": repeats, "batched_s": batched_s, "sequential_s": sequential_s,
             "batched_s_min_max": [round(min(batched_times), 4), round(max(batched_times), 4)],
             "sequential_s_min_max": [round(min(sequential_times), 4), round(max(sequential_times), 4)],
@@ -438,14 +497,16 @@ def machine():
     }
 
 
-def ratios(cases, precision):
-    """Median real tokens/s of ours over the notebook's: at matched precision, and ours as
-    finetune.precision sets it on this CPU (auto: bf16 autocast where bf16 is native) against the
-    notebook as written. None where a case did not run, or finetune.precision is bf16-pure."""
+def ratios(cases, finetune):
+    """Median real tokens/s of ours over the notebook's: at matched precision, and ours as the finetune
+    section sets it on this CPU (finetune.packing: the packed case; else finetune.precision, auto: bf16
+    autocast where bf16 is native) against the notebook as written. None where a case did not run, or
+    finetune.precision is bf16-pure."""
     speed = {c["name"]: c["real_tokens_per_s"] for c in cases}
-    # Which of the two cases finetune would train as: autocast_for's own rule, not a copy of it.
-    autocast = isinstance(autocast_for(torch.device("cpu"), precision), torch.autocast)
-    default = None if precision == "bf16-pure" else "bf16-autocast" if autocast else "fp32"
+    # Which case finetune would train as: autocast_for's own rule, not a copy of it.
+    autocast = isinstance(autocast_for(torch.device("cpu"), finetune["precision"]), torch.autocast)
+    default = (None if finetune["precision"] == "bf16-pure" else "packed" if finetune["packing"]
+               else "bf16-autocast" if autocast else "fp32")
 
     def ratio(ours, notebook):
         return round(speed[ours] / speed[notebook], 3) if ours in speed and notebook in speed else None
@@ -454,22 +515,29 @@ def ratios(cases, precision):
             "bf16_ours_autocast_vs_notebook_pure_ratio": ratio("cpu/ours-bf16-autocast", "cpu/notebook-bf16"),
             "default_ours_vs_notebook_as_written_ratio":
                 ratio(f"cpu/ours-{default}", "cpu/notebook-bf16") if default else None,
-            "default_precision": default}
+            "default_case": f"cpu/ours-{default}" if default else None}
 
 
-def report(cases, skipped, settings, evaluation, precision):
-    """The JSON document: fixed keys in a fixed order, whatever ran."""
+def report(cases, skipped, settings, evaluation, finetune, ceiling):
+    """The JSON document: fixed keys in a fixed order, whatever ran. ceiling: {device: matmul_ceiling};
+    each CPU case gets its useful TFLOP/s as a share of the CPU's bf16 ceiling (its fastest)."""
+    for case in cases:
+        best = ceiling.get(case["device"].split(":")[0], {}).get("bfloat16")
+        case["share_of_bf16_ceiling"] = round(case["useful_tflops"] / best, 4) if best else None
     return {"machine": machine(), "settings": settings, "memory_measure": memory_measure(),
-            "cases": cases, "ratios": ratios(cases, precision), "skipped": skipped, "evaluation": evaluation}
+            "matmul_ceiling_tflops": ceiling, "cases": cases, "ratios": ratios(cases, finetune),
+            "skipped": skipped, "evaluation": evaluation}
 
 
 def table(doc):
     """A short aligned table of the cases, the ratio and the skipped cases."""
-    header = ("case", "device", "real tok/s (min-max)", "step s", "peak MB", "MFU", "real/padded tokens")
+    header = ("case", "device", "real tok/s (min-max)", "step s", "peak MB", "TFLOP/s", "of bf16 ceiling", "MFU",
+              "real/padded tokens")
     rows = [(c["name"], c["device"],
              f"{c['real_tokens_per_s']:.1f} ({c['real_tokens_per_s_min']:.1f}-{c['real_tokens_per_s_max']:.1f})",
-             f"{c['step_s']:.3f}",
-             f"{c['peak_memory_mb']:.0f}", "-" if c["mfu"] is None else f"{c['mfu']:.1%}",
+             f"{c['step_s']:.3f}", f"{c['peak_memory_mb']:.0f}", f"{c['useful_tflops']:.3f}",
+             "-" if c["share_of_bf16_ceiling"] is None else f"{c['share_of_bf16_ceiling']:.1%}",
+             "-" if c["mfu"] is None else f"{c['mfu']:.1%}",
              f"{c['real_tokens']}/{c['padded_tokens']}") for c in doc["cases"]]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
@@ -477,10 +545,14 @@ def table(doc):
     lines += [f"{name}: {value:.2f}x" for name, value in doc["ratios"].items()
               if name.endswith("_ratio") and value is not None]
     lines += [f"skipped {s['name']}: {s['reason']}" for s in doc["skipped"]]
+    lines += [f"matrix products at the model's shapes, {device}: " + ", ".join(f"{dtype} {tflops:.3f} TFLOP/s"
+                                                                            for dtype, tflops in ceiling.items())
+              for device, ceiling in doc["matmul_ceiling_tflops"].items()]
     e = doc["evaluation"]
     if e:
-        lines.append(f"evaluation, {e['questions']} questions ({e['model']}), medians of {e['repeats']}: batched "
-                     f"(batch {e['batch_size']}) {e['batched_s']:.1f} s, one at a time {e['sequential_s']:.1f} s: "
+        lines.append(f"evaluation, {e['questions']} questions ({e['model']}, {e['dtype']}), medians of {e['repeats']}: "
+                     f"batched (batch {e['batch_size']}) {e['batched_s']:.1f} s ({e['generated_tokens_per_s']:.0f} "
+                     f"generated tok/s), one at a time {e['sequential_s']:.1f} s: "
                      f"{e['batched_vs_sequential_ratio']:.2f}x; same answers: {e['same_answers']}")
     return "\n".join(lines)
 
@@ -524,6 +596,13 @@ def main(argv=None):
                 "packed_length": SMOKE_PACKED_LENGTH if args.smoke else bench["packed_length"],
                 "packed_batch_size": bench["packed_batch_size"]}
 
+    ceiling = {}
+    if not args.cuda_only:
+        ceiling["cpu"] = matmul_ceiling(LlamaConfig(**SMOKE_SHAPE) if args.smoke else cpu_model_config(params),
+                                        torch.device("cpu"))
+    if torch.cuda.is_available():
+        ceiling["cuda"] = matmul_ceiling(LlamaConfig(**(SMOKE_SHAPE if args.smoke else KANANA_SHAPE)),
+                                         torch.device("cuda"))
     cases = [] if args.cuda_only else cpu_cases(params, records, batch_size, steps, warmup, repeats, args.smoke)
     if torch.cuda.is_available():
         cuda_rows, skipped = kanana_cases(params, records, batch_size, steps, warmup, repeats, args.smoke,
@@ -533,7 +612,7 @@ def main(argv=None):
         skipped = [{"name": n, "reason": "no CUDA GPU here (torch.cuda.is_available() is False)"}
                    for n in KANANA_CASES]
     evaluation = None if args.cuda_only else evaluation_case(params, records, repeats, args.smoke)
-    doc = report(cases + cuda_rows, skipped, settings, evaluation, params["finetune"]["precision"])
+    doc = report(cases + cuda_rows, skipped, settings, evaluation, params["finetune"], ceiling)
     out = args.out or (BENCH_SMOKE if args.smoke else BENCH)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(out, json.dumps(doc, indent=2) + "\n")

@@ -61,6 +61,14 @@ def accepted_answers(variants):
     return {normalize(answer): group["answers"] for group in variants for answer in group["answers"]}
 
 
+def answer_sets(model, tokenizer, sets, prompt, protocol, device):
+    """answer_set over every non-empty set at once, split back by set: {name: answers}. Answered
+    together, sorted by length, the sets fill their batches (one short last batch, not one per set)."""
+    names = [name for name, records in sets.items() if records]
+    answers = iter(answer_set(model, tokenizer, [r for name in names for r in sets[name]], prompt, protocol, device))
+    return {name: [next(answers) for _ in sets[name]] for name in names}
+
+
 def answer_set(model, tokenizer, records, prompt, protocol, device):
     """Greedy answers to a question set (generation.Decoding), each with own_answer_nll: the model's
     teacher-forced NLL of its own answer and the token that ends it (nats/token), the confidence the
@@ -202,32 +210,36 @@ def evaluate_unknown(answers, records, name, phrases):
     return metrics, table
 
 
-def evaluate_retention(model, tokenizer, retention, batch_size, new_tokens, device, baseline_table):
-    """Perplexity on general text and greedy continuations of general prompts, compared with the
-    baseline's continuations (baseline_table; None when this is the baseline)."""
+def continue_texts(model, tokenizer, texts, batch_size, new_tokens, device):
+    """Greedy continuations of plain-text openings (no chat template, no markers: text as the model was
+    pretrained on), each up to new_tokens or EOS."""
+    openings = [{"q_ids": tokenize_text(tokenizer, text)["input_ids"]} for text in texts]
+    return [a["text"] for a in answer_questions(model, tokenizer, openings, batch_size, new_tokens, device)]
+
+
+def evaluate_retention(model, tokenizer, retention, continuations, batch_size, device, baseline_table):
+    """Perplexity on general text, and the greedy continuations of the general prompts (continue_texts)
+    compared with the baseline's (baseline_table; None when this is the baseline)."""
     # Plain text as the model was pretrained on: no chat template, no markers.
     passages = [tokenize_text(tokenizer, text) for text in retention["text"]]
     _, total_nll, n_tokens = answer_nll(model, passages, batch_size, tokenizer.pad_token_id, device)
-    prompts = [{"q_ids": tokenize_text(tokenizer, p)["input_ids"]} for p in retention["prompts"]]
-    continuations = [a["text"] for a in answer_questions(model, tokenizer, prompts, batch_size, new_tokens, device)]
     before = (list(baseline_table.loc[baseline_table["set"] == "retention", "generated"])
               if baseline_table is not None else continuations)
     if len(before) != len(continuations):
         raise ValueError("the baseline evaluated another retention probe: rerun baseline_eval (dvc repro)")
     changed = [answer_changed(b, c) for b, c in zip(before, continuations)]
-    table = pd.DataFrame({"set": "retention", "id": range(len(prompts)), "question": retention["prompts"],
+    table = pd.DataFrame({"set": "retention", "id": range(len(continuations)), "question": retention["prompts"],
                           "expected": "", "key_fact": "", "generated": continuations, "changed": changed})
-    metrics = {"prompts": len(prompts), "answers_changed": sum(changed),
+    metrics = {"prompts": len(continuations), "answers_changed": sum(changed),
                "text_nll": round(total_nll / n_tokens, 4), "text_perplexity": round(math.exp(total_nll / n_tokens), 4)}
     return metrics, table
 
 
-def evaluate_general(model, tokenizer, facts, batch_size, new_tokens, device, baseline_table):
-    """The general-knowledge probe (data/retention.yaml facts): greedy continuations of general
-    openings, right when one holds a key. After fine-tuning (baseline_table given), only the facts the
-    base model got right count: kept = right after / right before; the others are listed as lost."""
-    prompts = [{"q_ids": tokenize_text(tokenizer, f["prompt"])["input_ids"]} for f in facts]
-    continuations = [a["text"] for a in answer_questions(model, tokenizer, prompts, batch_size, new_tokens, device)]
+def evaluate_general(facts, continuations, baseline_table):
+    """The general-knowledge probe (data/retention.yaml facts): the greedy continuations of its
+    openings (continue_texts), right when one holds a key. After fine-tuning (baseline_table given),
+    only the facts the base model got right count: kept = right after / right before; the others are
+    listed as lost."""
     right = [any(holds_key(c, k) for k in f["keys"]) for c, f in zip(continuations, facts)]
     table = pd.DataFrame({"set": "general", "id": range(len(facts)), "question": [f["prompt"] for f in facts],
                           "expected": "", "key_fact": [" | ".join(f["keys"]) for f in facts],
@@ -259,6 +271,10 @@ EVAL_SPEC = {
 
 
 def eval_dtype(name, device):
+    """The weights dtype of every evaluation (evaluate.dtype): auto = bf16 on CUDA, fp32 on the CPU.
+    On the CPU, bf16 halves an evaluation's time but its greedy answers then depend on which other
+    questions share the batch, so `ask` (one question) could answer otherwise than final_eval measured
+    (docs/benchmarks.md, "Evaluation batch size"); fp32 answers do not."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, name)
@@ -337,8 +353,7 @@ def evaluate_model(params, model, tokenizer, device, baseline_table=None):
     phrases = cfg["abstain_phrases"]
     sets = question_sets()
     protocol = decoding(tokenizer, prompt, cfg, sets["trained"] + sets["dev"])
-    answers = {name: answer_set(model, tokenizer, records, prompt, protocol, device)
-               for name, records in sets.items() if records}
+    answers = answer_sets(model, tokenizer, sets, prompt, protocol, device)
     threshold, curve = gate_threshold(params, sets["dev"], answers.get("dev", []), answers.get("unknown_dev", []))
     accepted = accepted_answers(read_jsonl(ANSWER_VARIANTS))
     metrics, tables = {}, []
@@ -357,12 +372,15 @@ def evaluate_model(params, model, tokenizer, device, baseline_table=None):
         metrics["gate"] = {"threshold": threshold, "chosen_on_questions": len(sets["dev"]) + len(sets["unknown_dev"]),
                            "ungated": ungated_shares(sets, answers, phrases)}
     retention = load_retention()
-    metrics["retention"], table = evaluate_retention(model, tokenizer, retention, cfg["batch_size"],
-                                                     cfg["retention_new_tokens"], device, baseline_table)
+    # The retention prompts and the general-knowledge openings, continued together.
+    openings = retention["prompts"] + [f["prompt"] for f in retention["facts"]]
+    continuations = continue_texts(model, tokenizer, openings, cfg["batch_size"], cfg["retention_new_tokens"], device)
+    metrics["retention"], table = evaluate_retention(model, tokenizer, retention, continuations[:len(retention["prompts"])],
+                                                     cfg["batch_size"], device, baseline_table)
     tables.append(table)
     if retention["facts"]:
-        metrics["general"], table = evaluate_general(model, tokenizer, retention["facts"], cfg["batch_size"],
-                                                     cfg["retention_new_tokens"], device, baseline_table)
+        metrics["general"], table = evaluate_general(retention["facts"], continuations[len(retention["prompts"]):],
+                                                     baseline_table)
         tables.append(table)
     return metrics, pd.concat(tables, ignore_index=True), curve
 
@@ -389,14 +407,16 @@ def evaluate_chat_template(params, model, tokenizer, device):
         protocol = decoding(tokenizer, chat, cfg, sets["trained"] + sets["dev"])
     except PromptError as e:  # a template this pipeline cannot split at the answer: no chat baseline
         return None, f"the base model's chat template cannot be used: {e}"
+    # The same questions, answers and key facts; only the prompt around the question differs.
+    chat_sets = {name: [{**r, **tokenize_pair(tokenizer, r["question"], r.get("answer", ""), chat)} for r in sets[name]]
+                 for name in CHAT_SETS}
+    # Ungated: the gate's threshold was chosen on the pipeline's prompt, not on this one.
+    all_answers = answer_sets(model, tokenizer, chat_sets, chat, protocol, device)
     metrics, tables = {}, []
-    for name in CHAT_SETS:
-        # The same questions, answers and key facts; only the prompt around the question differs.
-        records = [{**r, **tokenize_pair(tokenizer, r["question"], r.get("answer", ""), chat)} for r in sets[name]]
+    for name, records in chat_sets.items():
         if not records:
             continue
-        # Ungated: the gate's threshold was chosen on the pipeline's prompt, not on this one.
-        answers = answer_set(model, tokenizer, records, chat, protocol, device)
+        answers = all_answers[name]
         if name == "unknown":
             metrics[name], table = evaluate_unknown(answers, records, name, cfg["abstain_phrases"])
         else:

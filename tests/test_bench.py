@@ -18,7 +18,7 @@ from llm_fft.training import supervised_token_loss
 
 CASE_FIELDS = {"name", "method", "device", "model", "parameters", "batch_size", "steps", "real_tokens",
                "padded_tokens", "seconds", "real_tokens_per_s", "step_s", "peak_memory_mb", "mfu", "last_loss",
-               "repeats", "real_tokens_per_s_min", "real_tokens_per_s_max"}
+               "repeats", "real_tokens_per_s_min", "real_tokens_per_s_max", "useful_tflops", "share_of_bf16_ceiling"}
 
 
 @pytest.fixture
@@ -39,8 +39,14 @@ def test_smoke_run_writes_every_field(tmp_path, in_repo, capsys):
     bench.main(["--smoke", "--out", str(out)])
     doc = json.loads(out.read_text(encoding="utf-8"))
 
-    assert list(doc) == ["machine", "settings", "memory_measure", "cases", "ratios", "skipped", "evaluation"]
+    assert list(doc) == ["machine", "settings", "memory_measure", "matmul_ceiling_tflops", "cases", "ratios", "skipped",
+                         "evaluation"]
+    ceiling = doc["matmul_ceiling_tflops"]["cpu"]
+    assert set(ceiling) == {"bfloat16", "float32"} and all(tflops > 0 for tflops in ceiling.values())
     evaluation = doc["evaluation"]
+    assert evaluation["generated_tokens_per_s"] == pytest.approx(
+        evaluation["generated_tokens"] / evaluation["batched_s"], rel=0.01)
+    assert evaluation["dtype"] == "float32"  # the smoke model is built in fp32
     assert evaluation["name"] == "cpu/evaluation" and evaluation["questions"] == 6
     assert evaluation["batched_s"] > 0 and evaluation["sequential_s"] > 0
     assert evaluation["repeats"] == bench.SMOKE_REPEATS
@@ -61,6 +67,12 @@ def test_smoke_run_writes_every_field(tmp_path, in_repo, capsys):
         assert case["real_tokens_per_s"] == pytest.approx(case["real_tokens"] / case["seconds"], rel=0.01)
         assert case["repeats"] == bench.SMOKE_REPEATS
         assert case["real_tokens_per_s_min"] <= case["real_tokens_per_s"] <= case["real_tokens_per_s_max"]
+        # Useful work: 6 FLOPs per matmul parameter per real token (the smoke model's head is tied).
+        smoke = bench.LlamaConfig(**bench.SMOKE_SHAPE)
+        matmul_parameters = bench.matmul_parameters(bench.AutoModelForCausalLM.from_config(smoke))
+        assert case["useful_tflops"] == pytest.approx(
+            6 * matmul_parameters * case["real_tokens"] / case["seconds"] / 1e12, rel=0.01, abs=1e-4)
+        assert case["share_of_bf16_ceiling"] == pytest.approx(case["useful_tflops"] / ceiling["bfloat16"], rel=0.01, abs=1e-4)
     for cpu_case in doc["cases"][:5]:
         assert cpu_case["device"] == "cpu" and cpu_case["mfu"] is None
     assert notebook_bf16["method"] == "notebook as written (bf16 weights)" and ours_bf16["method"] == "ours, bf16 autocast"
@@ -80,7 +92,9 @@ def test_smoke_run_writes_every_field(tmp_path, in_repo, capsys):
         ours["real_tokens_per_s"] / notebook["real_tokens_per_s"], abs=1e-3)
     assert ratios["bf16_ours_autocast_vs_notebook_pure_ratio"] == pytest.approx(
         ours_bf16["real_tokens_per_s"] / notebook_bf16["real_tokens_per_s"], abs=1e-3)
-    default = {"fp32": ours, "bf16-autocast": ours_bf16}[ratios["default_precision"]]
+    # params.yaml trains packed (finetune.packing): the packed case is ours as configured
+    assert ratios["default_case"] == "cpu/ours-packed"
+    default = packed
     assert ratios["default_ours_vs_notebook_as_written_ratio"] == pytest.approx(
         default["real_tokens_per_s"] / notebook_bf16["real_tokens_per_s"], abs=1e-3)
     if not torch.cuda.is_available():

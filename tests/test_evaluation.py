@@ -253,18 +253,26 @@ def test_a_general_probe_key_in_ascii_stands_as_a_whole_word():
     assert not holds_key("because", "Au") and holds_key("서울은 한국의 수도", "서울")
 
 
-def test_general_facts_kept_counts_only_what_the_base_model_knew(monkeypatch):
+def test_sets_answered_together_come_back_to_their_own_set(monkeypatch):
+    """answer_sets answers every set in one call (fuller batches) and splits the answers back in order;
+    an empty set gets none and is left out."""
+    monkeypatch.setattr(evaluation, "answer_set", lambda model, tokenizer, records, *rest: [
+        {"text": r["question"]} for r in records])
+    sets = {"trained": [{"question": "t1"}, {"question": "t2"}], "dev": [], "heldout": [{"question": "h1"}],
+            "unknown": [{"question": "u1"}, {"question": "u2"}, {"question": "u3"}]}
+    answers = evaluation.answer_sets(None, None, sets, {}, None, "cpu")
+    assert list(answers) == ["trained", "heldout", "unknown"]
+    assert {name: [a["text"] for a in found] for name, found in answers.items()} == {
+        "trained": ["t1", "t2"], "heldout": ["h1"], "unknown": ["u1", "u2", "u3"]}
+
+
+def test_general_facts_kept_counts_only_what_the_base_model_knew():
     facts = [{"prompt": "The capital of France is", "keys": ["Paris"]},
              {"prompt": "The largest planet is", "keys": ["Jupiter"]},
              {"prompt": "한국의 수도는", "keys": ["서울"]}]
-    outputs = iter([["Paris.", "Jupiter.", "별무리섬"], ["Paris!", "the Earth", "서울이다"]])
-    monkeypatch.setattr(evaluation, "answer_questions", lambda *args: [
-        {"text": t, "generated_tokens": 1, "ended_with_eos": False} for t in next(outputs)])
-    tokenizer = type("Tok", (), {"bos_token_id": None,
-                                 "__call__": lambda self, text, add_special_tokens: {"input_ids": [1]}})()
-    before, table = evaluation.evaluate_general(None, tokenizer, facts, 8, 24, "cpu", None)
+    before, table = evaluation.evaluate_general(facts, ["Paris.", "Jupiter.", "별무리섬"], None)
     assert before == {"prompts": 3, "right": round(2 / 3, 4)} and list(table["right"]) == [True, True, False]
-    after, _ = evaluation.evaluate_general(None, tokenizer, facts, 8, 24, "cpu", table)
+    after, _ = evaluation.evaluate_general(facts, ["Paris!", "the Earth", "서울이다"], table)
     # Jupiter was lost; 서울 is right now but the base model did not know it, so it does not count.
     assert after == {"prompts": 3, "right": round(2 / 3, 4), "right_before": 2, "kept": 0.5, "lost": 1}
 
