@@ -37,9 +37,9 @@ evaluation case its generated tokens/s.
 
 Throughput counts real tokens only: padding is not work done. The ratios of median real tokens/s
 are printed and written under "ratios": at matched precision (fp32 against fp32, bf16 autocast
-against the notebook's pure bf16) and ours as finetune.precision sets it against the notebook as
-written. Timings on a shared CPU are noisy: run it on an idle machine. The benchmark is a tool,
-not a test; CI runs only --smoke.
+against the notebook's pure bf16) and ours as the finetune section sets it (finetune.packing: the
+packed case; else by finetune.precision) against the notebook as written. Timings on a shared CPU
+are noisy: run it on an idle machine. The benchmark is a tool, not a test; CI runs only --smoke.
 """
 
 import argparse
@@ -237,16 +237,14 @@ def useful_tflops(model, real_tokens, seconds):
     return 6 * matmul_parameters(model) * real_tokens / seconds / 1e12
 
 
-# The ceiling is measured on this many rows (tokens) per matrix product: about a training step's here.
-CEILING_TOKENS = 512
-
-
-def matmul_ceiling(config, device, repeats=5):
+def matmul_ceiling(config, device, tokens, repeats=5, calls=8):
     """What this machine's matrix products reach at the model's own shapes: {dtype: TFLOP/s}.
 
-    One decoder layer's products (q, k, v, o, gate, up, down) and the output head, each on
-    CEILING_TOKENS rows, timed `repeats` times (the fastest kept), weighted as a forward pass runs them
-    (every layer, the head once). It is the bound a training step's useful TFLOP/s is a share of."""
+    One decoder layer's products (q, k, v, o, gate, up, down) and the output head, each on `tokens`
+    rows (about a training step's), weighted as a forward pass runs them (every layer, the head once).
+    Each product is timed as `calls` back-to-back calls between two synchronisations, after one
+    untimed call, `repeats` times (the fastest kept): on a GPU a single small product would time
+    its launch. It is the bound a training step's useful TFLOP/s is a share of."""
     hidden, inner, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
     kv = config.num_key_value_heads * head_dim
@@ -257,18 +255,20 @@ def matmul_ceiling(config, device, repeats=5):
     for dtype in (torch.bfloat16, torch.float32):
         flops = seconds = 0.0
         for (k, n), count in products:
-            a = torch.randn(CEILING_TOKENS, k, device=device, dtype=dtype)
+            a = torch.randn(tokens, k, device=device, dtype=dtype)
             b = torch.randn(k, n, device=device, dtype=dtype)
+            torch.mm(a, b)
             times = []
             for _ in range(repeats):
                 sync(device)
                 started = time.perf_counter()
-                torch.mm(a, b)
+                for _ in range(calls):
+                    torch.mm(a, b)
                 sync(device)
-                times.append(time.perf_counter() - started)
-            flops += count * 2 * CEILING_TOKENS * k * n
+                times.append((time.perf_counter() - started) / calls)
+            flops += count * 2 * tokens * k * n
             seconds += count * min(times)
-        ceiling[str(dtype).removeprefix("torch.")] = round(flops / seconds / 1e12, 4)
+        ceiling[str(dtype).removeprefix("torch.")] = float(f"{flops / seconds / 1e12:.4g}")
     return ceiling
 
 
@@ -313,7 +313,7 @@ def run_case(name, method, model, model_label, step_for, batches, real_counts, w
         "step_s": round(statistics.median(step_seconds), 4),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "mfu": round(mfu(model, real, seconds, peak_tflops), 4) if device.type == "cuda" else None,
-        "useful_tflops": round(useful_tflops(model, real, seconds), 4),
+        "useful_tflops": round(useful_tflops(model, real, seconds), 6),
         "last_loss": round(loss, 4),
     }
 
@@ -345,10 +345,11 @@ def load_cpu_model(params, smoke):
 
 
 def cpu_model_config(params):
-    """The config of the model the CPU cases train (models/base, else the model params.yaml names)."""
-    if (BASE_MODEL / "config.json").is_file():
-        return AutoConfig.from_pretrained(BASE_MODEL)
-    return load_cpu_model(params, smoke=False)[0].config
+    """The config of the model the CPU cases train (models/base, else the model params.yaml names);
+    for a multimodal config, its text model's."""
+    config = (AutoConfig.from_pretrained(BASE_MODEL) if (BASE_MODEL / "config.json").is_file()
+              else load_cpu_model(params, smoke=False)[0].config)
+    return config.get_text_config()
 
 
 CPU_CASES = ("cpu/notebook-bf16", "cpu/notebook-fp32", "cpu/ours-fp32", "cpu/ours-bf16-autocast", "cpu/ours-packed")
@@ -501,12 +502,14 @@ def ratios(cases, finetune):
     """Median real tokens/s of ours over the notebook's: at matched precision, and ours as the finetune
     section sets it on this CPU (finetune.packing: the packed case; else finetune.precision, auto: bf16
     autocast where bf16 is native) against the notebook as written. None where a case did not run, or
-    finetune.precision is bf16-pure."""
+    unpacked finetune.precision is bf16-pure (no case runs it)."""
     speed = {c["name"]: c["real_tokens_per_s"] for c in cases}
     # Which case finetune would train as: autocast_for's own rule, not a copy of it.
     autocast = isinstance(autocast_for(torch.device("cpu"), finetune["precision"]), torch.autocast)
-    default = (None if finetune["precision"] == "bf16-pure" else "packed" if finetune["packing"]
+    default = ("packed" if finetune["packing"] else None if finetune["precision"] == "bf16-pure"
                else "bf16-autocast" if autocast else "fp32")
+    if f"cpu/ours-{default}" not in speed:  # --cuda-only: no CPU case ran
+        default = None
 
     def ratio(ours, notebook):
         return round(speed[ours] / speed[notebook], 3) if ours in speed and notebook in speed else None
@@ -520,10 +523,11 @@ def ratios(cases, finetune):
 
 def report(cases, skipped, settings, evaluation, finetune, ceiling):
     """The JSON document: fixed keys in a fixed order, whatever ran. ceiling: {device: matmul_ceiling};
-    each CPU case gets its useful TFLOP/s as a share of the CPU's bf16 ceiling (its fastest)."""
+    each case gets its useful TFLOP/s as a share of its device's ceiling, the faster of bf16 and fp32
+    there (bf16 where it is native; on a CPU without it, fp32)."""
     for case in cases:
-        best = ceiling.get(case["device"].split(":")[0], {}).get("bfloat16")
-        case["share_of_bf16_ceiling"] = round(case["useful_tflops"] / best, 4) if best else None
+        best = max(ceiling.get(case["device"].split(":")[0], {}).values(), default=None)
+        case["share_of_ceiling"] = round(case["useful_tflops"] / best, 4) if best else None
     return {"machine": machine(), "settings": settings, "memory_measure": memory_measure(),
             "matmul_ceiling_tflops": ceiling, "cases": cases, "ratios": ratios(cases, finetune),
             "skipped": skipped, "evaluation": evaluation}
@@ -531,12 +535,12 @@ def report(cases, skipped, settings, evaluation, finetune, ceiling):
 
 def table(doc):
     """A short aligned table of the cases, the ratio and the skipped cases."""
-    header = ("case", "device", "real tok/s (min-max)", "step s", "peak MB", "TFLOP/s", "of bf16 ceiling", "MFU",
+    header = ("case", "device", "real tok/s (min-max)", "step s", "peak MB", "TFLOP/s", "of ceiling", "MFU",
               "real/padded tokens")
     rows = [(c["name"], c["device"],
              f"{c['real_tokens_per_s']:.1f} ({c['real_tokens_per_s_min']:.1f}-{c['real_tokens_per_s_max']:.1f})",
              f"{c['step_s']:.3f}", f"{c['peak_memory_mb']:.0f}", f"{c['useful_tflops']:.3f}",
-             "-" if c["share_of_bf16_ceiling"] is None else f"{c['share_of_bf16_ceiling']:.1%}",
+             "-" if c["share_of_ceiling"] is None else f"{c['share_of_ceiling']:.1%}",
              "-" if c["mfu"] is None else f"{c['mfu']:.1%}",
              f"{c['real_tokens']}/{c['padded_tokens']}") for c in doc["cases"]]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -593,16 +597,18 @@ def main(argv=None):
     settings = {"smoke": args.smoke, "steps": steps, "warmup_steps": warmup, "repeats": repeats,
                 "batch_size": batch_size, "precision": params["finetune"]["precision"],
                 "examples": len(records), "seed": params["seed"], "gpu_peak_tflops": bench["gpu_peak_tflops"],
+                "packing": params["finetune"]["packing"],
                 "packed_length": SMOKE_PACKED_LENGTH if args.smoke else bench["packed_length"],
                 "packed_batch_size": bench["packed_batch_size"]}
 
+    # The ceilings at about each device's rows per step: a CPU step's here, a packed CUDA step's.
     ceiling = {}
     if not args.cuda_only:
         ceiling["cpu"] = matmul_ceiling(LlamaConfig(**SMOKE_SHAPE) if args.smoke else cpu_model_config(params),
-                                        torch.device("cpu"))
+                                        torch.device("cpu"), tokens=512)
     if torch.cuda.is_available():
         ceiling["cuda"] = matmul_ceiling(LlamaConfig(**(SMOKE_SHAPE if args.smoke else KANANA_SHAPE)),
-                                         torch.device("cuda"))
+                                         torch.device("cuda"), tokens=settings["packed_length"] * bench["packed_batch_size"])
     cases = [] if args.cuda_only else cpu_cases(params, records, batch_size, steps, warmup, repeats, args.smoke)
     if torch.cuda.is_available():
         cuda_rows, skipped = kanana_cases(params, records, batch_size, steps, warmup, repeats, args.smoke,

@@ -236,7 +236,7 @@ def main(argv=None):
         doc = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
                "shape": "smoke" if args.smoke else "kanana-nano-2.1b-base", "parameters": parameters,
                "stages": rows, "total_seconds": round(time.perf_counter() - started, 1),
-               "bench": bench and {"cases": bench["cases"], "skipped": bench["skipped"]}}
+               "bench": bench and {key: bench[key] for key in ("matmul_ceiling_tflops", "cases", "skipped")}}
         write_atomically(args.out, json.dumps(doc, indent=2) + "\n")
         print(f"gpu-check passed: every stage ran, {doc['total_seconds']:.0f} s in all; wrote {args.out}")
     except StageFailed as e:

@@ -18,7 +18,7 @@ from llm_fft.training import supervised_token_loss
 
 CASE_FIELDS = {"name", "method", "device", "model", "parameters", "batch_size", "steps", "real_tokens",
                "padded_tokens", "seconds", "real_tokens_per_s", "step_s", "peak_memory_mb", "mfu", "last_loss",
-               "repeats", "real_tokens_per_s_min", "real_tokens_per_s_max", "useful_tflops", "share_of_bf16_ceiling"}
+               "repeats", "real_tokens_per_s_min", "real_tokens_per_s_max", "useful_tflops", "share_of_ceiling"}
 
 
 @pytest.fixture
@@ -41,12 +41,11 @@ def test_smoke_run_writes_every_field(tmp_path, in_repo, capsys):
 
     assert list(doc) == ["machine", "settings", "memory_measure", "matmul_ceiling_tflops", "cases", "ratios", "skipped",
                          "evaluation"]
-    ceiling = doc["matmul_ceiling_tflops"]["cpu"]
-    assert set(ceiling) == {"bfloat16", "float32"} and all(tflops > 0 for tflops in ceiling.values())
+    ceilings = doc["matmul_ceiling_tflops"]
+    assert set(ceilings["cpu"]) == {"bfloat16", "float32"} and all(tflops > 0 for tflops in ceilings["cpu"].values())
     evaluation = doc["evaluation"]
     assert evaluation["generated_tokens_per_s"] == pytest.approx(
         evaluation["generated_tokens"] / evaluation["batched_s"], rel=0.01)
-    assert evaluation["dtype"] == "float32"  # the smoke model is built in fp32
     assert evaluation["name"] == "cpu/evaluation" and evaluation["questions"] == 6
     assert evaluation["batched_s"] > 0 and evaluation["sequential_s"] > 0
     assert evaluation["repeats"] == bench.SMOKE_REPEATS
@@ -59,6 +58,8 @@ def test_smoke_run_writes_every_field(tmp_path, in_repo, capsys):
     names = [c["name"] for c in doc["cases"]] + [s["name"] for s in doc["skipped"]]
     assert names == [*bench.CPU_CASES, "cuda/kanana-dataset", "cuda/kanana-packed"]
     notebook_bf16, notebook, ours, ours_bf16, packed = doc["cases"][:5]
+    smoke_matmul_parameters = bench.matmul_parameters(
+        bench.AutoModelForCausalLM.from_config(bench.LlamaConfig(**bench.SMOKE_SHAPE)))
     for case in doc["cases"]:
         assert set(case) == CASE_FIELDS
         assert case["steps"] == bench.SMOKE_STEPS and case["batch_size"] == doc["settings"]["batch_size"]
@@ -67,12 +68,12 @@ def test_smoke_run_writes_every_field(tmp_path, in_repo, capsys):
         assert case["real_tokens_per_s"] == pytest.approx(case["real_tokens"] / case["seconds"], rel=0.01)
         assert case["repeats"] == bench.SMOKE_REPEATS
         assert case["real_tokens_per_s_min"] <= case["real_tokens_per_s"] <= case["real_tokens_per_s_max"]
-        # Useful work: 6 FLOPs per matmul parameter per real token (the smoke model's head is tied).
-        smoke = bench.LlamaConfig(**bench.SMOKE_SHAPE)
-        matmul_parameters = bench.matmul_parameters(bench.AutoModelForCausalLM.from_config(smoke))
+        # Useful work: 6 FLOPs per matmul parameter per real token (the smoke model's head is tied),
+        # as a share of the faster dtype's ceiling on the case's own device.
         assert case["useful_tflops"] == pytest.approx(
-            6 * matmul_parameters * case["real_tokens"] / case["seconds"] / 1e12, rel=0.01, abs=1e-4)
-        assert case["share_of_bf16_ceiling"] == pytest.approx(case["useful_tflops"] / ceiling["bfloat16"], rel=0.01, abs=1e-4)
+            6 * smoke_matmul_parameters * case["real_tokens"] / case["seconds"] / 1e12, rel=0.01)
+        best = max(ceilings[case["device"].split(":")[0]].values())
+        assert case["share_of_ceiling"] == pytest.approx(case["useful_tflops"] / best, rel=0.01, abs=1e-4)
     for cpu_case in doc["cases"][:5]:
         assert cpu_case["device"] == "cpu" and cpu_case["mfu"] is None
     assert notebook_bf16["method"] == "notebook as written (bf16 weights)" and ours_bf16["method"] == "ours, bf16 autocast"
@@ -237,3 +238,31 @@ def test_a_llama_config_must_split_into_its_heads_only_where_head_dim_is_derived
     with pytest.raises(Exception, match="not a multiple of the number of attention heads"):
         LlamaConfig(hidden_size=64, num_attention_heads=3, num_key_value_heads=1)
     assert LlamaConfig(hidden_size=64, num_attention_heads=3, num_key_value_heads=1, head_dim=16).head_dim == 16
+
+
+def test_the_matmul_ceiling_weighs_each_product_as_a_forward_pass_runs_it(monkeypatch):
+    """Every product timed at 1 ms per call (a fake clock): the ceiling is then the forward pass's
+    FLOPs (7 products per layer, the head once, 2 x rows x k x n each) over its products' time."""
+    clock = iter(range(10 ** 6))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock) * 1e-3)
+    monkeypatch.setattr(bench.torch, "mm", lambda a, b: next(clock) and None)  # each call: 1 ms more
+    config = bench.LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=3, num_attention_heads=2,
+                               num_key_value_heads=1, head_dim=4, vocab_size=32)
+    ceiling = bench.matmul_ceiling(config, torch.device("cpu"), tokens=10, repeats=2, calls=4)
+    layer = [(8, 8), (8, 4), (8, 4), (8, 8), (8, 16), (8, 16), (16, 8)]
+    flops = 3 * sum(2 * 10 * k * n for k, n in layer) + 2 * 10 * 8 * 32
+    # Each timed block: 4 calls of 1 ms, plus the clock read that ends it: 5 ms / 4 calls.
+    seconds = (3 * len(layer) + 1) * 5e-3 / 4
+    assert ceiling == {"bfloat16": pytest.approx(flops / seconds / 1e12, rel=1e-3),
+                       "float32": pytest.approx(flops / seconds / 1e12, rel=1e-3)}
+
+
+def test_the_default_ratio_is_of_the_case_finetune_would_train_as():
+    cases = [{"name": name, "real_tokens_per_s": speed} for name, speed in [
+        ("cpu/notebook-bf16", 100.0), ("cpu/notebook-fp32", 50.0), ("cpu/ours-fp32", 60.0),
+        ("cpu/ours-bf16-autocast", 120.0), ("cpu/ours-packed", 130.0)]]
+    packed = bench.ratios(cases, {"precision": "auto", "packing": True})
+    assert packed["default_case"] == "cpu/ours-packed" and packed["default_ours_vs_notebook_as_written_ratio"] == 1.3
+    assert bench.ratios(cases, {"precision": "fp32", "packing": False})["default_case"] == "cpu/ours-fp32"
+    assert bench.ratios(cases, {"precision": "bf16-pure", "packing": False})["default_case"] is None
+    assert bench.ratios([], {"precision": "auto", "packing": True})["default_case"] is None  # --cuda-only
