@@ -7,10 +7,14 @@ data/retention.yaml (only to refuse an overlap with it) and models/base. The bas
 opening rehearsal.samples_per_prompt times (seeded sampling). Training on the model's own text pulls
 fine-tuning back towards what the base model would say, without anyone's pretraining data
 (self-synthesised rehearsal, Huang et al., ACL 2024); finetune.rehearsal_ratio sets how much is mixed in.
+With rehearsal.facts, the file's keyed general facts are rehearsed too (selective self-rehearsal,
+Gupta et al. 2024): the base model continues each greedily, and only a continuation that states one of
+the fact's keys is kept, so fine-tuning is pulled back towards what the base model knew, never towards
+its mistakes.
 Writes data/rehearsal.jsonl (plain-text records, every token learned) and data/rehearsal_dev.jsonl (the
 texts of every rehearsal.dev_every-th opening, never trained on: the dev measure of forgetting).
 The retention probe (data/retention.yaml) measures forgetting in the report, so none of its passages
-or prompts may be a rehearsal opening.
+or prompts may be a rehearsal opening, and no rehearsed fact may have a key of the probe's facts.
 """
 
 import sys
@@ -22,6 +26,7 @@ from tqdm import tqdm
 
 from llm_fft.batching import IGNORE_INDEX
 from llm_fft.files import to_jsonl, write_atomically
+from llm_fft.metrics import holds_key
 from llm_fft.model import load_pretrained
 from llm_fft.params import ParamsError, fail_if_problems, load_params, pick_device, problems_in_section, shared_problems
 from llm_fft.paths import BASE_MODEL, REHEARSAL, REHEARSAL_DEV
@@ -38,25 +43,32 @@ SPEC = {
     "dev_every": (int, lambda v: v >= 2, "an integer >= 2"),
     "batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
     "seed": (int, lambda v: v >= 0, "an integer >= 0"),
+    "facts": (bool, None, "true or false (rehearse the keyed general facts the base model states right)"),
+    "fact_new_tokens": (int, lambda v: v >= 1, "an integer >= 1 (tokens)"),
 }
 
 
 def read_prompts(path, retention):
-    """The openings, checked all at once: non-empty strings, none twice, none touching the retention probe
-    (its passages, prompts and general-knowledge openings)."""
+    """(openings, keyed facts) from the prompts file, checked all at once: non-empty strings, none twice,
+    none touching the retention probe (its passages, prompts and general-knowledge openings); each fact
+    {prompt, keys}, with no key of the probe's facts (rehearsing one would inflate general facts kept)."""
     try:
-        prompts = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("prompts")
+        content = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        prompts, facts = content.get("prompts"), content.get("facts", [])
     except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as e:
         sys.exit(f"error: {path}: cannot read rehearsal prompts: {e}")
     if not isinstance(prompts, list) or not prompts:
         sys.exit(f"error: {path}: expected a mapping with a non-empty list 'prompts'")
+    if not isinstance(facts, list):
+        sys.exit(f"error: {path}: 'facts' must be a list of {{prompt: text, keys: [texts]}}")
     probe = [normalize(t) for t in retention["text"] + retention["prompts"] + [f["prompt"] for f in retention["facts"]]]
+    probe_keys = {normalize(k).casefold() for f in retention["facts"] for k in f["keys"]}
     problems, seen = [], set()
-    for i, prompt in enumerate(prompts):
-        where = f"{path}: prompts[{i}]"
+
+    def check_opening(where, prompt):
         if not isinstance(prompt, str) or not prompt.strip():
             problems.append(f"{where}: expected a non-empty string")
-            continue
+            return
         text = normalize(prompt)
         if text in seen:
             problems.append(f"{where}: {prompt!r} is there twice")
@@ -64,8 +76,22 @@ def read_prompts(path, retention):
         if any(text in p or p in text for p in probe):
             problems.append(f"{where}: {prompt!r} overlaps the retention probe (data/retention.yaml), which "
                             "must stay unseen to measure forgetting")
+
+    for i, prompt in enumerate(prompts):
+        check_opening(f"{path}: prompts[{i}]", prompt)
+    for i, fact in enumerate(facts):
+        where = f"{path}: facts[{i}]"
+        if not isinstance(fact, dict) or set(fact) != {"prompt", "keys"} or not isinstance(fact["keys"], list) \
+                or not fact["keys"] or not all(isinstance(k, str) and k.strip() for k in fact["keys"]):
+            problems.append(f"{where}: expected {{prompt: text, keys: [non-empty texts]}}")
+            continue
+        check_opening(where, fact["prompt"])
+        shared = [k for k in fact["keys"] if normalize(k).casefold() in probe_keys]
+        if shared:
+            problems.append(f"{where}: key {shared[0]!r} is a key of the retention probe's facts, which must stay "
+                            "unseen to measure general facts kept")
     fail_if_problems(problems, what="rehearsal prompts")
-    return [p.strip() for p in prompts]
+    return [p.strip() for p in prompts], [{"prompt": f["prompt"].strip(), "keys": f["keys"]} for f in facts]
 
 
 @torch.inference_mode()
@@ -93,26 +119,49 @@ def continue_prompts(model, tokenizer, prompts, cfg, device):
     return records
 
 
+def known_facts(records, facts, tokenizer):
+    """The greedy continuations (continue_prompts records, one per fact) that state one of their fact's
+    keys: the facts the base model knows, and only those are rehearsed."""
+    kept = []
+    for record, fact in zip(records, facts):
+        opening = len(tokenize_text(tokenizer, fact["prompt"])["input_ids"])
+        continuation = tokenizer.decode(record["input_ids"][opening:], skip_special_tokens=True)
+        if any(holds_key(continuation, key) for key in fact["keys"]):
+            kept.append(record)
+    return kept
+
+
 def main():
     params = load_params()
     fail_if_problems(problems_in_section(params, "rehearsal", SPEC) + shared_problems(params, keys=["device"]))
     cfg = params["rehearsal"]
-    prompts = read_prompts(cfg["prompts"], load_retention())
+    prompts, facts = read_prompts(cfg["prompts"], load_retention())
+    if cfg["facts"] and not facts:
+        raise ParamsError(f"rehearsal.facts is true, but {cfg['prompts']} has no 'facts' list")
     device = pick_device(params["device"])
     # bf16 on CUDA (half the memory and time; the base model's own weights are bf16 on the hub), fp32
     # on the CPU, where the committed rehearsal text was written.
     model, tokenizer = load_pretrained(BASE_MODEL, torch.bfloat16 if device.type == "cuda" else torch.float32, device)
     records = continue_prompts(model.eval(), tokenizer, prompts, cfg, device)
-    for i, r in enumerate(records):
-        r["id"] = i
     # Whole openings go to dev, so a dev text never shares its opening with a trained one.
     dev = [r for r in records if r["prompt_index"] % cfg["dev_every"] == cfg["dev_every"] - 1]
     train = [r for r in records if r["prompt_index"] % cfg["dev_every"] != cfg["dev_every"] - 1]
+    known = []
+    if cfg["facts"]:  # greedy: the base model's own most likely statement of what it knows
+        greedy = {**cfg, "temperature": 0, "new_tokens": cfg["fact_new_tokens"]}
+        known = known_facts(continue_prompts(model, tokenizer, [f["prompt"] for f in facts], greedy, device),
+                            facts, tokenizer)
+        for r in known:
+            r["prompt_index"] += len(prompts)
+        train += known
+    for i, r in enumerate(records + known):
+        r["id"] = i
     write_atomically(REHEARSAL_DEV, to_jsonl(dev))
     write_atomically(REHEARSAL, to_jsonl(train))
     tokens = sum(len(r["input_ids"]) for r in train)
     print(f"wrote {REHEARSAL}: {len(train)} texts ({tokens} tokens) and {REHEARSAL_DEV}: {len(dev)} texts, "
-          f"from {len(prompts)} openings")
+          f"from {len(prompts)} openings"
+          + (f", and {len(known)} of {len(facts)} keyed general facts the base model states right" if cfg["facts"] else ""))
 
 
 if __name__ == "__main__":
