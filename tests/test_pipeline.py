@@ -299,15 +299,51 @@ def test_rehearsal_prompts_touching_the_retention_probe_are_refused(tmp_path):
     shutil.copy(REPO / "data/retention.yaml", tmp_path / "data")
     (tmp_path / "data/rehearsal_prompts.yaml").write_text(yaml.safe_dump({"prompts": [
         "The capital of France is", "Dogs are loyal animals that", "Dogs are loyal animals that", "",
-        "The fastest land animal is the cheetah, which"]}), encoding="utf-8")
+        "The fastest land animal is the cheetah, which"], "facts": [
+        {"prompt": "The capital of Greece is", "keys": ["Athens"]},
+        {"prompt": "The capital city of Italy,", "keys": ["rome"]},
+        {"prompt": "The capital of Japan is", "keys": ["Tokio"]},
+        {"prompt": "Dogs are loyal animals that", "keys": ["bark"]},
+        {"prompt": "The capital of Peru is", "keys": []}]}), encoding="utf-8")
     result = run([sys.executable, REPO / "stages/make_rehearsal.py"], tmp_path, check=False)
     assert result.returncode != 0
+    # A rehearsed fact with a key of the probe's facts would inflate general facts kept.
+    assert "facts[0]" not in result.stderr
+    assert "facts[1]: key 'rome' is a key of the retention probe's facts" in result.stderr
+    assert "facts[2]: 'The capital of Japan is' overlaps the retention probe" in result.stderr
+    assert "facts[3]: 'Dogs are loyal animals that' is there twice" in result.stderr
+    assert "facts[4]: expected {prompt: text, keys: [non-empty texts]}" in result.stderr
     assert ("data/rehearsal_prompts.yaml: prompts[0]: 'The capital of France is' overlaps the retention probe"
             in result.stderr)
     assert "prompts[4]: 'The fastest land animal is the cheetah, which' overlaps the retention probe" in result.stderr
     assert "data/rehearsal_prompts.yaml: prompts[2]: 'Dogs are loyal animals that' is there twice" in result.stderr
     assert "data/rehearsal_prompts.yaml: prompts[3]: expected a non-empty string" in result.stderr
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["rehearsal_prompts.yaml", "retention.yaml"]
+
+
+def test_rehearsing_facts_needs_a_facts_list(tmp_path):
+    (tmp_path / "data").mkdir()
+    shutil.copy(REPO / "data/retention.yaml", tmp_path / "data")
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["rehearsal"]["facts"] = True
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    (tmp_path / "data/rehearsal_prompts.yaml").write_text(yaml.safe_dump(TINY_REHEARSAL), encoding="utf-8")
+    result = run([sys.executable, REPO / "stages/make_rehearsal.py"], tmp_path, check=False)
+    assert result.returncode != 0
+    assert "rehearsal.facts is true, but data/rehearsal_prompts.yaml has no 'facts' list" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["rehearsal_prompts.yaml", "retention.yaml"]
+
+
+def test_only_facts_whose_continuation_states_a_key_are_rehearsed(embedded_tokenizer):
+    """The key must be in what the base model wrote, not in the opening it was given."""
+    from stages.make_rehearsal import known_facts
+    facts = [{"prompt": "The capital of Greece is", "keys": ["Athens"]},
+             {"prompt": "The capital of Kenya is", "keys": ["Nairobi"]},
+             {"prompt": "Romeo and Juliet was written by", "keys": ["Juliet"]},
+             {"prompt": "Five times six equals", "keys": ["30"]}]
+    written = [" Athens.", " Mombasa.", " a poet.", " 300."]
+    records = [{"input_ids": embedded_tokenizer(f["prompt"] + w)["input_ids"]} for f, w in zip(facts, written)]
+    assert known_facts(records, facts, embedded_tokenizer) == [records[0]]
 
 
 @pytest.mark.slow
@@ -379,8 +415,9 @@ def test_a_param_edit_reruns_only_the_stages_that_read_it(tiny_repo, first_repro
 
 
 @pytest.mark.parametrize("module, expected", [
-    # a metric: the evaluations (interpolate chooses by one) and the report, never training
-    ("llm_fft/metrics.py", ["baseline_eval", "interpolate", "final_eval", "report"]),
+    # a metric: the evaluations (interpolate chooses by one), the report and make_rehearsal (which keeps
+    # the keyed facts the base model states), never training
+    ("llm_fft/metrics.py", ["make_rehearsal", "baseline_eval", "interpolate", "final_eval", "report"]),
     ("llm_fft/report.py", ["report"]),  # the report's look: nothing is evaluated again
     ("llm_fft/nll.py", ["baseline_eval", "finetune", "interpolate", "final_eval"]),  # finetune's dev loss
     ("llm_fft/facts.py", ["generate_dataset"]),  # the facts loader: what it writes is compared, not rerun
