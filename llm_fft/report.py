@@ -77,6 +77,7 @@ NO_HELDOUT = ("Held-out paraphrases: none, so whether the model learned the fact
               "the file generate_dataset.heldout_file names (data/my_heldout.jsonl) and run dvc repro again.")
 CHOICES_HEADING = "How the model was chosen"
 CHAT_HEADING = "Before, on the base model's own chat template"
+DATA_HEADING = "The training data"
 
 
 class ReportInputError(ValueError):
@@ -505,10 +506,11 @@ def _expected_markdown(expected, key_fact):
     return markdown_cell(expected) + (f" (key fact: **{markdown_cell(key_fact)}**)" if key_fact else "")
 
 
-def report_markdown(before, after, before_table, after_table, loss_image="loss.png", choices=(), chat_before=()):
+def report_markdown(before, after, before_table, after_table, loss_image="loss.png", choices=(), chat_before=(),
+                    data=()):
     """The report as markdown; the loss curve is linked as the image file loss_image (written beside it).
     choices: sentences saying how the model was chosen (which epoch, which interpolation weight, on which set);
-    chat_before: chat_baseline_sentences."""
+    chat_before: chat_baseline_sentences; data: sentences on the training data (its coverage and warnings)."""
     _check_inputs(before, after, before_table, after_table)
     lines = [f"# {TITLE}", "", "## Headline", "",
              "| set | metric | before | after | change |", "|---|---|---:|---:|---|"]
@@ -519,6 +521,8 @@ def report_markdown(before, after, before_table, after_table, loss_image="loss.p
         lines.append(f"| {shown_set} | {metric} | {old} | {new} | {change}{f' ({verdict})' if verdict else ''} |")
     lines += ["", "## Summary", ""]
     lines += [f"- {markdown_cell(s)}" for s in summary_sentences(before, after, before_table, after_table).values()]
+    if data:
+        lines += ["", f"## {DATA_HEADING}", ""] + [f"- {markdown_cell(d)}" for d in data]
     if choices:
         lines += ["", f"## {CHOICES_HEADING}", ""] + [f"- {markdown_cell(c)}" for c in choices]
     if chat_before:
@@ -565,7 +569,7 @@ def _expected_html(expected, key_fact):
     return _escape(expected) + key
 
 
-def report_html(before, after, before_table, after_table, loss_png, choices=(), chat_before=()):
+def report_html(before, after, before_table, after_table, loss_png, choices=(), chat_before=(), data=()):
     """The report as one self-contained HTML page: inline CSS, the PNG as a data URI, no external assets."""
     _check_inputs(before, after, before_table, after_table)
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -583,6 +587,8 @@ def report_html(before, after, before_table, after_table, loss_png, choices=(), 
     out += ["</table>", "<h2>Summary</h2>", "<ul>"]
     out += [f"<li>{_escape(s)}</li>" for s in summary_sentences(before, after, before_table, after_table).values()]
     out.append("</ul>")
+    if data:
+        out += [f"<h2>{DATA_HEADING}</h2>", "<ul>"] + [f"<li>{_escape(d)}</li>" for d in data] + ["</ul>"]
     if choices:
         out += [f"<h2>{CHOICES_HEADING}</h2>", "<ul>"] + [f"<li>{_escape(c)}</li>" for c in choices] + ["</ul>"]
     if chat_before:

@@ -8,7 +8,7 @@ Every number is in metrics/*.json (`dvc metrics show`); every answer is in metri
 import json
 import sys
 
-from llm_fft.paths import BASELINE_METRICS, FINAL_METRICS, FINETUNE_METRICS, INTERPOLATION_METRICS
+from llm_fft.paths import BASELINE_METRICS, DATASET_METRICS, FINAL_METRICS, FINETUNE_METRICS, INTERPOLATION_METRICS
 
 # (set, label, metrics shown): the held-out set is the test; dev chose the settings.
 ROWS = [("trained", "trained questions", ["exact_match", "exact_match_any_answer", "char_f1"]),
@@ -28,7 +28,23 @@ def gate_words(threshold):
     return f"answers with their own NLL above {threshold:.3f} nats/token refused"
 
 
-def summary_lines(before, after, finetune=None, interpolation=None):
+def data_sentences(dataset):
+    """What generate_dataset counted about the training data (metrics/dataset.json `coverage`): one
+    sentence of counts, then each warning."""
+    coverage = dataset.get("coverage")
+    if not coverage:
+        return []
+    if not coverage["facts"]:
+        return coverage["warnings"]
+    phrasings = coverage["phrasings_per_fact"]
+    counts = (f"{coverage['facts']} facts, {phrasings['min']} to {phrasings['max']} training phrasings each (median "
+              f"{phrasings['median']:g}); {coverage['facts_with_several_answers']} with several answer sentences, "
+              f"{coverage['facts_with_statements']} with statements; {coverage['facts_with_dev_questions']} asked by dev "
+              f"and {coverage['facts_with_heldout_questions']} by held-out questions (metrics/dataset.json coverage).")
+    return [counts, *coverage["warnings"]]
+
+
+def summary_lines(before, after, finetune=None, interpolation=None, dataset=None):
     lines = ["Before -> after fine-tuning:"]
     for name, label, keys in ROWS:
         if name in before and name in after:
@@ -59,6 +75,7 @@ def summary_lines(before, after, finetune=None, interpolation=None):
         lines.append("Confidence gate, chosen on dev for each model: " + "; ".join(
             f"{name}: {gate_words(m['gate']['threshold'])}" for name, m in (("before", before), ("after", after))
             if "gate" in m) + " (metrics/*.json gate.ungated: the shares without it)")
+    lines += [f"Data warning: {w}" for w in data_sentences(dataset or {})[1:]]
     lines.append("Every answer: metrics/report.html · every number: dvc metrics show · "
                  "compare with the committed run: dvc metrics diff")
     return lines
@@ -68,7 +85,8 @@ def main():
     before, after = read_json(BASELINE_METRICS), read_json(FINAL_METRICS)
     if not before or not after:
         sys.exit(f"error: {BASELINE_METRICS} or {FINAL_METRICS} is missing: run the pipeline first (make run)")
-    print("\n".join(summary_lines(before, after, read_json(FINETUNE_METRICS), read_json(INTERPOLATION_METRICS))))
+    print("\n".join(summary_lines(before, after, read_json(FINETUNE_METRICS), read_json(INTERPOLATION_METRICS),
+                                  read_json(DATASET_METRICS))))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ held-out questions with their answer and key fact, never trained on: dev chooses
 only reports), data/unknown.jsonl (questions the data does not answer: does the model invent an
 answer?), data/answer_variants.jsonl (the answers trained for each fact that has several: the
 evaluations accept any of them word for word) and metrics/dataset.json (pairs requested, accepted,
-rejected by reason).
+rejected by reason; `coverage`: phrasings, answer sentences, statements, dev and held-out questions per
+fact, with a warning, printed too, where the data is too thin to generalise: llm_fft.coverage).
 Dev and held-out questions come from the data the model is taught: with the template and llm
 backends the facts file's dev and held_out phrasings, with the file backend your own files
 generate_dataset.dev_file and heldout_file (any dataset format; a json/jsonl item may give a "key").
@@ -44,6 +45,7 @@ from pathlib import Path
 
 import torch
 
+from llm_fft import coverage
 from llm_fft.facts import load_facts, load_unknown
 from llm_fft.files import to_jsonl, write_atomically
 from llm_fft.formats import DATASET_SPEC, DatasetError, read_pairs, read_questions, write_pairs
@@ -283,6 +285,15 @@ def main():
 
     # Statements are about the facts file's facts: a dataset file of your own brings none.
     statements = [{"text": t} for fact in facts for t in fact["statements"]] if cfg["statements"] else []
+    if cfg["backend"] == "template":
+        data_coverage = coverage.diagnose(coverage.from_facts(facts, cfg["questions_per_fact"], cfg["answer_variants"],
+                                                              cfg["statements"]))
+    else:  # the pairs name no fact: the dev and held-out questions say which facts are asked for
+        if cfg["backend"] == "llm":
+            pairs = read_pairs(dataset.encode("utf-8"), TRAINED_DATASET, output_format(fmt), fmt["separator"])[0]
+        data_coverage = coverage.diagnose(*coverage.from_pairs(pairs, dev, heldout))
+    for warning in data_coverage["warnings"]:
+        print(f"warning: {warning}")
     write_atomically(HELDOUT_QUESTIONS, to_jsonl(heldout))
     write_atomically(DEV_QUESTIONS, to_jsonl(dev))
     write_atomically(STATEMENTS, to_jsonl(statements))
@@ -297,7 +308,8 @@ def main():
                                          "unknown_dev_questions": len(unknown["unknown_dev"]),
                                          "unknown_train_questions": len(unknown["unknown_train"]),
                                          "refusal_pairs": len(refusals),
-                                         "dev_and_heldout_from": asked_from}, indent=2) + "\n")
+                                         "dev_and_heldout_from": asked_from, "coverage": data_coverage},
+                                        indent=2, ensure_ascii=False) + "\n")
     write_atomically(TRAINED_DATASET, dataset)
     print(f"wrote {TRAINED_DATASET}: {report['accepted']} question/answer pairs ({cfg['backend']} backend), "
           f"{STATEMENTS}: {len(statements)} statements, {DEV_QUESTIONS}: {len(dev)} dev, {HELDOUT_QUESTIONS}: {len(heldout)} "

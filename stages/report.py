@@ -2,7 +2,8 @@
 
     python -m stages.report
 
-Reads metrics/baseline.json, metrics/final.json and their answer tables, metrics/baseline_chat.json
+Reads metrics/baseline.json, metrics/final.json and their answer tables, metrics/dataset.json (how
+many phrasings each fact has, and the warnings about thin data), metrics/baseline_chat.json
 (the base model asked through its chat template), the finetune loss curves
 (DVCLive TSV files), metrics/finetune/metrics.json (the epoch kept) and metrics/interpolation.json
 (the weight chosen). Writes metrics/report.md, metrics/report.html (self-contained: open it in a
@@ -19,6 +20,7 @@ from llm_fft.paths import (
     BASELINE_ANSWERS,
     BASELINE_CHAT_METRICS,
     BASELINE_METRICS,
+    DATASET_METRICS,
     DEV_LOSS,
     FINAL_ANSWERS,
     FINAL_METRICS,
@@ -36,7 +38,7 @@ from llm_fft.report import (
     report_html,
     report_markdown,
 )
-from llm_fft.summary import gate_words
+from llm_fft.summary import data_sentences, gate_words
 
 
 def read_json(path):
@@ -79,10 +81,11 @@ def main():
     before_table, after_table = read_answers(BASELINE_ANSWERS), read_answers(FINAL_ANSWERS)
     choices = how_chosen(read_json(FINETUNE_METRICS), read_json(INTERPOLATION_METRICS)) + gate_sentence(full_before, full_after)
     chat_before = chat_baseline_sentences(before, read_json(BASELINE_CHAT_METRICS), after)
+    data = data_sentences(read_json(DATASET_METRICS))
     png = loss_curve_png(TRAIN_LOSS, DEV_LOSS if DEV_LOSS.exists() else None)
     try:
-        markdown = report_markdown(before, after, before_table, after_table, LOSS_PNG.name, choices, chat_before)
-        page = report_html(before, after, before_table, after_table, png, choices, chat_before)
+        markdown = report_markdown(before, after, before_table, after_table, LOSS_PNG.name, choices, chat_before, data)
+        page = report_html(before, after, before_table, after_table, png, choices, chat_before, data)
     except ReportInputError as e:
         sys.exit(f"error: {e}\n(rerun the evaluations: dvc repro final_eval)")
     write_atomically(LOSS_PNG, png)

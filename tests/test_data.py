@@ -1,10 +1,11 @@
-"""The facts source (its facts and its unknown questions), the params loader and atomic writes."""
+"""The facts source (its facts and its unknown questions), its coverage, the params loader and atomic writes."""
 
 import difflib
 from pathlib import Path
 
 import pytest
 
+from llm_fft import coverage
 from llm_fft.facts import load_facts, load_unknown
 from llm_fft.formats import DatasetError
 from llm_fft.retention import load_retention
@@ -161,3 +162,38 @@ def test_write_atomically_replaces_whole_or_not_at_all(tmp_path):
     write_atomically(target, "new\n")
     assert target.read_text() == "new\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left
+
+
+def test_the_default_facts_are_not_thin():
+    report = coverage.diagnose(coverage.from_facts(load_facts(REPO / "data" / "facts.yaml"), 0, True, True))
+    assert report["facts"] == 26 and report["facts_with_one_phrasing"] == 0 and report["warnings"] == []
+    assert report["facts_with_statements"] == report["facts_with_dev_questions"] == 26
+    # One phrasing per fact (questions_per_fact 1) is what the warning is for.
+    thin = coverage.diagnose(coverage.from_facts(load_facts(REPO / "data" / "facts.yaml"), 1, True, False))
+    assert thin["facts_with_one_phrasing"] == 26 and thin["facts_with_several_answers"] == 0
+    assert thin["facts_with_statements"] == 0
+    assert thin["warnings"][0].startswith("26 of 26 facts have one training phrasing")
+
+
+def test_coverage_of_your_own_pairs_is_counted_by_the_facts_your_questions_ask_for():
+    """A file names no facts: the training pairs whose answer states a dev or held-out question's key
+    are that fact's phrasings, each worded as it likes."""
+    pairs = [{"question": "When did the library open?", "answer": "The library opened in 1998."},
+             {"question": "Since when is the library open?", "answer": "It has been open since 1998."},
+             {"question": "Who runs the library?", "answer": "Mina Park runs it."},
+             {"question": "How many floors does it have?", "answer": "It has three floors."}]
+    dev = [{"question": "In what year did it open?", "answer": "The library opened in 1998.", "key": "1998"}]
+    heldout = [{"question": "Who is in charge of the library?", "answer": "Mina Park runs it.", "key": "Mina Park"},
+               {"question": "Who founded it?", "answer": "Jun Lee founded it.", "key": "Jun Lee"},
+               {"question": "What does it lend?", "answer": "Books and films."}]
+    rows, unasked_pairs = coverage.from_pairs(pairs, dev, heldout)
+    assert [(r["fact"], r["phrasings"], r["answers"], r["dev"], r["heldout"]) for r in rows] == [
+        ("1998", 2, 2, 1, 0), ("Mina Park", 1, 1, 0, 1), ("Jun Lee", 0, 0, 0, 1), ("Books and films", 0, 0, 0, 1)]
+    assert unasked_pairs == 1  # the floors: no dev or held-out question asks for them
+    report = coverage.diagnose(rows, unasked_pairs)
+    assert (report["facts"], report["facts_with_one_phrasing"], report["facts_stated_by_no_training_pair"]) == (4, 1, 2)
+    assert report["training_pairs_about_no_asked_fact"] == 1
+    assert report["warnings"][0].startswith("1 of 4 facts have one training phrasing ('Mina Park')")
+    assert report["warnings"][1].startswith("2 facts asked by dev or held-out questions are stated by no training "
+                                            "pair ('Jun Lee', 'Books and films')")
+    assert coverage.diagnose([], 4)["warnings"][0].startswith("No dev or held-out question asks for a trained fact")

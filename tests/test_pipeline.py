@@ -530,7 +530,8 @@ def facts_questions(path):
 
 def test_own_data_is_judged_on_its_own_dev_and_held_out_files_and_never_on_the_facts_file(tmp_path):
     write_own_data(tmp_path)
-    run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path)
+    printed = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path).stdout
+    assert "warning: 3 of 3 facts have one training phrasing" in printed
     read = {name: [json.loads(line) for line in (tmp_path / f"data/{name}.jsonl").read_text(encoding="utf-8").splitlines()]
             for name in ("dev", "heldout", "statements")}
     assert (read["dev"], read["heldout"], read["statements"]) == (OWN_DEV, OWN_HELDOUT, [])
@@ -540,6 +541,9 @@ def test_own_data_is_judged_on_its_own_dev_and_held_out_files_and_never_on_the_f
     assert (tmp_path / "data/unknown_dev.jsonl").read_text(encoding="utf-8") == '{"question": "빵집은 몇 년에 문을 열었나요?"}\n'
     assert (tmp_path / "data/refusals.jsonl").read_text(encoding="utf-8") == ""  # refusal_ratio 0 (the default)
     assert report["dev_and_heldout_from"] == {"dev": "data/my_dev.jsonl", "heldout": "data/my_heldout.jsonl"}
+    # Three facts asked once each: the thin data is counted, and said before any training.
+    assert (report["coverage"]["facts"], report["coverage"]["facts_with_one_phrasing"]) == (3, 3)
+    assert "3 of 3 facts have one training phrasing ('달빛제과', '7시', '소금빵')" in report["coverage"]["warnings"][0]
 
     write_own_data(tmp_path, heldout=[])  # no held-out file of your own: none at all, never borrowed
     run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path)

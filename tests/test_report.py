@@ -9,7 +9,7 @@ import pytest
 
 from llm_fft import report as report_module
 from llm_fft.report import ReportInputError, chat_baseline_sentences, loss_curve_png, report_html, report_markdown
-from llm_fft.summary import summary_lines
+from llm_fft.summary import data_sentences, summary_lines
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -178,6 +178,25 @@ def test_how_the_model_was_chosen_is_its_own_section(tables, loss_tsv):
     page = report_html(BEFORE, AFTER, *tables, loss_curve_png(loss_tsv), choices=choices)
     assert "<li>Interpolation weight: 0.7 &lt;chosen on dev&gt;.</li>" in page
     assert "How the model was chosen" not in report_markdown(BEFORE, AFTER, *tables)  # nothing to say: no section
+
+
+def test_thin_data_is_said_in_the_report_and_at_the_end_of_make_run(tables, loss_tsv):
+    """generate_dataset's coverage (metrics/dataset.json) becomes the report's data section and make
+    run's last lines: the counts, then every warning."""
+    dataset = {"coverage": {"facts": 8, "facts_with_one_phrasing": 8, "phrasings_per_fact": {"min": 1, "median": 1.0,
+                                                                                           "max": 1},
+                            "facts_with_several_answers": 0, "facts_with_statements": 0, "facts_with_dev_questions": 8,
+                            "facts_with_heldout_questions": 8, "warnings": ["8 of 8 facts have one training phrasing."]}}
+    data = data_sentences(dataset)
+    assert data == ["8 facts, 1 to 1 training phrasings each (median 1); 0 with several answer sentences, 0 with "
+                    "statements; 8 asked by dev and 8 by held-out questions (metrics/dataset.json coverage).",
+                    "8 of 8 facts have one training phrasing."]
+    assert "## The training data\n\n- 8 facts, 1 to 1" in report_markdown(BEFORE, AFTER, *tables, data=data)
+    assert "<li>8 of 8 facts have one training phrasing.</li>" in report_html(BEFORE, AFTER, *tables,
+                                                                             loss_curve_png(loss_tsv), data=data)
+    assert "The training data" not in report_markdown(BEFORE, AFTER, *tables)
+    assert "Data warning: 8 of 8 facts have one training phrasing." in summary_lines(BEFORE, AFTER, dataset=dataset)
+    assert not any("Data warning" in line for line in summary_lines(BEFORE, AFTER, dataset={}))
 
 
 def test_markdown_links_the_image(tables):
