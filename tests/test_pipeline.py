@@ -523,6 +523,21 @@ def write_own_data(folder, dev=OWN_DEV, heldout=OWN_HELDOUT, unknown=OWN_UNKNOWN
     edit_params(folder, "generate_dataset", "backend", "file")
 
 
+def test_the_shipped_example_files_work_with_the_default_params(tmp_path):
+    """What the README's `dvc exp run -S generate_dataset.backend=file` trains on: the example files in
+    data/ are enough for every default (refusal pairs included), and their thinness is warned about."""
+    shutil.copytree(REPO / "data", tmp_path / "data", ignore=shutil.ignore_patterns("*.jsonl", "*.safetensors",
+                                                                                   "dataset.txt"))
+    for name in ("my_dev.jsonl", "my_heldout.jsonl"):
+        shutil.copy(REPO / "data" / name, tmp_path / "data")
+    shutil.copy(REPO / "params.yaml", tmp_path)
+    edit_params(tmp_path, "generate_dataset", "backend", "file")
+    printed = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path).stdout
+    report = json.loads((tmp_path / "metrics/dataset.json").read_text(encoding="utf-8"))
+    assert report["refusal_pairs"] >= 1 and report["unknown_dev_questions"] >= 1 and report["heldout_questions"] >= 1
+    assert "facts have one training phrasing" in printed
+
+
 def facts_questions(path):
     facts = yaml.safe_load(path.read_text(encoding="utf-8"))["facts"]
     return {q for f in facts for name in ("questions", "dev", "held_out") for q in f.get(name, [])}
