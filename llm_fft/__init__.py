@@ -6,6 +6,7 @@ text        -- the one text normaliser every comparison goes through
 files       -- JSON Lines, and writing outputs all or nothing
 facts       -- the facts source (data/facts.yaml) and its unknown questions, checked (generate_dataset only)
 retention   -- the retention probe (data/retention.yaml): general text, prompts and general-knowledge facts
+augment     -- rule-based rewordings of your own questions and answers as statements (generate_dataset only)
 coverage    -- how many phrasings, answers, statements and test questions each fact has; thin-data warnings
 formats     -- the dataset file in four formats (custom tokens, JSON, JSON Lines, separator), validated
 llm_writer  -- the llm backend of generate_dataset: a language model writes question/answer pairs

@@ -30,6 +30,11 @@ With the file backend a language model (the llm_* settings) can also write held-
 generate_dataset.heldout_paraphrases other phrasings of each training question, each with that
 pair's answer, checked (llm_fft.llm_writer.judge_paraphrase: never a question already in the data)
 and counted accepted/rejected in metrics/dataset.json.
+Levers for a file of your own (llm_fft.augment, no model needed): generate_dataset.rewordings adds up to N
+rule-based rewordings of each question's ending (…인가요? → …이에요? / …인지 알려 주세요.; What is X? → Tell
+me what X is.), each checked against every training, dev, held-out and unknown question, and the file is
+then written again with them (in dataset.format); statements_from_answers trains each answer as a
+plain-text statement too.
 The unknown questions likewise: the facts file's `unknown`, `unknown_dev` and `unknown_train` lists,
 or with the file backend only generate_dataset.unknown_file, unknown_dev_file and unknown_train_file
 (one question per line), never both. `unknown` goes to data/unknown.jsonl (both evaluations ask it),
@@ -45,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from llm_fft import coverage
+from llm_fft import augment, coverage
 from llm_fft.facts import load_facts, load_unknown
 from llm_fft.files import to_jsonl, write_atomically
 from llm_fft.formats import DATASET_SPEC, DatasetError, read_pairs, read_questions, write_pairs
@@ -99,7 +104,10 @@ SPEC = {
                            "path of an existing file of training unknown questions (it may hold none)"),
     "refusal_ratio": ((int, float), lambda v: 0 <= v <= 1,
                       "a number in [0, 1] (refusal pairs per question/answer pair; 0 = none)"),
+    "rewordings": (int, lambda v: 0 <= v <= 4, "an integer from 0 to 4 (rule-based rewordings per pair; 0 = none)"),
+    "statements_from_answers": (bool, None, "true or false"),
 }
+FILE_ONLY = ("heldout_paraphrases", "rewordings", "statements_from_answers")  # levers for a file of your own
 
 
 def llm_transport(cfg):
@@ -251,9 +259,10 @@ def main():
     params = load_params()
     problems = (problems_in_section(params, "generate_dataset", SPEC) + shared_problems(params, keys=["seed"])
                 + problems_in_section(params, "dataset", DATASET_SPEC))
-    if not problems and params["generate_dataset"]["heldout_paraphrases"] and params["generate_dataset"]["backend"] != "file":
-        problems.append("generate_dataset.heldout_paraphrases works with backend file (your own data); the "
-                        "facts file has its own held_out phrasings: set it to 0")
+    if not problems and params["generate_dataset"]["backend"] != "file":
+        problems += [f"generate_dataset.{key} works with backend file (your own data); the facts file has its own "
+                     "phrasings, held_out questions and statements: set it to 0 or false"
+                     for key in FILE_ONLY if params["generate_dataset"][key]]
     problems += shared_problems(params, keys=["refusal"])
     fail_if_problems(problems)
     cfg, fmt = params["generate_dataset"], params["dataset"]
@@ -267,6 +276,12 @@ def main():
                 written, report["heldout_paraphrases"] = paraphrased_heldout(cfg, pairs, dev, heldout, unknown,
                                                                              params["seed"])
                 heldout += written
+            own_pairs = pairs  # the coverage counts your phrasings, not the rules'
+            if cfg["rewordings"]:  # checked against every question like a phrasing of yours
+                taken = [p["question"] for p in pairs + dev + heldout] + [q for qs in unknown.values() for q in qs]
+                reworded, report["rewordings"] = augment.reword_pairs(pairs, cfg["rewordings"], taken)
+                pairs = pairs + reworded
+                dataset = write_pairs(pairs, output_format(fmt), fmt["separator"])
         else:
             facts, unknown = load_facts(cfg["facts"]), load_unknown(cfg["facts"])
             if cfg["backend"] == "llm":
@@ -283,15 +298,18 @@ def main():
     except (TransportError, ModelNotFound, ValueError) as e:
         sys.exit(f"error: the language model ({cfg['llm_transport']} transport, {cfg['llm_model']!r}): {e}")
 
-    # Statements are about the facts file's facts: a dataset file of your own brings none.
+    # Statements are about the facts file's facts; a dataset file of your own brings its answers as statements.
     statements = [{"text": t} for fact in facts for t in fact["statements"]] if cfg["statements"] else []
+    if cfg["statements_from_answers"]:
+        statements = augment.statements_from_answers(pairs)
     if cfg["backend"] == "template":
         data_coverage = coverage.diagnose(coverage.from_facts(facts, cfg["questions_per_fact"], cfg["answer_variants"],
                                                               cfg["statements"]))
     else:  # the pairs name no fact: the dev and held-out questions say which facts are asked for
         if cfg["backend"] == "llm":
             pairs = read_pairs(dataset.encode("utf-8"), TRAINED_DATASET, output_format(fmt), fmt["separator"])[0]
-        data_coverage = coverage.diagnose(*coverage.from_pairs(pairs, dev, heldout))
+        data_coverage = coverage.diagnose(*coverage.from_pairs(own_pairs if cfg["backend"] == "file" else pairs,
+                                                               dev, heldout))
     for warning in data_coverage["warnings"]:
         print(f"warning: {warning}")
     write_atomically(HELDOUT_QUESTIONS, to_jsonl(heldout))
@@ -311,7 +329,8 @@ def main():
                                          "dev_and_heldout_from": asked_from, "coverage": data_coverage},
                                         indent=2, ensure_ascii=False) + "\n")
     write_atomically(TRAINED_DATASET, dataset)
-    print(f"wrote {TRAINED_DATASET}: {report['accepted']} question/answer pairs ({cfg['backend']} backend), "
+    reworded = f" + {report['rewordings']['accepted']} rule rewordings" if "rewordings" in report else ""
+    print(f"wrote {TRAINED_DATASET}: {report['accepted']} question/answer pairs{reworded} ({cfg['backend']} backend), "
           f"{STATEMENTS}: {len(statements)} statements, {DEV_QUESTIONS}: {len(dev)} dev, {HELDOUT_QUESTIONS}: {len(heldout)} "
           f"held-out, {UNKNOWN_QUESTIONS}: {len(unknown['unknown'])} unknown and {UNKNOWN_DEV_QUESTIONS}: {len(unknown['unknown_dev'])} "
           f"dev unknown questions, {REFUSALS}: {len(refusals)} refusal pairs, report in {DATASET_METRICS}")

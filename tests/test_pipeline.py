@@ -20,6 +20,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from llm_fft.formats import read_pairs
 from llm_fft.metrics import read_answers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -536,6 +537,31 @@ def test_the_shipped_example_files_work_with_the_default_params(tmp_path):
     report = json.loads((tmp_path / "metrics/dataset.json").read_text(encoding="utf-8"))
     assert report["refusal_pairs"] >= 1 and report["unknown_dev_questions"] >= 1 and report["heldout_questions"] >= 1
     assert "facts have one training phrasing" in printed
+
+
+def test_rewordings_and_answer_statements_join_your_file(tmp_path):
+    """generate_dataset.rewordings rewrites data/dataset.txt with your pairs and their checked rewordings;
+    statements_from_answers trains each answer as a statement; the coverage still counts your phrasings."""
+    write_own_data(tmp_path)
+    edit_params(tmp_path, "generate_dataset", "rewordings", 2)
+    edit_params(tmp_path, "generate_dataset", "statements_from_answers", True)
+    printed = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path).stdout
+    assert "3 question/answer pairs + 2 rule rewordings" in printed  # OWN_PAIRS end in 은? / 나요? / 은?
+    trained, _ = read_pairs((tmp_path / "data/dataset.txt").read_bytes(), "data/dataset.txt")
+    assert [p["question"] for p in trained] == [p["question"] for p in OWN_PAIRS] + [
+        "빵집은 몇 시에 문을 여니?", "빵집은 몇 시에 문을 여는지 알려 주세요."]
+    assert trained[-1]["answer"] == "아침 7시에 엽니다."
+    statements = [json.loads(line)["text"] for line in (tmp_path / "data/statements.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert statements == [p["answer"] for p in OWN_PAIRS]
+    report = json.loads((tmp_path / "metrics/dataset.json").read_text(encoding="utf-8"))
+    assert report["rewordings"] == {"accepted": 2, "rejected": {"no rule for the question's ending": 2}}
+    assert report["coverage"]["facts_with_one_phrasing"] == 3
+
+    edit_params(tmp_path, "generate_dataset", "backend", "template")
+    result = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path, check=False)
+    assert result.returncode != 0
+    assert "generate_dataset.rewordings works with backend file" in result.stderr
+    assert "generate_dataset.statements_from_answers works with backend file" in result.stderr
 
 
 def facts_questions(path):
