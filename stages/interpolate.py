@@ -5,9 +5,10 @@
 Weight interpolation (WiSE-FT, Wortsman et al., CVPR 2022): w = base + a * (finetuned - base). Each a
 in interpolate.weights is scored on the dev questions (data/dev_qa.jsonl, answered greedily as the
 evaluations do: does the answer state the key fact?) and on general text the base model wrote and
-nobody trained on (data/rehearsal_dev.jsonl: teacher-forced NLL, the dev measure of forgetting). The
-chosen a is the smallest whose dev key-fact rate is within interpolate.tolerance of the best one: the
-facts kept, as little of the base model given up as the dev set can tell. The held-out questions and
+nobody trained on (data/rehearsal_dev.jsonl: teacher-forced NLL, the dev measure of forgetting). The a
+whose dev key-fact rate is within interpolate.tolerance of the best one are tied; among them
+interpolate.among_ties chooses the smallest (the facts kept, as little of the base model given up as the
+dev set can tell) or the one with the lowest dev answer NLL. The held-out questions and
 the retention probe are never read here: they only report.
 Reads interpolate.*, evaluate.*, prompt.*, model.dtype and device in params.yaml, models/base and
 models/finetuned. Writes models/final (what final_eval and `make ask` use), metrics/interpolation.json
@@ -36,11 +37,13 @@ from llm_fft.paths import (
     REHEARSAL_DEV,
 )
 
+TIE_BREAKS = ("smallest_weight", "lowest_dev_answer_nll")
 SPEC = {
     "weights": (list, lambda v: v and all(isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a <= 1
                                           for a in v) and len(set(v)) == len(v),
                 "a non-empty list of distinct numbers in [0, 1] (1 = the fine-tuned weights, 0 = the base model)"),
     "tolerance": ((int, float), lambda v: 0 <= v <= 1, "a number in [0, 1] (a share of the dev questions)"),
+    "among_ties": (str, lambda v: v in TIE_BREAKS, f"one of {', '.join(TIE_BREAKS)}"),
 }
 
 
@@ -55,6 +58,20 @@ def score(model, tokenizer, dev, general, protocol, device):
         _, total, count = answer_nll(model, general, protocol.batch_size, tokenizer.pad_token_id, device)
         numbers["general_dev_text_nll"] = round(total / count, 4)
     return numbers
+
+
+def choose(curve, tolerance, among_ties):
+    """(the chosen weight, every weight tied with it): the weights whose dev key-fact rate is within
+    tolerance of the best are tied, since a dev set tells them apart no better; among them the smallest
+    (the least given up of the base model) or the one with the lowest dev answer NLL (the one that
+    learned the dev answers best, where a small dev set ties often and the smallest would trade facts away)."""
+    best = max(point["dev_states_key_fact"] for point in curve)
+    tied = [point for point in curve if point["dev_states_key_fact"] >= best - tolerance]
+    if among_ties == "smallest_weight":
+        chosen = min(point["weight"] for point in tied)
+    else:
+        chosen = min(tied, key=lambda point: (point["dev_answer_nll"], point["weight"]))["weight"]
+    return chosen, sorted((point["weight"] for point in tied), reverse=True)
 
 
 def main():
@@ -92,16 +109,18 @@ def main():
             print("weight {weight:.2f} | dev states key fact {dev_states_key_fact:.3f} | dev answer nll "
                   "{dev_answer_nll:.4f}".format(**curve[-1])
                   + (f" | general dev text nll {curve[-1]['general_dev_text_nll']:.4f}" if general else ""))
-        best = max(point["dev_states_key_fact"] for point in curve)
-        chosen = min(point["weight"] for point in curve if point["dev_states_key_fact"] >= best - cfg["tolerance"])
+        chosen, tied = choose(curve, cfg["tolerance"], cfg["among_ties"])
     else:
-        chosen = weights[0]
+        chosen, tied = weights[0], []
     model = model.float().cpu()  # saved from the fp32 mix, not from a bf16 evaluation copy
     interpolate(chosen)
     save_model(model, tokenizer, FINAL_MODEL, DTYPES[params["model"]["dtype"]])
     summary = {"chosen_weight": chosen,
-               "chosen_on": (f"dev questions ({DEV_QA}): the smallest weight whose states_key_fact is within "
-                             f"{cfg['tolerance']} of the best" if len(weights) > 1 else "only one weight given"),
+               "chosen_on": (f"{len(dev)} dev questions ({DEV_QA}): among the weights whose states_key_fact is within "
+                             f"{cfg['tolerance']} of the best ({', '.join(map(str, tied))}), the "
+                             + ("smallest" if cfg["among_ties"] == "smallest_weight" else "lowest dev answer NLL")
+                             if len(weights) > 1 else "only one weight given"),
+               "chosen_on_questions": len(dev) if len(weights) > 1 else 0,
                **next((p for p in curve if p["weight"] == chosen), {}), **reference}
     summary.pop("weight", None)
     write_atomically(INTERPOLATION_METRICS, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

@@ -45,10 +45,14 @@ def read_json(path):
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def how_chosen(kept, chosen):
-    """Sentences for the report: the epoch finetune kept and the weight interpolate chose, and on what."""
+def how_chosen(kept, chosen, dev_questions=None):
+    """Sentences for the report: the epoch finetune kept and the weight interpolate chose, and on what
+    (dev_questions: how many dev questions the epoch's dev answer loss was measured on)."""
     epoch = f"Epoch kept: {kept['kept_epoch']} ({kept['kept_by']}"
-    epoch += f", {kept['kept_dev_answer_nll']} nats/token)." if "kept_dev_answer_nll" in kept else ")."
+    if "kept_dev_answer_nll" in kept:
+        epoch += f", {kept['kept_dev_answer_nll']} nats/token" + (f" on {dev_questions} dev questions"
+                                                                 if dev_questions else "")
+    epoch += ")."
     weight = (f"Interpolation weight: {chosen['chosen_weight']} (w = base + {chosen['chosen_weight']} x "
               f"(fine-tuned - base)), chosen on {chosen['chosen_on']}.")
     return [epoch, weight, "The held-out questions and the retention probe chose nothing: they only report."]
@@ -79,9 +83,11 @@ def main():
     full_before, full_after = read_json(BASELINE_METRICS), read_json(FINAL_METRICS)
     before, after = headline_metrics(full_before), headline_metrics(full_after)
     before_table, after_table = read_answers(BASELINE_ANSWERS), read_answers(FINAL_ANSWERS)
-    choices = how_chosen(read_json(FINETUNE_METRICS), read_json(INTERPOLATION_METRICS)) + gate_sentence(full_before, full_after)
+    dataset = read_json(DATASET_METRICS)
+    choices = how_chosen(read_json(FINETUNE_METRICS), read_json(INTERPOLATION_METRICS), dataset.get("dev_questions")) \
+        + gate_sentence(full_before, full_after)
     chat_before = chat_baseline_sentences(before, read_json(BASELINE_CHAT_METRICS), after)
-    data = data_sentences(read_json(DATASET_METRICS))
+    data = data_sentences(dataset)
     png = loss_curve_png(TRAIN_LOSS, DEV_LOSS if DEV_LOSS.exists() else None)
     try:
         markdown = report_markdown(before, after, before_table, after_table, LOSS_PNG.name, choices, chat_before, data)

@@ -184,6 +184,19 @@ def test_interpolate_judges_a_keyless_dev_question_by_the_whole_answer(monkeypat
     assert numbers == {"dev_states_key_fact": round(2 / 3, 4), "dev_answer_nll": 0.1}
 
 
+def test_tied_weights_go_to_the_smallest_or_to_the_lowest_dev_answer_nll():
+    """A small dev set ties often (issue #27: 0.8 and 0.7 at 6 of 8): the tie-break decides."""
+    from stages.interpolate import choose
+    curve = [{"weight": 1.0, "dev_states_key_fact": 0.625, "dev_answer_nll": 0.10},
+             {"weight": 0.9, "dev_states_key_fact": 0.75, "dev_answer_nll": 0.12},
+             {"weight": 0.8, "dev_states_key_fact": 0.75, "dev_answer_nll": 0.20},
+             {"weight": 0.7, "dev_states_key_fact": 0.75, "dev_answer_nll": 0.35}]
+    assert choose(curve, 0.0, "smallest_weight") == (0.7, [0.9, 0.8, 0.7])
+    assert choose(curve, 0.0, "lowest_dev_answer_nll") == (0.9, [0.9, 0.8, 0.7])
+    assert choose(curve, 0.125, "lowest_dev_answer_nll") == (1.0, [1.0, 0.9, 0.8, 0.7])  # 1.0 within tolerance
+    assert choose(curve[:1], 0.0, "smallest_weight") == (1.0, [1.0])
+
+
 def test_a_keyless_question_in_a_keyed_set_is_judged_by_the_whole_answer():
     """A held-out set mixing keyed questions with keyless ones (a language model's paraphrases of your
     training questions) is scored on every question, the keyless by the whole expected answer; a set

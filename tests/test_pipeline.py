@@ -287,7 +287,9 @@ def test_final_model_is_the_interpolation_chosen_on_dev(tiny_repo, first_repro):
     assert [point["weight"] for point in curve] == sorted(params["weights"], reverse=True)
     best = max(point["dev_states_key_fact"] for point in curve)
     assert chosen["chosen_weight"] == min(p["weight"] for p in curve if p["dev_states_key_fact"] >= best - params["tolerance"])
-    assert chosen["chosen_on"].startswith("dev questions (data/dev_qa.jsonl)")
+    dev = (tiny_repo / "data/dev_qa.jsonl").read_text(encoding="utf-8").splitlines()
+    assert chosen["chosen_on"].startswith(f"{len(dev)} dev questions (data/dev_qa.jsonl)")
+    assert chosen["chosen_on_questions"] == len(dev)
     a = chosen["chosen_weight"]
     base, tuned, final = (load_file(tiny_repo / "models" / m / "model.safetensors") for m in ("base", "finetuned", "final"))
     for name in final:

@@ -415,3 +415,11 @@ def test_a_gated_answer_shows_what_the_model_would_have_said():
     row = pd.DataFrame({"generated": ["모르겠습니다."], "gated": [True], "ungated": ["윤가람입니다."]}).iloc[0]
     assert report_module._shown_answer(row) == "모르겠습니다. [gate; the model's answer: 윤가람입니다.]"
     assert report_module._shown_answer(row.copy().replace({True: False})) == "모르겠습니다."
+
+
+def test_the_report_says_how_many_dev_questions_made_each_choice():
+    from stages.report import how_chosen
+    epoch, weight, _ = how_chosen({"kept_epoch": 5, "kept_by": "lowest dev answer loss", "kept_dev_answer_nll": 0.09},
+                                  {"chosen_weight": 0.9, "chosen_on": "8 dev questions (data/dev_qa.jsonl): ..."}, 8)
+    assert epoch == "Epoch kept: 5 (lowest dev answer loss, 0.09 nats/token on 8 dev questions)."
+    assert "chosen on 8 dev questions" in weight
