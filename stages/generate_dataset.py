@@ -30,7 +30,9 @@ With the file backend a language model (the llm_* settings) can also write held-
 generate_dataset.heldout_paraphrases other phrasings of each training question, each with that
 pair's answer, checked (llm_fft.llm_writer.judge_paraphrase: never a question already in the data)
 and counted accepted/rejected in metrics/dataset.json.
-Levers for a file of your own (llm_fft.augment, no model needed): generate_dataset.rewordings adds up to N
+Levers for a file of your own: generate_dataset.train_paraphrases asks the same language model for N other
+phrasings of each training question, checked like the held-out ones and trained with its answer; and
+with no model (llm_fft.augment) generate_dataset.rewordings adds up to N
 rule-based rewordings of each question's ending (…인가요? → …이에요? / …인지 알려 주세요.; What is X? → Tell
 me what X is.), each checked against every training, dev, held-out and unknown question, and the file is
 then written again with them (in dataset.format); statements_from_answers trains each answer as a
@@ -99,6 +101,7 @@ SPEC = {
     "answer_variants": (bool, None, "true or false"),
     "statements": (bool, None, "true or false"),
     "heldout_paraphrases": (int, lambda v: v >= 0, "an integer >= 0 (paraphrases per training pair; 0 = none)"),
+    "train_paraphrases": (int, lambda v: v >= 0, "an integer >= 0 (paraphrases per training pair; 0 = none)"),
     "unknown_dev_file": (str, lambda v: Path(v).is_file(), "path of an existing file of dev unknown questions (it may hold none)"),
     "unknown_train_file": (str, lambda v: Path(v).is_file(),
                            "path of an existing file of training unknown questions (it may hold none)"),
@@ -107,7 +110,7 @@ SPEC = {
     "rewordings": (int, lambda v: 0 <= v <= 4, "an integer from 0 to 4 (rule-based rewordings per pair; 0 = none)"),
     "statements_from_answers": (bool, None, "true or false"),
 }
-FILE_ONLY = ("heldout_paraphrases", "rewordings", "statements_from_answers")  # levers for a file of your own
+FILE_ONLY = ("heldout_paraphrases", "train_paraphrases", "rewordings", "statements_from_answers")  # levers for a file of your own
 
 
 def llm_transport(cfg):
@@ -242,13 +245,13 @@ def from_llm(cfg, facts, unknown, fmt, seed):
     return write_pairs(pairs, output_format(fmt), fmt["separator"]), report
 
 
-def paraphrased_heldout(cfg, trained, dev, heldout, unknown, seed):
-    """Held-out pairs a language model wrote (llm_* settings): heldout_paraphrases other phrasings of each
-    training question with its answer, none of them a question already in the data. (pairs, report)"""
+def paraphrased(cfg, per_pair, trained, dev, heldout, unknown, seed):
+    """Pairs a language model wrote (llm_* settings): per_pair other phrasings of each training question
+    with its answer, none of them a question already in the data. (pairs, report)"""
     seed_everything(seed)
     taken = [p["question"] for p in trained + dev + heldout] + [q for questions in unknown.values() for q in questions]
     return write_paraphrases([{"question": p["question"], "answer": p["answer"]} for p in trained],
-                             cfg["heldout_paraphrases"], llm_transport(cfg), seed, cfg["llm_max_attempts"], taken)
+                             per_pair, llm_transport(cfg), seed, cfg["llm_max_attempts"], taken)
 
 
 def output_format(fmt):
@@ -273,14 +276,19 @@ def main():
             dataset, report, pairs = from_file(cfg["file"], fmt)
             dev, heldout, unknown = evaluation_questions_from_files(cfg, fmt, pairs)
             if cfg["heldout_paraphrases"]:  # never trained on: the test of your own data
-                written, report["heldout_paraphrases"] = paraphrased_heldout(cfg, pairs, dev, heldout, unknown,
-                                                                             params["seed"])
+                written, report["heldout_paraphrases"] = paraphrased(cfg, cfg["heldout_paraphrases"], pairs, dev,
+                                                                     heldout, unknown, params["seed"])
                 heldout += written
-            own_pairs = pairs  # the coverage counts your phrasings, not the rules'
+            own_pairs = pairs  # the coverage counts your phrasings, not the ones added here
+            if cfg["train_paraphrases"]:  # other request seeds than the held-out ones'
+                written, report["train_paraphrases"] = paraphrased(cfg, cfg["train_paraphrases"], pairs, dev, heldout,
+                                                                   unknown, params["seed"] + cfg["llm_max_attempts"])
+                pairs = pairs + written
             if cfg["rewordings"]:  # checked against every question like a phrasing of yours
                 taken = [p["question"] for p in pairs + dev + heldout] + [q for qs in unknown.values() for q in qs]
                 reworded, report["rewordings"] = augment.reword_pairs(pairs, cfg["rewordings"], taken)
                 pairs = pairs + reworded
+            if pairs is not own_pairs:  # your file, then what was added, in one dataset file
                 dataset = write_pairs(pairs, output_format(fmt), fmt["separator"])
         else:
             facts, unknown = load_facts(cfg["facts"]), load_unknown(cfg["facts"])
@@ -329,7 +337,8 @@ def main():
                                          "dev_and_heldout_from": asked_from, "coverage": data_coverage},
                                         indent=2, ensure_ascii=False) + "\n")
     write_atomically(TRAINED_DATASET, dataset)
-    reworded = f" + {report['rewordings']['accepted']} rule rewordings" if "rewordings" in report else ""
+    reworded = "".join(f" + {report[key]['accepted']} {what}" for key, what in (
+        ("train_paraphrases", "paraphrases"), ("rewordings", "rule rewordings")) if key in report)
     print(f"wrote {TRAINED_DATASET}: {report['accepted']} question/answer pairs{reworded} ({cfg['backend']} backend), "
           f"{STATEMENTS}: {len(statements)} statements, {DEV_QUESTIONS}: {len(dev)} dev, {HELDOUT_QUESTIONS}: {len(heldout)} "
           f"held-out, {UNKNOWN_QUESTIONS}: {len(unknown['unknown'])} unknown and {UNKNOWN_DEV_QUESTIONS}: {len(unknown['unknown_dev'])} "

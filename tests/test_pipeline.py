@@ -628,6 +628,40 @@ def test_a_language_model_writes_held_out_questions_about_your_own_data(tmp_path
     assert result.returncode != 0 and "heldout_paraphrases works with backend file" in result.stderr
 
 
+def test_a_language_model_writes_training_phrasings_of_your_own_data(tmp_path):
+    """generate_dataset.train_paraphrases over HTTP (a scripted server): accepted phrasings are trained
+    with their pair's answer; a dev, held-out or unknown question, or a copy, never is, and every
+    rejection is counted by its reason."""
+    from llm_fft.llm_writer import Reply
+    from tests.openai_stub_server import ChatCompletionsServer
+    replies = {"우리 빵집의 이름은?": ["빵집 이름이 뭐예요?", "이 빵집은 어떤 이름으로 불리나요?"],  # 1st: a dev question
+               "빵집은 몇 시에 문을 여나요?": ["빵집 문 여는 시간은?", "아침 몇 시부터 빵집이 영업하나요?"],  # 1st: held-out
+               "가장 잘 팔리는 빵은?": ["빵집 사장님의 이름은?", ""]}  # about something else, then nothing
+
+    def chat(body):
+        asked = body["messages"][-1]["content"].split("\n")[0].removeprefix("Question: ")
+        return Reply(replies[asked][body["seed"] - 123 - 2], False)  # seed + max_attempts + try
+
+    write_own_data(tmp_path)
+    with ChatCompletionsServer(chat) as server:
+        for key, value in (("train_paraphrases", 1), ("llm_transport", "http"), ("llm_base_url", server.base_url),
+                           ("llm_model", "stub"), ("llm_max_attempts", 2)):
+            edit_params(tmp_path, "generate_dataset", key, value)
+        out = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path).stdout
+    assert len(server.requests) == 6 and "3 question/answer pairs + 2 paraphrases" in out
+    trained, _ = read_pairs((tmp_path / "data/dataset.txt").read_bytes(), "data/dataset.txt")
+    assert trained == [{**p, "where": trained[i]["where"]} for i, p in enumerate(OWN_PAIRS)] + [
+        {"question": "이 빵집은 어떤 이름으로 불리나요?", "answer": "달빛제과입니다.", "where": trained[3]["where"]},
+        {"question": "아침 몇 시부터 빵집이 영업하나요?", "answer": "아침 7시에 엽니다.", "where": trained[4]["where"]}]
+    report = json.loads((tmp_path / "metrics/dataset.json").read_text(encoding="utf-8"))
+    paraphrases = report["train_paraphrases"]
+    assert (paraphrases["requested"], paraphrases["accepted"], paraphrases["attempts"]) == (3, 2, 6)
+    assert {k: v for k, v in paraphrases["rejected"].items() if v} == {"taken": 2, "not_about_pair": 1, "empty": 1}
+    assert report["coverage"]["facts_with_one_phrasing"] == 3  # your own phrasings: the warning stays
+    assert [json.loads(line)["question"] for line in (tmp_path / "data/dev.jsonl").read_text(encoding="utf-8").splitlines()] \
+        == [q["question"] for q in OWN_DEV]
+
+
 def test_bad_dev_and_held_out_files_fail_naming_every_line_and_write_nothing(tmp_path):
     def problems(dev, heldout, unknown=OWN_UNKNOWN, unknown_train=OWN_UNKNOWN_TRAIN):
         write_own_data(tmp_path, dev, heldout, unknown, unknown_train)
