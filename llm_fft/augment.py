@@ -8,11 +8,13 @@ end of a question, in a closed set of Korean and English forms, and leaves the w
 as they are.
 """
 
+import difflib
 import re
 
 from llm_fft.text import normalize
 
 HANGUL_FIRST, HANGUL_LAST = 0xAC00, 0xD7A3
+SIMILARITY_LIMIT = 0.75  # a training question this similar to an evaluation question is too close
 
 
 def _has_final_consonant(syllable):
@@ -29,26 +31,31 @@ def _korean_copula(stem):
     return [stem + "인가요?", *polite_casual, stem + "인지 알려 주세요.", stem + "인지 궁금해요."]
 
 
-# (the ending, how the rest is reworded); the first ending that matches is used, longest first.
+# (the ending, how the rest is reworded); the first ending that matches is used. Not …이야?, which
+# cannot be split without a dictionary (고양이야? is 고양이 + 야).
 KOREAN_ENDINGS = [
     ("인가요?", _korean_copula),
     ("입니까?", _korean_copula),
     ("이에요?", _korean_copula),
     ("예요?", _korean_copula),
-    ("이야?", _korean_copula),
-    # a verb or adjective (있나요?, 여나요?, 타야 하나요?): its stem takes …는지 and the casual …니?
-    ("나요?", lambda stem: [stem + "나요?", stem + "니?", stem + "는지 알려 주세요.", stem + "는지 궁금해요."]),
+    # a verb or an adjective (있나요?, 여나요?, 높나요?): only the casual …니? fits both (…는지 does not
+    # fit an adjective: 높은지)
+    ("나요?", lambda stem: [stem + "니?"]),
 ]
 
-ENGLISH_QUESTION = re.compile(r"^(what|who|where|when|which|how many|how much|how long|how old|how tall|how high)"
+ENGLISH_QUESTION = re.compile(r"^(what|who|where|when|how much|how long|how old|how tall|how high)"
                               r"\s+(is|are|was|were)\s+(.+?)\s*\?$", re.IGNORECASE)
+# "When was it built?", "What is it called?": a passive keeps its verb last (when it was built), so the
+# rule, which moves only is/are/was/were, leaves such questions alone.
+PARTICIPLE = re.compile(r"(ed|en|built|held|made|known|born|found|done|seen|sold|told|kept|left|run|set|put)$",
+                        re.IGNORECASE)
 
 
 def _english(question):
     """"What is X?" and its kind: "Tell me what X is.", "Do you know what X is?", "I'd like to know what X is."
     (and "What's X?")."""
     match = ENGLISH_QUESTION.match(question)
-    if not match:
+    if not match or PARTICIPLE.search(match.group(3)):
         return []
     wh, verb, rest = match.group(1).lower(), match.group(2).lower(), match.group(3)
     forms = [f"Tell me {wh} {rest} {verb}.", f"Do you know {wh} {rest} {verb}?", f"I'd like to know {wh} {rest} {verb}."]
@@ -67,16 +74,30 @@ def rewordings(question):
     return _english(question)
 
 
-def reword_pairs(pairs, per_pair, taken):
-    """Up to per_pair rewordings of each pair's question, each with the pair's answer. A rewording that is
-    already a question anywhere (taken: the training, dev, held-out and unknown questions) is dropped
-    and counted, as is a rewording another pair made first. Returns (pairs, {accepted, rejected: {why: n}})."""
+def _letters(text):
+    return "".join(c for c in text if c.isalnum())
+
+
+def too_close(question, evaluation, limit=SIMILARITY_LIMIT):
+    """Whether a new training question is a near-copy of a dev, held-out or unknown question: character
+    similarity (punctuation and spaces ignored) at or above limit, the rule data/facts.yaml is kept by."""
+    return any(difflib.SequenceMatcher(None, _letters(question), _letters(q)).ratio() >= limit for q in evaluation)
+
+
+def reword_pairs(pairs, per_pair, taken, evaluation):
+    """Up to per_pair rewordings of each pair's question, each with the pair's answer. Dropped, and counted:
+    a rewording that is already a question (taken: the training, dev, held-out and unknown questions) or
+    that another pair made first, and one too close to an evaluation question (evaluation: the dev,
+    held-out and unknown questions; training on a near-copy would test memory, not the fact).
+    Returns (pairs, {accepted, rejected: {why: n}})."""
     seen = {normalize(q) for q in taken}
     added, rejected = [], {}
     for pair in pairs:
         for question in rewordings(pair["question"])[:per_pair]:
-            if normalize(question) in seen:
-                rejected["already a question"] = rejected.get("already a question", 0) + 1
+            why = ("already a question" if normalize(question) in seen
+                   else "too close to a dev, held-out or unknown question" if too_close(question, evaluation) else None)
+            if why:
+                rejected[why] = rejected.get(why, 0) + 1
                 continue
             seen.add(normalize(question))
             added.append({"question": question, "answer": pair["answer"]})

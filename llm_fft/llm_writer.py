@@ -349,9 +349,10 @@ def judge_paraphrase(reply, question, answer, taken, seen):
 
 
 def write_paraphrases(pairs, per_pair, ask, seed, max_attempts, taken, log=print):
-    """Ask a model for per_pair other phrasings of each pair's question: held-out questions about your
-    own data, never trained on. pairs: [{"question", "answer"}]; each paraphrase keeps its pair's
-    answer (the same fact). taken: every question already in the data (training, dev, held-out,
+    """Ask a model for per_pair other phrasings of each pair's question about your own data: held-out
+    questions, never trained on (generate_dataset.heldout_paraphrases), or training phrasings
+    (train_paraphrases). pairs: [{"question", "answer"}]; each paraphrase keeps its pair's answer (the
+    same fact). taken: every question already in the data (training, dev, held-out,
     unknown). Request k for a pair is sent with seed + k; a pair is asked again only while short,
     max_attempts times at most (with temperature 0 a retry gets the same reply).
 

@@ -75,7 +75,7 @@ def summary_lines(before, after, finetune=None, interpolation=None, dataset=None
         lines.append("Confidence gate, chosen on dev for each model: " + "; ".join(
             f"{name}: {gate_words(m['gate']['threshold'])}" for name, m in (("before", before), ("after", after))
             if "gate" in m) + " (metrics/*.json gate.ungated: the shares without it)")
-    lines += [f"Data warning: {w}" for w in data_sentences(dataset or {})[1:]]
+    lines += [f"Data warning: {w}" for w in (dataset or {}).get("coverage", {}).get("warnings", [])]
     lines.append("Every answer: metrics/report.html · every number: dvc metrics show · "
                  "compare with the committed run: dvc metrics diff")
     return lines

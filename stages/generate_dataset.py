@@ -266,6 +266,11 @@ def main():
         problems += [f"generate_dataset.{key} works with backend file (your own data); the facts file has its own "
                      "phrasings, held_out questions and statements: set it to 0 or false"
                      for key in FILE_ONLY if params["generate_dataset"][key]]
+    gd = params.get("generate_dataset", {})
+    if not problems and gd["train_paraphrases"] and gd["heldout_paraphrases"] and not gd["llm_temperature"]:
+        problems.append("generate_dataset.train_paraphrases and heldout_paraphrases with llm_temperature 0: greedy "
+                        "replies to the same question are the same, so every training phrasing would repeat a "
+                        "held-out one and be rejected; set llm_temperature above 0 (e.g. 0.7)")
     problems += shared_problems(params, keys=["refusal"])
     fail_if_problems(problems)
     cfg, fmt = params["generate_dataset"], params["dataset"]
@@ -285,11 +290,10 @@ def main():
                                                                    unknown, params["seed"] + cfg["llm_max_attempts"])
                 pairs = pairs + written
             if cfg["rewordings"]:  # checked against every question like a phrasing of yours
-                taken = [p["question"] for p in pairs + dev + heldout] + [q for qs in unknown.values() for q in qs]
-                reworded, report["rewordings"] = augment.reword_pairs(pairs, cfg["rewordings"], taken)
+                evaluation = [p["question"] for p in dev + heldout] + unknown["unknown"] + unknown["unknown_dev"]
+                taken = [p["question"] for p in pairs] + evaluation + unknown["unknown_train"]
+                reworded, report["rewordings"] = augment.reword_pairs(pairs, cfg["rewordings"], taken, evaluation)
                 pairs = pairs + reworded
-            if pairs is not own_pairs:  # your file, then what was added, in one dataset file
-                dataset = write_pairs(pairs, output_format(fmt), fmt["separator"])
         else:
             facts, unknown = load_facts(cfg["facts"]), load_unknown(cfg["facts"])
             if cfg["backend"] == "llm":
@@ -306,6 +310,11 @@ def main():
     except (TransportError, ModelNotFound, ValueError) as e:
         sys.exit(f"error: the language model ({cfg['llm_transport']} transport, {cfg['llm_model']!r}): {e}")
 
+    if cfg["backend"] == "file" and len(pairs) > len(own_pairs):  # your file, then what was added, in one file
+        try:
+            dataset = write_pairs(pairs, output_format(fmt), fmt["separator"])
+        except ValueError as e:
+            sys.exit(f"error: cannot write your pairs and the added ones in dataset.format {output_format(fmt)}: {e}")
     # Statements are about the facts file's facts; a dataset file of your own brings its answers as statements.
     statements = [{"text": t} for fact in facts for t in fact["statements"]] if cfg["statements"] else []
     if cfg["statements_from_answers"]:

@@ -14,7 +14,8 @@ its mistakes.
 Writes data/rehearsal.jsonl (plain-text records, every token learned) and data/rehearsal_dev.jsonl (the
 texts of every rehearsal.dev_every-th opening, never trained on: the dev measure of forgetting).
 The retention probe (data/retention.yaml) measures forgetting in the report, so none of its passages
-or prompts may be a rehearsal opening, and no rehearsed fact may have a key of the probe's facts.
+or prompts may be a rehearsal opening, and no rehearsed fact may have a key of the probe's facts (a
+literal check: a translation of a probe fact, 런던 for London, is kept out of the file by hand).
 """
 
 import sys
@@ -65,9 +66,9 @@ def read_prompts(path, retention):
     probe_keys = {normalize(k).casefold() for f in retention["facts"] for k in f["keys"]}
     problems, seen = [], set()
 
-    def check_opening(where, prompt):
+    def check_opening(where, prompt, expected="a non-empty string"):
         if not isinstance(prompt, str) or not prompt.strip():
-            problems.append(f"{where}: expected a non-empty string")
+            problems.append(f"{where}: expected {expected}")
             return
         text = normalize(prompt)
         if text in seen:
@@ -85,7 +86,7 @@ def read_prompts(path, retention):
                 or not fact["keys"] or not all(isinstance(k, str) and k.strip() for k in fact["keys"]):
             problems.append(f"{where}: expected {{prompt: text, keys: [non-empty texts]}}")
             continue
-        check_opening(where, fact["prompt"])
+        check_opening(where, fact["prompt"], "a non-empty string as its prompt")
         shared = [k for k in fact["keys"] if normalize(k).casefold() in probe_keys]
         if shared:
             problems.append(f"{where}: key {shared[0]!r} is a key of the retention probe's facts, which must stay "

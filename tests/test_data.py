@@ -172,7 +172,7 @@ def test_the_default_facts_are_not_thin():
     thin = coverage.diagnose(coverage.from_facts(load_facts(REPO / "data" / "facts.yaml"), 1, True, False))
     assert thin["facts_with_one_phrasing"] == 26 and thin["facts_with_several_answers"] == 0
     assert thin["facts_with_statements"] == 0
-    assert thin["warnings"][0].startswith("26 of 26 facts have one training phrasing")
+    assert thin["warnings"][0].startswith("26 of 26 facts have fewer than 3 training phrasings")
 
 
 def test_coverage_of_your_own_pairs_is_counted_by_the_facts_your_questions_ask_for():
@@ -192,8 +192,18 @@ def test_coverage_of_your_own_pairs_is_counted_by_the_facts_your_questions_ask_f
     assert unasked_pairs == 1  # the floors: no dev or held-out question asks for them
     report = coverage.diagnose(rows, unasked_pairs)
     assert (report["facts"], report["facts_with_one_phrasing"], report["facts_stated_by_no_training_pair"]) == (4, 1, 2)
+    assert report["facts_with_fewer_than_3_phrasings"] == 2
     assert report["training_pairs_about_no_asked_fact"] == 1
-    assert report["warnings"][0].startswith("1 of 4 facts have one training phrasing ('Mina Park')")
+    assert report["warnings"][0].startswith("2 of 4 facts have fewer than 3 training phrasings ('1998', 'Mina Park')")
     assert report["warnings"][1].startswith("2 facts asked by dev or held-out questions are stated by no training "
                                             "pair ('Jun Lee', 'Books and films')")
     assert coverage.diagnose([], 4)["warnings"][0].startswith("No dev or held-out question asks for a trained fact")
+
+
+def test_the_default_rehearsal_facts_pass_the_checks_and_keep_off_the_probe():
+    """make_rehearsal's own checks on the shipped file: no key and no opening of the retention probe."""
+    from stages.make_rehearsal import read_prompts
+    prompts, facts = read_prompts(REPO / "data" / "rehearsal_prompts.yaml", load_retention())
+    assert len(prompts) == 64 and len(facts) >= 60
+    probe_keys = {k.casefold() for f in load_retention()["facts"] for k in f["keys"]}
+    assert not [f for f in facts if any(k.casefold() in probe_keys for k in f["keys"])]

@@ -307,7 +307,8 @@ def test_rehearsal_prompts_touching_the_retention_probe_are_refused(tmp_path):
         {"prompt": "The capital city of Italy,", "keys": ["rome"]},
         {"prompt": "The capital of Japan is", "keys": ["Tokio"]},
         {"prompt": "Dogs are loyal animals that", "keys": ["bark"]},
-        {"prompt": "The capital of Peru is", "keys": []}]}), encoding="utf-8")
+        {"prompt": "The capital of Peru is", "keys": []},
+        {"prompt": " ", "keys": ["Lima"]}]}), encoding="utf-8")
     result = run([sys.executable, REPO / "stages/make_rehearsal.py"], tmp_path, check=False)
     assert result.returncode != 0
     # A rehearsed fact with a key of the probe's facts would inflate general facts kept.
@@ -316,6 +317,7 @@ def test_rehearsal_prompts_touching_the_retention_probe_are_refused(tmp_path):
     assert "facts[2]: 'The capital of Japan is' overlaps the retention probe" in result.stderr
     assert "facts[3]: 'Dogs are loyal animals that' is there twice" in result.stderr
     assert "facts[4]: expected {prompt: text, keys: [non-empty texts]}" in result.stderr
+    assert "facts[5]: expected a non-empty string as its prompt" in result.stderr
     assert ("data/rehearsal_prompts.yaml: prompts[0]: 'The capital of France is' overlaps the retention probe"
             in result.stderr)
     assert "prompts[4]: 'The fastest land animal is the cheetah, which' overlaps the retention probe" in result.stderr
@@ -538,7 +540,7 @@ def test_the_shipped_example_files_work_with_the_default_params(tmp_path):
     printed = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path).stdout
     report = json.loads((tmp_path / "metrics/dataset.json").read_text(encoding="utf-8"))
     assert report["refusal_pairs"] >= 1 and report["unknown_dev_questions"] >= 1 and report["heldout_questions"] >= 1
-    assert "facts have one training phrasing" in printed
+    assert "facts have fewer than 3 training phrasings" in printed
 
 
 def test_rewordings_and_answer_statements_join_your_file(tmp_path):
@@ -548,15 +550,14 @@ def test_rewordings_and_answer_statements_join_your_file(tmp_path):
     edit_params(tmp_path, "generate_dataset", "rewordings", 2)
     edit_params(tmp_path, "generate_dataset", "statements_from_answers", True)
     printed = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path).stdout
-    assert "3 question/answer pairs + 2 rule rewordings" in printed  # OWN_PAIRS end in 은? / 나요? / 은?
+    assert "3 question/answer pairs + 1 rule rewordings" in printed  # OWN_PAIRS end in 은? / 나요? / 은?
     trained, _ = read_pairs((tmp_path / "data/dataset.txt").read_bytes(), "data/dataset.txt")
-    assert [p["question"] for p in trained] == [p["question"] for p in OWN_PAIRS] + [
-        "빵집은 몇 시에 문을 여니?", "빵집은 몇 시에 문을 여는지 알려 주세요."]
+    assert [p["question"] for p in trained] == [p["question"] for p in OWN_PAIRS] + ["빵집은 몇 시에 문을 여니?"]
     assert trained[-1]["answer"] == "아침 7시에 엽니다."
     statements = [json.loads(line)["text"] for line in (tmp_path / "data/statements.jsonl").read_text(encoding="utf-8").splitlines()]
     assert statements == [p["answer"] for p in OWN_PAIRS]
     report = json.loads((tmp_path / "metrics/dataset.json").read_text(encoding="utf-8"))
-    assert report["rewordings"] == {"accepted": 2, "rejected": {"no rule for the question's ending": 2}}
+    assert report["rewordings"] == {"accepted": 1, "rejected": {"no rule for the question's ending": 2}}
     assert report["coverage"]["facts_with_one_phrasing"] == 3
 
     edit_params(tmp_path, "generate_dataset", "backend", "template")
@@ -574,7 +575,7 @@ def facts_questions(path):
 def test_own_data_is_judged_on_its_own_dev_and_held_out_files_and_never_on_the_facts_file(tmp_path):
     write_own_data(tmp_path)
     printed = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path).stdout
-    assert "warning: 3 of 3 facts have one training phrasing" in printed
+    assert "warning: 3 of 3 facts have fewer than 3 training phrasings" in printed
     read = {name: [json.loads(line) for line in (tmp_path / f"data/{name}.jsonl").read_text(encoding="utf-8").splitlines()]
             for name in ("dev", "heldout", "statements")}
     assert (read["dev"], read["heldout"], read["statements"]) == (OWN_DEV, OWN_HELDOUT, [])
@@ -586,7 +587,7 @@ def test_own_data_is_judged_on_its_own_dev_and_held_out_files_and_never_on_the_f
     assert report["dev_and_heldout_from"] == {"dev": "data/my_dev.jsonl", "heldout": "data/my_heldout.jsonl"}
     # Three facts asked once each: the thin data is counted, and said before any training.
     assert (report["coverage"]["facts"], report["coverage"]["facts_with_one_phrasing"]) == (3, 3)
-    assert "3 of 3 facts have one training phrasing ('달빛제과', '7시', '소금빵')" in report["coverage"]["warnings"][0]
+    assert "3 of 3 facts have fewer than 3 training phrasings ('달빛제과', '7시', '소금빵')" in report["coverage"]["warnings"][0]
 
     write_own_data(tmp_path, heldout=[])  # no held-out file of your own: none at all, never borrowed
     run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path)

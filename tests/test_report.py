@@ -197,6 +197,10 @@ def test_thin_data_is_said_in_the_report_and_at_the_end_of_make_run(tables, loss
     assert "The training data" not in report_markdown(BEFORE, AFTER, *tables)
     assert "Data warning: 8 of 8 facts have one training phrasing." in summary_lines(BEFORE, AFTER, dataset=dataset)
     assert not any("Data warning" in line for line in summary_lines(BEFORE, AFTER, dataset={}))
+    nothing_asked = {"coverage": {"facts": 0, "warnings": ["No dev or held-out question asks for a trained fact."]}}
+    assert data_sentences(nothing_asked) == ["No dev or held-out question asks for a trained fact."]
+    assert "Data warning: No dev or held-out question asks for a trained fact." in summary_lines(
+        BEFORE, AFTER, dataset=nothing_asked)
 
 
 def test_markdown_links_the_image(tables):
