@@ -132,6 +132,18 @@ def known_facts(records, facts, tokenizer):
     return kept
 
 
+def rehearsal_sets(records, known, openings, dev_every):
+    """(train, dev): the openings' texts split so that whole openings go to dev (a dev text never shares
+    its opening with a trained one), and the known facts' texts, numbered after the openings, to train
+    only: they are what the base model must not forget, not a measure of it. Every text gets its id."""
+    dev = [r for r in records if r["prompt_index"] % dev_every == dev_every - 1]
+    train = [r for r in records if r["prompt_index"] % dev_every != dev_every - 1]
+    known = [{**r, "prompt_index": r["prompt_index"] + openings} for r in known]
+    for i, r in enumerate(records + known):
+        r["id"] = i
+    return train + known, dev
+
+
 def main():
     params = load_params()
     fail_if_problems(problems_in_section(params, "rehearsal", SPEC) + shared_problems(params, keys=["device"]))
@@ -144,19 +156,12 @@ def main():
     # on the CPU, where the committed rehearsal text was written.
     model, tokenizer = load_pretrained(BASE_MODEL, torch.bfloat16 if device.type == "cuda" else torch.float32, device)
     records = continue_prompts(model.eval(), tokenizer, prompts, cfg, device)
-    # Whole openings go to dev, so a dev text never shares its opening with a trained one.
-    dev = [r for r in records if r["prompt_index"] % cfg["dev_every"] == cfg["dev_every"] - 1]
-    train = [r for r in records if r["prompt_index"] % cfg["dev_every"] != cfg["dev_every"] - 1]
     known = []
     if cfg["facts"]:  # greedy: the base model's own most likely statement of what it knows
         greedy = {**cfg, "temperature": 0, "new_tokens": cfg["fact_new_tokens"]}
         known = known_facts(continue_prompts(model, tokenizer, [f["prompt"] for f in facts], greedy, device),
                             facts, tokenizer)
-        for r in known:
-            r["prompt_index"] += len(prompts)
-        train += known
-    for i, r in enumerate(records + known):
-        r["id"] = i
+    train, dev = rehearsal_sets(records, known, len(prompts), cfg["dev_every"])
     write_atomically(REHEARSAL_DEV, to_jsonl(dev))
     write_atomically(REHEARSAL, to_jsonl(train))
     tokens = sum(len(r["input_ids"]) for r in train)

@@ -339,6 +339,20 @@ def test_rehearsing_facts_needs_a_facts_list(tmp_path):
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["rehearsal_prompts.yaml", "retention.yaml"]
 
 
+def test_known_facts_are_trained_on_never_dev_and_numbered_after_the_openings():
+    from stages.make_rehearsal import rehearsal_sets
+    texts = [{"prompt_index": i // 2, "text": f"opening {i // 2}, sample {i % 2}"} for i in range(8)]  # 4 openings
+    known = [{"prompt_index": 1, "text": "The capital of Greece is Athens."}]  # the 2nd fact of the list
+    train, dev = rehearsal_sets(texts, known, openings=4, dev_every=2)
+    assert [r["text"] for r in dev] == ["opening 1, sample 0", "opening 1, sample 1", "opening 3, sample 0",
+                                        "opening 3, sample 1"]
+    assert [r["id"] for r in train] == [0, 1, 4, 5, 8] and [r["id"] for r in dev] == [2, 3, 6, 7]
+    assert train[-1] == {"prompt_index": 5, "text": "The capital of Greece is Athens.", "id": 8}
+    # Without facts, the texts and their ids are what they were before the facts existed.
+    train, dev = rehearsal_sets([dict(r) for r in texts], [], openings=4, dev_every=2)
+    assert [r["id"] for r in train + dev] == [0, 1, 4, 5, 2, 3, 6, 7]
+
+
 def test_only_facts_whose_continuation_states_a_key_are_rehearsed(embedded_tokenizer):
     """The key must be in what the base model wrote, not in the opening it was given."""
     from stages.make_rehearsal import known_facts
