@@ -609,12 +609,23 @@ def test_own_data_is_judged_on_its_own_dev_and_held_out_files_and_never_on_the_f
     assert json.loads((tmp_path / "metrics/dataset.json").read_text(encoding="utf-8"))["heldout_questions"] == 0
 
 
+def generate_with_scripted_llm(folder, chat, **settings):
+    """generate_dataset in folder with the llm_* settings pointing at a scripted OpenAI-compatible server
+    on 127.0.0.1 (chat(body) -> Reply), plus the given generate_dataset settings. (printed, requests)"""
+    from tests.openai_stub_server import ChatCompletionsServer
+    with ChatCompletionsServer(chat) as server:
+        for key, value in {"llm_transport": "http", "llm_base_url": server.base_url, "llm_model": "stub",
+                           **settings}.items():
+            edit_params(folder, "generate_dataset", key, value)
+        out = run([sys.executable, REPO / "stages/generate_dataset.py"], folder).stdout
+    return out, server.requests
+
+
 def test_a_language_model_writes_held_out_questions_about_your_own_data(tmp_path):
     """generate_dataset.heldout_paraphrases over HTTP (a scripted server on 127.0.0.1): each reply is
     accepted or rejected with its reason and counted; accepted ones join your held-out pairs with their
     training pair's answer; a copy of a question already in the data never does."""
     from llm_fft.llm_writer import Reply
-    from tests.openai_stub_server import ChatCompletionsServer
     replies = {"우리 빵집의 이름은?": "이 빵집은 어떤 이름으로 불리나요?",
                "빵집은 몇 시에 문을 여나요?": "빵집은 몇 시에 문을 여나요?",  # a copy: rejected
                "가장 잘 팔리는 빵은?": "소금빵입니다."}  # no question mark: rejected
@@ -624,12 +635,8 @@ def test_a_language_model_writes_held_out_questions_about_your_own_data(tmp_path
         return Reply(replies[asked], False)
 
     write_own_data(tmp_path)
-    with ChatCompletionsServer(chat) as server:
-        for key, value in (("heldout_paraphrases", 1), ("llm_transport", "http"), ("llm_base_url", server.base_url),
-                           ("llm_model", "stub"), ("llm_max_attempts", 1)):
-            edit_params(tmp_path, "generate_dataset", key, value)
-        out = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path).stdout
-    assert len(server.requests) == 3 and "pair 2/3: rejected (taken)" in out
+    out, requests = generate_with_scripted_llm(tmp_path, chat, heldout_paraphrases=1, llm_max_attempts=1)
+    assert len(requests) == 3 and "pair 2/3: rejected (taken)" in out
     heldout = [json.loads(line) for line in (tmp_path / "data/heldout.jsonl").read_text(encoding="utf-8").splitlines()]
     assert heldout == OWN_HELDOUT + [{"question": "이 빵집은 어떤 이름으로 불리나요?", "answer": "달빛제과입니다."}]
     report = json.loads((tmp_path / "metrics/dataset.json").read_text(encoding="utf-8"))
@@ -648,7 +655,6 @@ def test_a_language_model_writes_training_phrasings_of_your_own_data(tmp_path):
     with their pair's answer; a dev, held-out or unknown question, or a copy, never is, and every
     rejection is counted by its reason."""
     from llm_fft.llm_writer import Reply
-    from tests.openai_stub_server import ChatCompletionsServer
     replies = {"우리 빵집의 이름은?": ["빵집 이름이 뭐예요?", "이 빵집은 어떤 이름으로 불리나요?"],  # 1st: a dev question
                "빵집은 몇 시에 문을 여나요?": ["빵집 문 여는 시간은?", "아침 몇 시부터 빵집이 영업하나요?"],  # 1st: held-out
                "가장 잘 팔리는 빵은?": ["빵집 사장님의 이름은?", ""]}  # about something else, then nothing
@@ -658,12 +664,8 @@ def test_a_language_model_writes_training_phrasings_of_your_own_data(tmp_path):
         return Reply(replies[asked][body["seed"] - 123 - 2], False)  # seed + max_attempts + try
 
     write_own_data(tmp_path)
-    with ChatCompletionsServer(chat) as server:
-        for key, value in (("train_paraphrases", 1), ("llm_transport", "http"), ("llm_base_url", server.base_url),
-                           ("llm_model", "stub"), ("llm_max_attempts", 2)):
-            edit_params(tmp_path, "generate_dataset", key, value)
-        out = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path).stdout
-    assert len(server.requests) == 6 and "3 question/answer pairs + 2 paraphrases" in out
+    out, requests = generate_with_scripted_llm(tmp_path, chat, train_paraphrases=1, llm_max_attempts=2)
+    assert len(requests) == 6 and "3 question/answer pairs + 2 paraphrases" in out
     trained, _ = read_pairs((tmp_path / "data/dataset.txt").read_bytes(), "data/dataset.txt")
     assert trained == [{**p, "where": trained[i]["where"]} for i, p in enumerate(OWN_PAIRS)] + [
         {"question": "이 빵집은 어떤 이름으로 불리나요?", "answer": "달빛제과입니다.", "where": trained[3]["where"]},
