@@ -117,6 +117,7 @@ def trim_data(work):
     retention_file.write_text(yaml.safe_dump(retention, allow_unicode=True), encoding="utf-8")
     prompts = yaml.safe_load(prompts_file.read_text(encoding="utf-8"))
     prompts["prompts"] = prompts["prompts"][:REHEARSAL_PROMPTS]
+    prompts["facts"] = prompts.get("facts", [])[:REHEARSAL_PROMPTS]  # rehearsal.facts: a few keyed facts too
     prompts_file.write_text(yaml.safe_dump(prompts, allow_unicode=True), encoding="utf-8")
 
 

@@ -48,9 +48,12 @@ TINY_RETENTION = {"text": ["Water boils at 100 degrees Celsius at sea level."],
                   "prompts": ["The capital of France is", "한국의 수도는"],
                   "facts": [{"prompt": "The capital of Japan is", "keys": ["Tokyo"]},
                             {"prompt": "The largest planet is", "keys": ["Jupiter"]}]}
-# Four openings, every second one held aside for dev: two rehearsal texts to train on.
+# Four openings, every second one held aside for dev: two rehearsal texts to train on; and two keyed
+# general facts (rehearsal.facts), of which SmolLM2 states only Greece's capital right: a third text.
 TINY_REHEARSAL = {"prompts": ["The Roman Empire reached", "Dogs are loyal animals that", "부산은 항구 도시로",
-                              "To bake bread, first"]}
+                              "To bake bread, first"],
+                  "facts": [{"prompt": "The capital of Greece is", "keys": ["Athens"]},
+                            {"prompt": "Five times six equals", "keys": ["30"]}]}
 # Per epoch: 4 pairs + 1 refusal pair (refusal_ratio 0.25 x 4) + 1 statement, and 2 rehearsal texts
 # (ratio 0.4 x 6): 4 batches of 2.
 
@@ -245,7 +248,8 @@ def test_held_out_questions_and_the_retention_probe_never_reach_training(tiny_re
     learned = [r["question"] + r["answer"] for r in map(json.loads, (data / "trained_qa.jsonl").read_text(encoding="utf-8").splitlines())]
     learned += [json.loads(line)["text"] for name in ("statements_qa.jsonl", "rehearsal.jsonl")
                 for line in (data / name).read_text(encoding="utf-8").splitlines()]
-    assert len(learned) == 4 + 1 + 1 + 2  # pairs, the refusal pair, the statement, rehearsal texts
+    assert len(learned) == 4 + 1 + 1 + 2 + 1  # pairs, the refusal pair, the statement, rehearsal texts, a fact
+    assert learned[-1].startswith("The capital of Greece is Athens")  # the fact the base model knows
     unseen = ([q for f in TINY_FACTS["facts"] for q in f.get("held_out", []) + f.get("dev", [])]
               + TINY_FACTS["unknown"] + TINY_FACTS["unknown_dev"] + TINY_FACTS["unknown_train"][1:]
               + TINY_RETENTION["text"] + TINY_RETENTION["prompts"] + [f["prompt"] for f in TINY_RETENTION["facts"]])
@@ -332,7 +336,8 @@ def test_rehearsing_facts_needs_a_facts_list(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["rehearsal"]["facts"] = True
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
-    (tmp_path / "data/rehearsal_prompts.yaml").write_text(yaml.safe_dump(TINY_REHEARSAL), encoding="utf-8")
+    (tmp_path / "data/rehearsal_prompts.yaml").write_text(yaml.safe_dump({"prompts": TINY_REHEARSAL["prompts"]}),
+                                                          encoding="utf-8")
     result = run([sys.executable, REPO / "stages/make_rehearsal.py"], tmp_path, check=False)
     assert result.returncode != 0
     assert "rehearsal.facts is true, but data/rehearsal_prompts.yaml has no 'facts' list" in result.stderr
