@@ -164,10 +164,16 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
     assert "supervised:" in (tiny_repo / "data/preview.md").read_text(encoding="utf-8")
     for model in ("base", "finetuned", "final"):  # linked to DVC's cache entry, not a second copy on disk
         assert (tiny_repo / "models" / model / "model.safetensors").stat().st_nlink >= 2
-    assert json.loads((tiny_repo / "metrics/dataset.json").read_text()) == {
+    dataset = json.loads((tiny_repo / "metrics/dataset.json").read_text(encoding="utf-8"))
+    coverage = dataset.pop("coverage")
+    assert dataset == {
         "backend": "template", "requested": 4, "accepted": 4, "rejected": {}, "statements": 1,
         "dev_questions": 2, "heldout_questions": 2, "unknown_questions": 2, "unknown_dev_questions": 1,
         "unknown_train_questions": 2, "refusal_pairs": 1, "dev_and_heldout_from": "data/facts.yaml"}
+    # One question per fact: every fact is thin, and the run says so before training.
+    assert (coverage["facts"], coverage["facts_with_one_phrasing"], coverage["facts_with_dev_questions"]) == (4, 4, 2)
+    assert coverage["warnings"][0].startswith("4 of 4 facts have fewer than 3 training phrasings")
+    assert "warning: 4 of 4 facts have fewer than 3 training phrasings" in first_repro[0]
     assert "6 task examples + 2 rehearsal texts (kl) per epoch" in first_repro[0]
 
     baseline = json.loads((tiny_repo / "metrics/baseline.json").read_text())
