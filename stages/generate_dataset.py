@@ -285,12 +285,16 @@ def main():
                                                                      heldout, unknown, params["seed"])
                 heldout += written
             own_pairs = pairs  # the coverage counts your phrasings, not the ones added here
+            evaluation = [p["question"] for p in dev + heldout] + unknown["unknown"] + unknown["unknown_dev"]
             if cfg["train_paraphrases"]:  # other request seeds than the held-out ones'
                 written, report["train_paraphrases"] = paraphrased(cfg, cfg["train_paraphrases"], pairs, dev, heldout,
                                                                    unknown, params["seed"] + cfg["llm_max_attempts"])
-                pairs = pairs + written
+                # Trained, so also never a near-copy of a question that tests or chooses (counted).
+                close = [w for w in written if augment.too_close(w["question"], evaluation)]
+                report["train_paraphrases"]["accepted"] -= len(close)
+                report["train_paraphrases"]["rejected"]["too_close_to_an_evaluation_question"] = len(close)
+                pairs = pairs + [w for w in written if w not in close]
             if cfg["rewordings"]:  # checked against every question like a phrasing of yours
-                evaluation = [p["question"] for p in dev + heldout] + unknown["unknown"] + unknown["unknown_dev"]
                 taken = [p["question"] for p in pairs] + evaluation + unknown["unknown_train"]
                 reworded, report["rewordings"] = augment.reword_pairs(pairs, cfg["rewordings"], taken, evaluation)
                 pairs = pairs + reworded

@@ -667,7 +667,8 @@ def test_a_language_model_writes_training_phrasings_of_your_own_data(tmp_path):
     rejection is counted by its reason."""
     from llm_fft.llm_writer import Reply
     replies = {"우리 빵집의 이름은?": ["빵집 이름이 뭐예요?", "이 빵집은 어떤 이름으로 불리나요?"],  # 1st: a dev question
-               "빵집은 몇 시에 문을 여나요?": ["빵집 문 여는 시간은?", "아침 몇 시부터 빵집이 영업하나요?"],  # 1st: held-out
+               # 1st: held-out; 2nd: accepted by the writer, but a near-copy of that held-out question
+               "빵집은 몇 시에 문을 여나요?": ["빵집 문 여는 시간은?", "빵집 문 여는 시간은요?"],
                "가장 잘 팔리는 빵은?": ["빵집 사장님의 이름은?", ""]}  # about something else, then nothing
 
     def chat(body):
@@ -676,15 +677,15 @@ def test_a_language_model_writes_training_phrasings_of_your_own_data(tmp_path):
 
     write_own_data(tmp_path)
     out, requests = generate_with_scripted_llm(tmp_path, chat, train_paraphrases=1, llm_max_attempts=2)
-    assert len(requests) == 6 and "3 question/answer pairs + 2 paraphrases" in out
+    assert len(requests) == 6 and "3 question/answer pairs + 1 paraphrases" in out
     trained, _ = read_pairs((tmp_path / "data/dataset.txt").read_bytes(), "data/dataset.txt")
     assert trained == [{**p, "where": trained[i]["where"]} for i, p in enumerate(OWN_PAIRS)] + [
-        {"question": "이 빵집은 어떤 이름으로 불리나요?", "answer": "달빛제과입니다.", "where": trained[3]["where"]},
-        {"question": "아침 몇 시부터 빵집이 영업하나요?", "answer": "아침 7시에 엽니다.", "where": trained[4]["where"]}]
+        {"question": "이 빵집은 어떤 이름으로 불리나요?", "answer": "달빛제과입니다.", "where": trained[3]["where"]}]
     report = json.loads((tmp_path / "metrics/dataset.json").read_text(encoding="utf-8"))
     paraphrases = report["train_paraphrases"]
-    assert (paraphrases["requested"], paraphrases["accepted"], paraphrases["attempts"]) == (3, 2, 6)
-    assert {k: v for k, v in paraphrases["rejected"].items() if v} == {"taken": 2, "not_about_pair": 1, "empty": 1}
+    assert (paraphrases["requested"], paraphrases["accepted"], paraphrases["attempts"]) == (3, 1, 6)
+    assert {k: v for k, v in paraphrases["rejected"].items() if v} == {
+        "taken": 2, "not_about_pair": 1, "empty": 1, "too_close_to_an_evaluation_question": 1}
     assert report["coverage"]["facts_with_one_phrasing"] == 3  # your own phrasings: the warning stays
     assert [json.loads(line)["question"] for line in (tmp_path / "data/dev.jsonl").read_text(encoding="utf-8").splitlines()] \
         == [q["question"] for q in OWN_DEV]
