@@ -313,14 +313,19 @@ PARAPHRASE_EXAMPLES = {
 }
 
 
-def paraphrase_messages(question, answer):
-    """Chat messages asking for one other phrasing of question, after one worked example."""
-    shown_question, shown_answer, shown_reply = PARAPHRASE_EXAMPLES[
-        "ko" if HANGUL.search(question + answer) else "en"]
-    return [{"role": "system", "content": PARAPHRASE_SYSTEM_PROMPT},
+def messages_after_an_example(system, examples, question, answer):
+    """Chat messages asking about one question/answer pair, after one worked example in its language
+    (examples: {"ko"|"en": (question, answer, reply)})."""
+    shown_question, shown_answer, shown_reply = examples["ko" if HANGUL.search(question + answer) else "en"]
+    return [{"role": "system", "content": system},
             {"role": "user", "content": f"Question: {shown_question}\nAnswer: {shown_answer}"},
             {"role": "assistant", "content": shown_reply},
             {"role": "user", "content": f"Question: {question}\nAnswer: {answer}"}]
+
+
+def paraphrase_messages(question, answer):
+    """Chat messages asking for one other phrasing of question, after one worked example."""
+    return messages_after_an_example(PARAPHRASE_SYSTEM_PROMPT, PARAPHRASE_EXAMPLES, question, answer)
 
 
 def _topic_words(text):
@@ -382,6 +387,100 @@ def write_paraphrases(pairs, per_pair, ask, seed, max_attempts, taken, log=print
     return written, {"requested": per_pair * len(pairs), "accepted": len(written), "rejected": rejected,
                      "attempts": attempts, "transport": getattr(ask, "transport", "custom"),
                      "model": getattr(ask, "model_name", None)}
+
+
+# --- answer variants of your own pairs -------------------------------------------------------
+
+# Why an answer variant is rejected, first that applies, in this order (see judge_answer_variant).
+ANSWER_REJECT_REASONS = (
+    "cut_off",          # the reply hit the token limit: it may be incomplete
+    "empty",            # a blank reply
+    "not_in_format",    # more than one line, a marker, or anything the dataset writer refuses
+    "a_question",       # ends with "?": a question, not an answer
+    "loses_the_fact",   # misses the pair's key (from your dev or held-out file), or without a key a
+                        # number of the answer or most of its content words
+    "same_answer",      # the answer itself or a variant already accepted (case and spacing ignored)
+)
+ANSWER_SYSTEM_PROMPT = ("You rewrite answers. State the same fact as the given answer, in other words and in its "
+                        "language, so that it still answers the question; keep every name and number as written. "
+                        "Reply with the new answer only, on one line.")
+ANSWER_EXAMPLES = {
+    "ko": ("한빛마을의 우체국은 언제 문을 열었나요?", "한빛마을의 우체국은 1950년에 문을 열었습니다.",
+           "1950년에 한빛마을 우체국이 처음 문을 열었습니다."),
+    "en": ("When did the post office of Hanbit village open?", "The post office of Hanbit village opened in 1950.",
+           "Hanbit village's post office first opened its doors in 1950."),
+}
+
+
+def answer_messages(question, answer):
+    """Chat messages asking for one other wording of answer, after one worked example."""
+    return messages_after_an_example(ANSWER_SYSTEM_PROMPT, ANSWER_EXAMPLES, question, answer)
+
+
+def holds_the_fact(text, answer, key):
+    """Whether text still states answer's fact: its key when one is known; else every number of the
+    answer and at least half its content words (by stem). It cannot tell a true rewording from a false one."""
+    if key:
+        return _normalise(key) in _normalise(text)
+    words, written = content_words(answer), content_words(text)
+    kept = sum(any(same_stem(w, t) for t in written) for w in words)
+    return numbers(answer) <= numbers(text) and 2 * kept >= len(words)
+
+
+def judge_answer_variant(reply, question, answer, key, seen):
+    """The reason a reply is rejected as another wording of answer, or None if it is good."""
+    text = reply.text.strip()
+    if reply.cut_off:
+        return "cut_off"
+    if not text:
+        return "empty"
+    if "\n" in text or not _writable(question, text):
+        return "not_in_format"
+    if text.endswith(("?", "？")):
+        return "a_question"
+    if not holds_the_fact(text, answer, key):
+        return "loses_the_fact"
+    if _normalise(text) in seen:
+        return "same_answer"
+    return None
+
+
+def write_answer_variants(pairs, per_pair, ask, seed, max_attempts, asked, log=print):
+    """Ask a model for per_pair other wordings of each pair's answer (generate_dataset.
+    train_answer_variants). pairs: [{"question", "answer"}]; asked: your dev and held-out pairs, whose
+    "key", where given, a variant of the same answer must state. Request k for a pair is sent with
+    seed + k; a pair is asked again only while short, max_attempts times at most.
+
+    Returns ({pair's answer: [its accepted variants]}, report: requested, accepted, rejected by reason,
+    attempts); accepted + sum(rejected) == replies.
+    """
+    keys = {_normalise(p["answer"]): p["key"] for p in asked if p.get("key")}
+    variants = {}
+    rejected = dict.fromkeys(ANSWER_REJECT_REASONS, 0)
+    attempts = accepted = 0
+    for index, pair in enumerate(pairs, 1):
+        messages = answer_messages(pair["question"], pair["answer"])
+        written = variants.setdefault(pair["answer"], [])
+        seen = {_normalise(pair["answer"])} | {_normalise(v) for v in written}
+        accepted_here = tries = 0
+        while accepted_here < per_pair and tries < max_attempts:
+            reply = ask(messages, seed + tries)
+            tries += 1
+            reason = judge_answer_variant(reply, pair["question"], pair["answer"],
+                                          keys.get(_normalise(pair["answer"])), seen)
+            if reason is None:
+                written.append(reply.text.strip())
+                seen.add(_normalise(reply.text))
+                accepted_here += 1
+            else:
+                rejected[reason] += 1
+            log(f"answer {index}/{len(pairs)}: {'accepted' if reason is None else f'rejected ({reason})'}: "
+                f"{_excerpt(reply.text)} for {_excerpt(pair['answer'])}")
+        attempts += tries
+        accepted += accepted_here
+    return {answer: written for answer, written in variants.items() if written}, {
+        "requested": per_pair * len(pairs), "accepted": accepted, "rejected": rejected, "attempts": attempts,
+        "transport": getattr(ask, "transport", "custom"), "model": getattr(ask, "model_name", None)}
 
 
 # --- transports ------------------------------------------------------------------------------

@@ -31,7 +31,9 @@ generate_dataset.heldout_paraphrases other phrasings of each training question, 
 pair's answer, checked (llm_fft.llm_writer.judge_paraphrase: never a question already in the data)
 and counted accepted/rejected in metrics/dataset.json.
 Levers for a file of your own: generate_dataset.train_paraphrases asks the same language model for N other
-phrasings of each training question, checked like the held-out ones and trained with its answer; and
+phrasings of each training question, checked like the held-out ones and trained with its answer;
+train_answer_variants asks it for N other wordings of each answer (each must keep the fact), given to the
+pair's phrasings in turn; and
 with no model (llm_fft.augment) generate_dataset.rewordings adds up to N
 rule-based rewordings of each question's ending (…인가요? → …이에요? / …인지 알려 주세요.; What is X? → Tell
 me what X is.), each checked against every training, dev, held-out and unknown question, and the file is
@@ -56,7 +58,14 @@ from llm_fft import augment, coverage
 from llm_fft.facts import load_facts, load_unknown
 from llm_fft.files import to_jsonl, write_atomically
 from llm_fft.formats import DATASET_SPEC, DatasetError, read_pairs, read_questions, write_pairs
-from llm_fft.llm_writer import HttpChat, LocalChat, TransportError, write_pairs_with_llm, write_paraphrases
+from llm_fft.llm_writer import (
+    HttpChat,
+    LocalChat,
+    TransportError,
+    write_answer_variants,
+    write_pairs_with_llm,
+    write_paraphrases,
+)
 from llm_fft.model import ModelNotFound, load_base, prepare_tokenizer
 from llm_fft.params import (
     ParamsError,
@@ -102,6 +111,7 @@ SPEC = {
     "statements": (bool, None, "true or false"),
     "heldout_paraphrases": (int, lambda v: v >= 0, "an integer >= 0 (paraphrases per training pair; 0 = none)"),
     "train_paraphrases": (int, lambda v: v >= 0, "an integer >= 0 (paraphrases per training pair; 0 = none)"),
+    "train_answer_variants": (int, lambda v: v >= 0, "an integer >= 0 (answer wordings per training pair; 0 = none)"),
     "unknown_dev_file": (str, lambda v: Path(v).is_file(), "path of an existing file of dev unknown questions (it may hold none)"),
     "unknown_train_file": (str, lambda v: Path(v).is_file(),
                            "path of an existing file of training unknown questions (it may hold none)"),
@@ -110,7 +120,8 @@ SPEC = {
     "rewordings": (int, lambda v: 0 <= v <= 4, "an integer from 0 to 4 (rule-based rewordings per pair; 0 = none)"),
     "statements_from_answers": (bool, None, "true or false"),
 }
-FILE_ONLY = ("heldout_paraphrases", "train_paraphrases", "rewordings", "statements_from_answers")  # levers for a file of your own
+FILE_ONLY = ("heldout_paraphrases", "train_paraphrases", "train_answer_variants", "rewordings",
+             "statements_from_answers")  # levers for a file of your own
 
 
 def llm_transport(cfg):
@@ -254,6 +265,29 @@ def paraphrased(cfg, per_pair, trained, dev, heldout, unknown, seed):
                              per_pair, llm_transport(cfg), seed, cfg["llm_max_attempts"], taken)
 
 
+def answer_varied(cfg, own_pairs, asked, seed):
+    """Other wordings of each of your answers, written by a language model (llm_* settings) and checked
+    to keep the fact. ({answer: [variants]}, report)"""
+    seed_everything(seed)
+    return write_answer_variants([{"question": p["question"], "answer": p["answer"]} for p in own_pairs],
+                                 cfg["train_answer_variants"], llm_transport(cfg), seed, cfg["llm_max_attempts"], asked)
+
+
+def spread_answers(pairs, variants):
+    """Each answer with variants, and its variants, given to the phrasings that carry it in turn (your
+    question first keeps your answer), as the template backend spreads a fact's answers: one question
+    is never trained with two answers. Returns (pairs, the answers trained per fact that got more than
+    one, variants unused because the fact has fewer phrasings than answers)."""
+    turns, spread = {}, []
+    for pair in pairs:
+        answers = [pair["answer"], *variants.get(pair["answer"], [])]
+        turn = turns[pair["answer"]] = turns.get(pair["answer"], 0) + 1
+        spread.append({**pair, "answer": answers[(turn - 1) % len(answers)]})
+    trained = [{"answers": [answer, *more][:turns[answer]]} for answer, more in variants.items() if turns[answer] > 1]
+    unused = sum(max(0, 1 + len(more) - turns[answer]) for answer, more in variants.items())
+    return spread, trained, unused
+
+
 def output_format(fmt):
     return "custom_tokens" if fmt["format"] == "auto" else fmt["format"]
 
@@ -298,6 +332,11 @@ def main():
                 taken = [p["question"] for p in pairs] + evaluation + unknown["unknown_train"]
                 reworded, report["rewordings"] = augment.reword_pairs(pairs, cfg["rewordings"], taken, evaluation)
                 pairs = pairs + reworded
+            if cfg["train_answer_variants"]:  # spread over the phrasings above: add rewordings or paraphrases
+                written, report["train_answer_variants"] = answer_varied(
+                    cfg, own_pairs, dev + heldout, params["seed"] + 2 * cfg["llm_max_attempts"])
+                pairs, variants, unused = spread_answers(pairs, written)
+                report["train_answer_variants"]["unused_for_want_of_phrasings"] = unused
         else:
             facts, unknown = load_facts(cfg["facts"]), load_unknown(cfg["facts"])
             if cfg["backend"] == "llm":
@@ -314,7 +353,7 @@ def main():
     except (TransportError, ModelNotFound, ValueError) as e:
         sys.exit(f"error: the language model ({cfg['llm_transport']} transport, {cfg['llm_model']!r}): {e}")
 
-    if cfg["backend"] == "file" and len(pairs) > len(own_pairs):  # your file, then what was added, in one file
+    if cfg["backend"] == "file" and pairs != own_pairs:  # your file, then what was added, in one file
         try:
             dataset = write_pairs(pairs, output_format(fmt), fmt["separator"])
         except ValueError as e:
@@ -352,6 +391,10 @@ def main():
     write_atomically(TRAINED_DATASET, dataset)
     reworded = "".join(f" + {report[key]['accepted']} {what}" for key, what in (
         ("train_paraphrases", "paraphrases"), ("rewordings", "rule rewordings")) if key in report)
+    if "train_answer_variants" in report:
+        written = report["train_answer_variants"]
+        reworded += (f" answered with {written['accepted'] - written['unused_for_want_of_phrasings']} other answer "
+                     f"wordings in turn ({written['unused_for_want_of_phrasings']} unused: too few phrasings)")
     print(f"wrote {TRAINED_DATASET}: {report['accepted']} question/answer pairs{reworded} ({cfg['backend']} backend), "
           f"{STATEMENTS}: {len(statements)} statements, {DEV_QUESTIONS}: {len(dev)} dev, {HELDOUT_QUESTIONS}: {len(heldout)} "
           f"held-out, {UNKNOWN_QUESTIONS}: {len(unknown['unknown'])} unknown and {UNKNOWN_DEV_QUESTIONS}: {len(unknown['unknown_dev'])} "

@@ -8,6 +8,7 @@ import torch
 
 from llm_fft.formats import write_pairs
 from llm_fft.llm_writer import (
+    ANSWER_REJECT_REASONS,
     PARAPHRASE_REJECT_REASONS,
     REJECT_REASONS,
     HttpChat,
@@ -16,6 +17,7 @@ from llm_fft.llm_writer import (
     TransportError,
     about_source,
     build_messages,
+    write_answer_variants,
     write_pairs_with_llm,
     write_paraphrases,
 )
@@ -276,4 +278,32 @@ def test_every_paraphrase_is_accepted_or_rejected_with_its_reason():
     assert tuple(report["rejected"]) == PARAPHRASE_REJECT_REASONS
     assert (report["requested"], report["accepted"], report["attempts"]) == (2, 2, 9)
     assert [seed for _, seed in ask.calls] == [7, 8, 9, 10, 11, 12, 13, 7, 8]  # request k of a pair: seed + k
+    assert ask.calls[0][0] == f"Question: {pairs[0]['question']}\nAnswer: {LIGHTHOUSE}"
+
+
+def test_every_answer_wording_is_accepted_or_rejected_with_its_reason():
+    """Without a key the wording keeps the answer's numbers and most of its words; with one (from a dev
+    or held-out pair of the same answer) it states the key."""
+    pairs = [{"question": "How tall is the lighthouse on Star Island?", "answer": LIGHTHOUSE},
+             {"question": "How many people live on Star Island?", "answer": PEOPLE}]
+    asked = [{"question": "What is the island's population?", "answer": PEOPLE, "key": "312"}]
+    ask = ScriptedAsk([
+        Reply("The lighthouse on Star Island is", True),                     # cut_off
+        Reply("", False),                                                    # empty
+        Reply("It is tall.\nVery tall.", False),                             # not_in_format
+        Reply("Is the lighthouse 27 metres tall?", False),                   # a_question
+        Reply("The lighthouse on Star Island is 28 metres tall.", False),    # loses_the_fact: 27 is gone
+        Reply("It stands tall.", False),                                     # loses_the_fact: most words gone
+        Reply("the lighthouse on star island is 27 metres  tall", False),    # same_answer (case, spacing, .)
+        Reply("Star Island's lighthouse stands 27 metres tall.", False),     # accepted: pair 1 is done
+        Reply("Star Island is home to many people.", False),                 # loses_the_fact: no key 312
+        Reply("312 people live on Star Island.", False),                     # accepted
+    ])
+    written, report = write_answer_variants(pairs, 1, ask, seed=7, max_attempts=8, asked=asked, log=lambda line: None)
+    assert written == {LIGHTHOUSE: ["Star Island's lighthouse stands 27 metres tall."],
+                       PEOPLE: ["312 people live on Star Island."]}
+    assert report["rejected"] == {"cut_off": 1, "empty": 1, "not_in_format": 1, "a_question": 1,
+                                  "loses_the_fact": 3, "same_answer": 1}
+    assert tuple(report["rejected"]) == ANSWER_REJECT_REASONS
+    assert (report["requested"], report["accepted"], report["attempts"]) == (2, 2, 10)
     assert ask.calls[0][0] == f"Question: {pairs[0]['question']}\nAnswer: {LIGHTHOUSE}"

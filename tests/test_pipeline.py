@@ -694,6 +694,40 @@ def test_a_language_model_writes_training_phrasings_of_your_own_data(tmp_path):
         == [q["question"] for q in OWN_DEV]
 
 
+def test_a_language_model_writes_answer_wordings_spread_over_your_phrasings(tmp_path):
+    """generate_dataset.train_answer_variants over HTTP (a scripted server): a wording that keeps the
+    fact (the key your dev or held-out file gives) is trained on another phrasing of its pair, never
+    on a question that already has an answer; each rejection and each wording left without a phrasing
+    is counted, and exact match accepts the wordings trained."""
+    from llm_fft.llm_writer import ANSWER_SYSTEM_PROMPT, Reply
+    replies = {"달빛제과입니다.": ["우리 빵집은 햇살제과입니다.", "달빛제과라는 이름입니다."],  # 1st: loses the key
+               "아침 7시에 엽니다.": ["아침 7시에 엽니다", "매일 아침 7시에 문을 엽니다."],  # 1st: the answer again
+               "소금빵입니다.": ["소금빵이 제일 잘 팔리나요?", ""]}  # a question, then nothing
+
+    def chat(body):
+        assert body["messages"][0]["content"] == ANSWER_SYSTEM_PROMPT
+        answer = body["messages"][-1]["content"].split("\n")[1].removeprefix("Answer: ")
+        return Reply(replies[answer][body["seed"] - 123 - 2 * 2], False)  # seed + 2 x max_attempts + try
+
+    write_own_data(tmp_path)
+    # One rule rewording (of the second pair's question): the only phrasing a wording can go to.
+    out, requests = generate_with_scripted_llm(tmp_path, chat, train_answer_variants=1, rewordings=2,
+                                               llm_max_attempts=2)
+    assert len(requests) == 6
+    assert ("3 question/answer pairs + 1 rule rewordings answered with 1 other answer wordings in turn (1 unused: "
+            "too few phrasings)") in out
+    trained, _ = read_pairs((tmp_path / "data/dataset.txt").read_bytes(), "data/dataset.txt")
+    assert [(p["question"], p["answer"]) for p in trained] == [(p["question"], p["answer"]) for p in OWN_PAIRS] + [
+        ("빵집은 몇 시에 문을 여니?", "매일 아침 7시에 문을 엽니다.")]
+    assert [json.loads(line) for line in (tmp_path / "data/answer_variants.jsonl").read_text(encoding="utf-8").splitlines()] \
+        == [{"answers": ["아침 7시에 엽니다.", "매일 아침 7시에 문을 엽니다."]}]
+    written = json.loads((tmp_path / "metrics/dataset.json").read_text(encoding="utf-8"))["train_answer_variants"]
+    assert (written["requested"], written["accepted"], written["attempts"], written["unused_for_want_of_phrasings"]) \
+        == (3, 2, 6, 1)
+    assert {k: v for k, v in written["rejected"].items() if v} == {
+        "loses_the_fact": 1, "same_answer": 1, "a_question": 1, "empty": 1}
+
+
 def test_bad_dev_and_held_out_files_fail_naming_every_line_and_write_nothing(tmp_path):
     def problems(dev, heldout, unknown=OWN_UNKNOWN, unknown_train=OWN_UNKNOWN_TRAIN):
         write_own_data(tmp_path, dev, heldout, unknown, unknown_train)
