@@ -45,9 +45,9 @@ def test_every_stage_runs_timed_with_its_peak_memory(checked):
 
 
 def test_the_llama3_style_tokenizer_gives_one_bos_and_labels_ending_in_eos(checked):
-    from transformers import AutoTokenizer
+    from llm_fft.model import load_tokenizer  # with the project's LlamaConfig check: 3 heads of head_dim 16
     work = checked[0]
-    tokenizer = AutoTokenizer.from_pretrained(work / "models/base")
+    tokenizer = load_tokenizer(work / "models/base")
     bos, eos = tokenizer.convert_tokens_to_ids(["<|begin_of_text|>", "<|end_of_text|>"])
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (bos, eos)
     assert tokenizer.pad_token_id == eos  # it had none: pad = EOS, so padding is masked by position

@@ -106,10 +106,9 @@ def tiny_repo(tmp_path_factory):
     (repo / "data" / "rehearsal_prompts.yaml").write_text(yaml.safe_dump(TINY_REHEARSAL, allow_unicode=True),
                                                           encoding="utf-8")
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
-    # One checkpoint per run, halfway (a checkpoint of the 135M model is ~1.6 GB on disk): enough to
-    # kill a run after it and resume.
+    # No checkpoint (one of the 135M model is ~1.6 GB, 3-6 s to write) but in the test that kills a run.
     params["finetune"].update(epochs=2, batch_size=2, warmup_steps=0, log_every=1, checkpoint_minutes=0,
-                              checkpoint_every=4, rehearsal_ratio=0.4)
+                              checkpoint_every=0, rehearsal_ratio=0.4)
     params["rehearsal"].update(samples_per_prompt=1, new_tokens=6, dev_every=2)
     params["evaluate"].update(extra_new_tokens=2, retention_new_tokens=4)
     params["interpolate"].update(weights=[1.0, 0.8])  # two candidates are enough to choose between
@@ -156,7 +155,6 @@ def first_repro(tiny_repo):
 @pytest.mark.slow
 def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
     assert stages_run(first_repro[0]) == STAGES
-    assert not (tiny_repo / "models/checkpoints/finetune").exists()  # deleted after a successful finish
     records = [json.loads(line) for line in (tiny_repo / "data/trained_qa.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["question"] for r in records] == TINY_QUESTIONS + TINY_FACTS["unknown_train"][:1]
     assert [r.get("refusal", False) for r in records] == [False] * 4 + [True] and records[-1]["answer"] == "모르겠습니다."
@@ -266,7 +264,6 @@ def test_held_out_questions_and_the_retention_probe_never_reach_training(tiny_re
     copy_repo(tiny_repo, repo)
     for name in ("data/heldout.jsonl", "data/heldout_qa.jsonl", "data/retention.yaml"):
         (repo / name).unlink()
-    edit_params(repo, "finetune", "checkpoint_every", 0)  # changes no number; saves writing 8 checkpoints
     for stage in ("finetune", "interpolate"):
         run([sys.executable, f"stages/{stage}.py"], repo)
     for model in ("finetuned", "final"):
@@ -280,7 +277,6 @@ def test_rehearsal_learned_by_its_tokens_instead_of_distilled_trains_otherwise(t
     rows learned from their sampled tokens instead of the base model's distributions."""
     repo = tmp_path / "repo"
     copy_repo(tiny_repo, repo)
-    edit_params(repo, "finetune", "checkpoint_every", 0)
     edit_params(repo, "finetune", "rehearsal_loss", "ce")
     out = run([sys.executable, "stages/finetune.py"], repo).stdout
     assert "task examples + 2 rehearsal texts (ce) per epoch" in out
@@ -387,6 +383,11 @@ def test_second_repro_does_nothing(tiny_repo, first_repro):
 @pytest.mark.slow
 def test_finetune_killed_midway_resumes_and_ends_as_if_never_killed(tiny_repo, first_repro):
     checkpoint = tiny_repo / "models/checkpoints/finetune/checkpoint.pt"
+    params = tiny_repo / "params.yaml"
+    original = params.read_text(encoding="utf-8")
+    # One checkpoint, halfway (step 4 of 8): enough to kill the run after it and resume. A key that
+    # changes no numbers, so dvc.yaml does not list it and DVC sees no change.
+    edit_params(tiny_repo, "finetune", "checkpoint_every", 4)
     run_ = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "-s", "finetune"], cwd=tiny_repo,
                             env=venv_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -399,17 +400,19 @@ def test_finetune_killed_midway_resumes_and_ends_as_if_never_killed(tiny_repo, f
     assert not (tiny_repo / "models/finetuned").exists()  # no half-written model
 
     # A checkpoint made with other params is refused, not silently resumed.
-    params = tiny_repo / "params.yaml"
-    original = params.read_text(encoding="utf-8")
+    with_checkpoints = params.read_text(encoding="utf-8")
     edit_params(tiny_repo, "finetune", "lr", 1e-4)
     refused = run([sys.executable, "stages/finetune.py"], tiny_repo, check=False)
-    params.write_text(original, encoding="utf-8")
+    params.write_text(with_checkpoints, encoding="utf-8")
     assert refused.returncode != 0
     assert "refusing to resume" in refused.stderr and "finetune.lr" in refused.stderr
 
     # --force: else DVC checks the uninterrupted run's model out of its cache (dvc.lock knows it);
     # after a crash in a first run there is none, and plain `dvc repro` resumes the same way.
-    out = dvc("repro", "--force", "-s", "finetune", cwd=tiny_repo).stdout
+    try:
+        out = dvc("repro", "--force", "-s", "finetune", cwd=tiny_repo).stdout
+    finally:
+        params.write_text(original, encoding="utf-8")
     assert "resuming from models/checkpoints/finetune/checkpoint.pt at step" in out
     assert stages_run(out) == ["finetune"]
     assert results(tiny_repo) == first_repro[1]  # same loss curve, weights (dvc.lock) and metrics
@@ -429,7 +432,8 @@ def test_forced_rerun_of_every_stage_after_the_model_is_byte_identical(tiny_repo
     # the same outputs again); the base model is not evaluated again. (That finetune lists every such
     # key, lr included, is checked without a run: tests/test_dvc_deps.py.)
     ((None, "seed", 7), stages("prepare_model", "generate_dataset", "finetune", "interpolate", "final_eval")),
-    (("evaluate", "batch_size", 3), stages("baseline_eval", "interpolate", "final_eval")),  # no retraining
+    # no retraining (32: every question still in one batch, so the reruns take no longer than the first)
+    (("evaluate", "batch_size", 32), stages("baseline_eval", "interpolate", "final_eval")),
     # a weight none of the defaults is, so the final model changes; no retraining
     (("interpolate", "weights", [0.5]), stages("interpolate", "final_eval")),
     # how often finetune logs changes no numbers, so it reruns nothing (nor do the checkpoint_* keys:
@@ -854,13 +858,14 @@ def test_ask_without_a_model_says_how_to_make_one(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, first_repro, tmp_path):
-    """The file backend with its own dev and held-out files, and the chat prompt style, switched with
-    `dvc exp run -S` (a copy of the tiny repo, so the other tests keep theirs). Its data is judged on
-    its own questions only; without a held-out file of its own it is not judged on held-out questions
-    at all, and the report says so."""
+    """The file backend with its own dev file and no held-out file, and the chat prompt style, switched
+    with `dvc exp run -S` (a copy of the tiny repo, so the other tests keep theirs). Its data is judged
+    on its own questions only; without a held-out file of its own it is not judged on held-out
+    questions at all, and the report and the summary say so. (That held-out questions never reach
+    training or the choice of model: test_held_out_questions_and_the_retention_probe_never_reach_training.)"""
     repo = tmp_path / "repo"
     copy_repo(tiny_repo, repo)
-    write_own_data(repo)
+    write_own_data(repo, heldout=[])
     edit_params(repo, "generate_dataset", "backend", "template")  # switched by -S below
     out = dvc("exp", "run", "-S", "generate_dataset.backend=file", "-S", "prompt.style=chat", cwd=repo).stdout
     assert stages_run(out) == [s for s in STAGES[1:] if s not in REHEARSAL_STAGES]  # the base model is reused
@@ -875,24 +880,19 @@ def test_own_file_in_json_with_the_chat_style_through_dvc_exp_run(tiny_repo, fir
     final = json.loads((repo / "metrics/final.json").read_text())
     baseline = json.loads((repo / "metrics/baseline.json").read_text())
     assert final["trained"]["answer_nll"] < baseline["trained"]["answer_nll"] / 2
-    assert (final["dev"]["questions"], final["heldout"]["questions"]) == (1, 2) and "states_key_fact" in final["heldout"]
-    answers = pd.read_csv(repo / "metrics/final_answers.csv", keep_default_na=False)
-    asked = set(answers[~answers["set"].isin(["retention", "general"])]["question"])
-    assert asked == {p["question"] for p in OWN_PAIRS + OWN_DEV + OWN_HELDOUT} | set(OWN_UNKNOWN + OWN_UNKNOWN_DEV)
-    assert not asked & facts_questions(repo / "data/facts.yaml")
-    assert "prompt.style" in dvc("exp", "show", "--csv", cwd=repo).stdout
-
-    # No held-out pairs of your own: only the evaluations and the report rerun, with no held-out block.
-    (repo / "data/my_heldout.jsonl").write_text("", encoding="utf-8")
-    assert stages_run(dvc("repro", cwd=repo).stdout) == stages("generate_dataset", "parse_qa", "baseline_eval",
-                                                               "final_eval", "report")
-    for name in ("baseline", "final"):
+    assert final["dev"]["questions"] == 1 and "states_key_fact" in final["dev"]  # your dev file's key
+    for name in ("baseline", "final"):  # no held-out block, nothing borrowed from the facts file
         assert set(json.loads((repo / f"metrics/{name}.json").read_text())) == {
             "trained", "dev", "unknown", "unknown_dev", "gate", "retention", "general"}
-    assert "heldout" not in set(pd.read_csv(repo / "metrics/final_answers.csv")["set"])
+    answers = pd.read_csv(repo / "metrics/final_answers.csv", keep_default_na=False)
+    asked = set(answers[~answers["set"].isin(["retention", "general"])]["question"])
+    assert asked == {p["question"] for p in OWN_PAIRS + OWN_DEV} | set(OWN_UNKNOWN + OWN_UNKNOWN_DEV)
+    assert not asked & facts_questions(repo / "data/facts.yaml")
+    assert "heldout" not in set(answers["set"])
     from llm_fft.report import NO_HELDOUT
     assert NO_HELDOUT in (repo / "metrics/report.md").read_text(encoding="utf-8").replace("\\_", "_")
     assert "none: generalisation not measured" in run([sys.executable, "-m", "llm_fft.summary"], repo).stdout
+    assert "prompt.style" in dvc("exp", "show", "--csv", cwd=repo).stdout
 
     # Editing the file reruns everything downstream of it.
     pairs = [dict(p) for p in OWN_PAIRS]

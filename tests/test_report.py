@@ -430,7 +430,7 @@ def test_the_report_says_how_many_dev_questions_made_each_choice():
 
 
 def seed_record(seeds, **means):
-    return {"seeds": seeds, "summary": {key.replace("__", "."): {"mean": m, "min": m - 0.1, "max": m + 0.1}
+    return {"seeds": seeds, "commit": "abc1234", "summary": {key.replace("__", "."): {"mean": m, "min": m - 0.1, "max": m + 0.1}
                                         for key, m in means.items()}}
 
 
