@@ -82,8 +82,9 @@ def profile_advice(model_name, korean_share, installed, records):
     if model_name == KO_MODEL or korean_share <= 0.5 or len(records) < len(KO_COMPARISON):
         return []
     seeds = " ".join(str(seed) for seed in next(iter(records.values()))["seeds"])
+    sources = "; ".join(f"{path}, commit {records[model]['commit']}" for model, path in KO_COMPARISON.items())
     lines = [f"Korean profile: your pairs are {korean_share:.0%} Korean. On the project's Korean facts, seeds {seeds} "
-             f"({', '.join(map(str, KO_COMPARISON.values()))}), mean (min-max):"]
+             f"({sources}), mean (min-max):"]
     for label, key in KO_COMPARED:
         if all(key in record["summary"] for record in records.values()):
             lines.append(f"  {label:<40} " + "   ".join(
