@@ -105,18 +105,20 @@ def _gate_counts(dev, dev_answers, unknown_answers, phrases):
             "unknown_dev_invented": sum(invented(a["text"], ab) for a, ab in zip(unknown_answers, abstained))}
 
 
-def choose_gate(dev, dev_answers, unknown_dev_answers, phrases, refusal):
+def choose_gate(dev, dev_answers, unknown_dev_answers, phrases, refusal, wrong_cost=1):
     """The threshold of the gate, chosen on the dev questions and the dev unknown questions: the one
-    with most (dev right + dev unknown abstained) - (dev wrong + dev unknown invented); a tie goes to
-    the higher threshold, which refuses less. The candidates: refuse every answer (REFUSE_ALL), refuse
-    those less confident than each dev answer, refuse none (None). Returns (threshold, curve)."""
+    with most (dev right + dev unknown abstained) - wrong_cost x (dev wrong + dev unknown invented); a
+    tie goes to the higher threshold, which refuses less. wrong_cost (evaluate.gate_wrong_cost) is what
+    a wrong answer costs against a right one: below 1 the gate lets more answers through, right and
+    wrong alike. The candidates: refuse every answer (REFUSE_ALL), refuse those less confident than
+    each dev answer, refuse none (None). Returns (threshold, curve)."""
     values = sorted({a["own_answer_nll"] for a in dev_answers + unknown_dev_answers})
     curve = []
     for threshold in [REFUSE_ALL, *values, None]:
         counts = _gate_counts(dev, gated(dev_answers, threshold, refusal),
                               gated(unknown_dev_answers, threshold, refusal), phrases)
-        score = (counts["dev_right"] + counts["unknown_dev_abstained"] - counts["dev_wrong"]
-                 - counts["unknown_dev_invented"])
+        score = (counts["dev_right"] + counts["unknown_dev_abstained"]
+                 - wrong_cost * (counts["dev_wrong"] + counts["unknown_dev_invented"]))
         curve.append({"threshold": threshold, "score": score, **counts})
     best = max(point["score"] for point in curve)
     return next(p["threshold"] for p in reversed(curve) if p["score"] == best), curve
@@ -267,6 +269,8 @@ EVAL_SPEC = {
                         "a non-empty list of non-empty strings (an answer to an unknown question holding one "
                         "says it does not know)"),
     "gate": (bool, None, "true or false (answers less confident than a threshold chosen on dev become the refusal)"),
+    "gate_wrong_cost": ((int, float), lambda v: v > 0, "a number > 0 (what a wrong answer costs against a right one "
+                                                       "when the gate's threshold is chosen)"),
 }
 
 
@@ -323,7 +327,8 @@ def gate_threshold(params, dev, dev_answers, unknown_dev_answers):
     chooses it."""
     if not params["evaluate"]["gate"] or not dev:  # dev unknown questions alone would refuse everything
         return None, []
-    return choose_gate(dev, dev_answers, unknown_dev_answers, params["evaluate"]["abstain_phrases"], params["refusal"])
+    return choose_gate(dev, dev_answers, unknown_dev_answers, params["evaluate"]["abstain_phrases"], params["refusal"],
+                       params["evaluate"]["gate_wrong_cost"])
 
 
 def ungated_shares(sets, answers, phrases):

@@ -247,6 +247,13 @@ def test_the_gate_threshold_is_chosen_on_dev_by_right_minus_wrong_ties_refusing_
     sure = [{"text": "312명", "own_answer_nll": 2.0}, {"text": "27미터", "own_answer_nll": 2.0},
             {"text": "윤가람", "own_answer_nll": 2.0}]
     assert evaluation.choose_gate(dev, sure, [], PHRASES, "모르겠습니다.")[0] is None
+    # A right answer less sure than a wrong one: keeping both is worth it only when a wrong answer costs
+    # less than a right one gains (evaluate.gate_wrong_cost): 2 - cost x 1 against 1 for the surest alone.
+    unsure_right = [{"text": "312명", "own_answer_nll": 0.3}, {"text": "19명", "own_answer_nll": 0.9},
+                    {"text": "윤가람", "own_answer_nll": 1.2}]
+    assert evaluation.choose_gate(dev, unsure_right, [], PHRASES, "모르겠습니다.", wrong_cost=2)[0] == 0.3
+    threshold, curve = evaluation.choose_gate(dev, unsure_right, [], PHRASES, "모르겠습니다.", wrong_cost=0.5)
+    assert threshold is None and curve[-1]["score"] == 2 - 0.5 * 1
     # A model wrong everywhere refuses everything, even an answer whose NLL rounded to 0.0.
     wrong = [{"text": "모름이", "own_answer_nll": 0.0}] * 3
     threshold = evaluation.choose_gate(dev, wrong, [], PHRASES, "모르겠습니다.")[0]
