@@ -90,7 +90,8 @@ def profile_advice(model_name, korean_share, installed, records):
             lines.append(f"  {label:<40} " + "   ".join(
                 f"{model} {r['summary'][key]['mean']:.3f} ({r['summary'][key]['min']:.3f}-{r['summary'][key]['max']:.3f})"
                 for model, r in records.items()))
-    lines.append("  It is installed: `make run PROFILE=ko` runs your data on it as a DVC experiment (about 4x the time)."
+    lines.append("  It is installed: `make run PROFILE=ko` runs your data on it as a DVC experiment (slower: "
+                 "twice the parameters, a 262k-token vocabulary; docs/korean-profile.md)."
                  if installed else "  `make setup PROFILE=ko` installs it; `make run PROFILE=ko` then runs your data on it.")
     return lines
 

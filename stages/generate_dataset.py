@@ -393,8 +393,8 @@ def main():
         ("train_paraphrases", "paraphrases"), ("rewordings", "rule rewordings")) if key in report)
     if "train_answer_variants" in report:
         written = report["train_answer_variants"]
-        reworded += (f" answered with {written['accepted'] - written['unused_for_want_of_phrasings']} other answer "
-                     f"wordings in turn ({written['unused_for_want_of_phrasings']} unused: too few phrasings)")
+        reworded += (f", {written['accepted'] - written['unused_for_want_of_phrasings']} of them answered with another "
+                     f"wording of the answer ({written['unused_for_want_of_phrasings']} wordings unused: too few phrasings)")
     print(f"wrote {TRAINED_DATASET}: {report['accepted']} question/answer pairs{reworded} ({cfg['backend']} backend), "
           f"{STATEMENTS}: {len(statements)} statements, {DEV_QUESTIONS}: {len(dev)} dev, {HELDOUT_QUESTIONS}: {len(heldout)} "
           f"held-out, {UNKNOWN_QUESTIONS}: {len(unknown['unknown'])} unknown and {UNKNOWN_DEV_QUESTIONS}: {len(unknown['unknown_dev'])} "

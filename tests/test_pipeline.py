@@ -718,8 +718,8 @@ def test_a_language_model_writes_answer_wordings_spread_over_your_phrasings(tmp_
     out, requests = generate_with_scripted_llm(tmp_path, chat, train_answer_variants=1, rewordings=2,
                                                llm_max_attempts=2)
     assert len(requests) == 6
-    assert ("3 question/answer pairs + 1 rule rewordings answered with 1 other answer wordings in turn (1 unused: "
-            "too few phrasings)") in out
+    assert ("3 question/answer pairs + 1 rule rewordings, 1 of them answered with another wording of the answer "
+            "(1 wordings unused: too few phrasings)") in out
     trained, _ = read_pairs((tmp_path / "data/dataset.txt").read_bytes(), "data/dataset.txt")
     assert [(p["question"], p["answer"]) for p in trained] == [(p["question"], p["answer"]) for p in OWN_PAIRS] + [
         ("빵집은 몇 시에 문을 여니?", "매일 아침 7시에 문을 엽니다.")]
