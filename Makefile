@@ -103,7 +103,7 @@ bench: setup ## time the training step (ours vs the notebook method); writes met
 
 # A passing test's temporary folder (a repo copy with models: up to ~1 GB) is deleted when it ends.
 test: setup ## run the test suite (all of it, as CI does)
-	python -m pytest -q -o tmp_path_retention_policy=failed tests
+	python -m pytest -q -o tmp_path_retention_policy=failed --durations=15 tests
 
 test-fast: setup ## run the tests not marked slow (no pipeline, DDP or real-model runs): a few minutes
 	python -m pytest -q -m "not slow" -o tmp_path_retention_policy=failed tests
