@@ -14,7 +14,9 @@ that still has fewer accepted pairs than asked is asked again, at most `max_atte
 
 write_paraphrases asks the same transports for other phrasings of your own pairs' questions: held-out
 questions for the file backend (generate_dataset.heldout_paraphrases), each accepted or rejected
-with one reason (PARAPHRASE_REJECT_REASONS).
+with one reason (PARAPHRASE_REJECT_REASONS); write_answer_variants asks them for other wordings of
+your answers (generate_dataset.train_answer_variants), each checked to keep its fact
+(ANSWER_REJECT_REASONS).
 
 Two transports implement `ask(messages, seed) -> Reply`:
   LocalChat -- a transformers model in this process (the embedded SmolLM2-135M-Instruct by default);
@@ -398,7 +400,7 @@ ANSWER_REJECT_REASONS = (
     "not_in_format",    # more than one line, a marker, or anything the dataset writer refuses
     "a_question",       # ends with "?": a question, not an answer
     "loses_the_fact",   # misses the pair's key (from your dev or held-out file), or without a key a
-                        # number of the answer or most of its content words
+                        # number of the answer or more than half its content words; or adds a number
     "same_answer",      # the answer itself or a variant already accepted (case and spacing ignored)
 )
 ANSWER_SYSTEM_PROMPT = ("You rewrite answers. State the same fact as the given answer, in other words and in its "
@@ -417,12 +419,22 @@ def answer_messages(question, answer):
     return messages_after_an_example(ANSWER_SYSTEM_PROMPT, ANSWER_EXAMPLES, question, answer)
 
 
+def checkable(answer, key):
+    """Whether a wording of answer can be checked to keep its fact: it has a key, a number or a
+    content word. "Yes." or "네." has none, and any reply would pass, so it gets no wordings."""
+    return bool(key or numbers(answer) or _topic_words(answer))
+
+
 def holds_the_fact(text, answer, key):
-    """Whether text still states answer's fact: its key when one is known; else every number of the
+    """Whether text still states answer's fact and adds no number of its own (the commonest invention
+    of a small model): its key when one is known, matched as the evaluation matches it
+    (metrics.contains: spacing and end punctuation ignored, case kept); else every number of the
     answer and at least half its content words (by stem). It cannot tell a true rewording from a false one."""
+    if not numbers(text) <= numbers(answer) or not checkable(answer, key):
+        return False
     if key:
-        return _normalise(key) in _normalise(text)
-    words, written = content_words(answer), content_words(text)
+        return normalize(key) in normalize(text)
+    words, written = _topic_words(answer), _topic_words(text)
     kept = sum(any(same_stem(w, t) for t in written) for w in words)
     return numbers(answer) <= numbers(text) and 2 * kept >= len(words)
 
@@ -446,40 +458,49 @@ def judge_answer_variant(reply, question, answer, key, seen):
 
 
 def write_answer_variants(pairs, per_pair, ask, seed, max_attempts, asked, log=print):
-    """Ask a model for per_pair other wordings of each pair's answer (generate_dataset.
-    train_answer_variants). pairs: [{"question", "answer"}]; asked: your dev and held-out pairs, whose
-    "key", where given, a variant of the same answer must state. Request k for a pair is sent with
-    seed + k; a pair is asked again only while short, max_attempts times at most.
+    """Ask a model for per_pair other wordings of each answer of pairs (generate_dataset.
+    train_answer_variants), once per distinct answer, shown with the first question that has it.
+    pairs: [{"question", "answer"}]; asked: your dev and held-out pairs, whose "key", where given, a
+    wording of the same answer must state. An answer with nothing to check (checkable) is not sent:
+    counted as skipped_nothing_to_check. Request k for an answer is sent with seed + k; it is asked
+    again only while short, max_attempts times at most.
 
-    Returns ({pair's answer: [its accepted variants]}, report: requested, accepted, rejected by reason,
-    attempts); accepted + sum(rejected) == replies.
+    Returns ({answer: [its accepted wordings]}, report: requested, accepted, rejected by reason,
+    skipped_nothing_to_check, attempts); accepted + sum(rejected) == replies.
     """
     keys = {_normalise(p["answer"]): p["key"] for p in asked if p.get("key")}
-    variants = {}
+    first = {}
+    for pair in pairs:
+        first.setdefault(pair["answer"], pair["question"])
+    variants, skipped = {}, 0
     rejected = dict.fromkeys(ANSWER_REJECT_REASONS, 0)
     attempts = accepted = 0
-    for index, pair in enumerate(pairs, 1):
-        messages = answer_messages(pair["question"], pair["answer"])
-        written = variants.setdefault(pair["answer"], [])
-        seen = {_normalise(pair["answer"])} | {_normalise(v) for v in written}
-        accepted_here = tries = 0
-        while accepted_here < per_pair and tries < max_attempts:
+    for index, (answer, question) in enumerate(first.items(), 1):
+        key = keys.get(_normalise(answer))
+        if not checkable(answer, key):
+            skipped += 1
+            log(f"answer {index}/{len(first)}: skipped, nothing to check a wording against: {_excerpt(answer)}")
+            continue
+        messages = answer_messages(question, answer)
+        written = variants[answer] = []
+        seen = {_normalise(answer)}
+        tries = 0
+        while len(written) < per_pair and tries < max_attempts:
             reply = ask(messages, seed + tries)
             tries += 1
-            reason = judge_answer_variant(reply, pair["question"], pair["answer"],
-                                          keys.get(_normalise(pair["answer"])), seen)
+            reason = judge_answer_variant(reply, question, answer, key, seen)
             if reason is None:
                 written.append(reply.text.strip())
                 seen.add(_normalise(reply.text))
-                accepted_here += 1
             else:
                 rejected[reason] += 1
-            log(f"answer {index}/{len(pairs)}: {'accepted' if reason is None else f'rejected ({reason})'}: "
-                f"{_excerpt(reply.text)} for {_excerpt(pair['answer'])}")
+            log(f"answer {index}/{len(first)}: {'accepted' if reason is None else f'rejected ({reason})'}: "
+                f"{_excerpt(reply.text)} for {_excerpt(answer)}")
         attempts += tries
-        accepted += accepted_here
+        accepted += len(written)
     return {answer: written for answer, written in variants.items() if written}, {
-        "requested": per_pair * len(pairs), "accepted": accepted, "rejected": rejected, "attempts": attempts,
+        "requested": per_pair * (len(first) - skipped), "accepted": accepted, "rejected": rejected,
+        "skipped_nothing_to_check": skipped, "attempts": attempts,
         "transport": getattr(ask, "transport", "custom"), "model": getattr(ask, "model_name", None)}
 
 

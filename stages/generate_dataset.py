@@ -273,18 +273,19 @@ def answer_varied(cfg, own_pairs, asked, seed):
                                  cfg["train_answer_variants"], llm_transport(cfg), seed, cfg["llm_max_attempts"], asked)
 
 
-def spread_answers(pairs, variants):
-    """Each answer with variants, and its variants, given to the phrasings that carry it in turn (your
-    question first keeps your answer), as the template backend spreads a fact's answers: one question
-    is never trained with two answers. Returns (pairs, the answers trained per fact that got more than
-    one, variants unused because the fact has fewer phrasings than answers)."""
-    turns, spread = {}, []
-    for pair in pairs:
-        answers = [pair["answer"], *variants.get(pair["answer"], [])]
-        turn = turns[pair["answer"]] = turns.get(pair["answer"], 0) + 1
+def spread_answers(pairs, own, variants):
+    """Your own pairs (the first own of pairs) keep their answers; each phrasing added after them
+    (rewordings, paraphrases) takes the wordings of its answer in turn, then the answer itself, as the
+    template backend spreads a fact's answers: one question is never trained with two answers.
+    Returns (pairs, the answers trained per answer that got more than one, wordings unused because
+    too few phrasings were added)."""
+    given, spread = {}, list(pairs[:own])
+    for pair in pairs[own:]:
+        answers = [*variants.get(pair["answer"], []), pair["answer"]]
+        turn = given[pair["answer"]] = given.get(pair["answer"], 0) + 1
         spread.append({**pair, "answer": answers[(turn - 1) % len(answers)]})
-    trained = [{"answers": [answer, *more][:turns[answer]]} for answer, more in variants.items() if turns[answer] > 1]
-    unused = sum(max(0, 1 + len(more) - turns[answer]) for answer, more in variants.items())
+    trained = [{"answers": [answer, *more[:given[answer]]]} for answer, more in variants.items() if given.get(answer)]
+    unused = sum(max(0, len(more) - given.get(answer, 0)) for answer, more in variants.items())
     return spread, trained, unused
 
 
@@ -301,6 +302,11 @@ def main():
                      "phrasings, held_out questions and statements: set it to 0 or false"
                      for key in FILE_ONLY if params["generate_dataset"][key]]
     gd = params.get("generate_dataset", {})
+    if not problems and not gd["llm_temperature"]:
+        problems += [f"generate_dataset.{key} = {gd[key]} with llm_temperature 0: greedy replies to one request are "
+                     f"the same, so at most one of the {gd[key]} per pair would be new; set llm_temperature above 0 "
+                     "(e.g. 0.7) or ask for 1" for key in ("heldout_paraphrases", "train_paraphrases",
+                                                            "train_answer_variants") if gd[key] > 1]
     if not problems and gd["train_paraphrases"] and gd["heldout_paraphrases"] and not gd["llm_temperature"]:
         problems.append("generate_dataset.train_paraphrases and heldout_paraphrases with llm_temperature 0: greedy "
                         "replies to the same question are the same, so every training phrasing would repeat a "
@@ -335,7 +341,7 @@ def main():
             if cfg["train_answer_variants"]:  # spread over the phrasings above: add rewordings or paraphrases
                 written, report["train_answer_variants"] = answer_varied(
                     cfg, own_pairs, dev + heldout, params["seed"] + 2 * cfg["llm_max_attempts"])
-                pairs, variants, unused = spread_answers(pairs, written)
+                pairs, variants, unused = spread_answers(pairs, len(own_pairs), written)
                 report["train_answer_variants"]["unused_for_want_of_phrasings"] = unused
         else:
             facts, unknown = load_facts(cfg["facts"]), load_unknown(cfg["facts"])
@@ -393,8 +399,9 @@ def main():
         ("train_paraphrases", "paraphrases"), ("rewordings", "rule rewordings")) if key in report)
     if "train_answer_variants" in report:
         written = report["train_answer_variants"]
-        reworded += (f", {written['accepted'] - written['unused_for_want_of_phrasings']} of them answered with another "
-                     f"wording of the answer ({written['unused_for_want_of_phrasings']} wordings unused: too few phrasings)")
+        reworded += (f", {written['accepted'] - written['unused_for_want_of_phrasings']} other wordings of answers "
+                     f"trained on them ({written['unused_for_want_of_phrasings']} unused: too few phrasings; "
+                     f"{written['skipped_nothing_to_check']} answers with nothing to check left alone)")
     print(f"wrote {TRAINED_DATASET}: {report['accepted']} question/answer pairs{reworded} ({cfg['backend']} backend), "
           f"{STATEMENTS}: {len(statements)} statements, {DEV_QUESTIONS}: {len(dev)} dev, {HELDOUT_QUESTIONS}: {len(heldout)} "
           f"held-out, {UNKNOWN_QUESTIONS}: {len(unknown['unknown'])} unknown and {UNKNOWN_DEV_QUESTIONS}: {len(unknown['unknown_dev'])} "

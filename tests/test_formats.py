@@ -315,3 +315,17 @@ def test_template_backend_lists_the_answers_trained_for_each_fact():
     assert report["accepted"] == 3
     assert variants == [{"answers": ["A1.", "A2."]}]  # A3 is never trained; B has one trained answer
     assert from_template(facts, fmt, 0, False)[2] == []
+
+
+def test_your_own_pairs_keep_their_answers_and_added_phrasings_take_the_wordings_in_turn():
+    """generate_dataset.spread_answers: two own questions with one answer both keep it; the phrasings
+    added after them take its wordings in turn, then the answer itself; a wording without a phrasing
+    left is counted unused."""
+    from stages.generate_dataset import spread_answers
+    own = [{"question": "Q1", "answer": "A"}, {"question": "Q2", "answer": "A"}, {"question": "Q3", "answer": "B"}]
+    added = [{"question": f"Q1 reworded {i}", "answer": "A"} for i in range(3)]
+    pairs, trained, unused = spread_answers(own + added, len(own), {"A": ["A1", "A2"], "B": ["B1"]})
+    assert [p["answer"] for p in pairs] == ["A", "A", "B", "A1", "A2", "A"]
+    assert [p["question"] for p in pairs] == [p["question"] for p in own + added]
+    assert trained == [{"answers": ["A", "A1", "A2"]}]
+    assert unused == 1  # B1: no phrasing of B was added

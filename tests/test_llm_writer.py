@@ -307,3 +307,29 @@ def test_every_answer_wording_is_accepted_or_rejected_with_its_reason():
     assert tuple(report["rejected"]) == ANSWER_REJECT_REASONS
     assert (report["requested"], report["accepted"], report["attempts"]) == (2, 2, 10)
     assert ask.calls[0][0] == f"Question: {pairs[0]['question']}\nAnswer: {LIGHTHOUSE}"
+
+
+def test_answer_wordings_are_asked_once_per_answer_and_never_for_one_with_nothing_to_check():
+    """Two questions with one answer share one request; "Yes." (no key, number or content word) is
+    never sent, since any reply would pass for it; a wording that adds a number, or states the key in
+    other capitals than the evaluation accepts, loses the fact."""
+    school = "The school is on Moon Hill."
+    pairs = [{"question": "How tall is the lighthouse?", "answer": LIGHTHOUSE},
+             {"question": "What height is the lighthouse?", "answer": LIGHTHOUSE},
+             {"question": "Is the lighthouse open to visitors?", "answer": "Yes."},
+             {"question": "Where is the school?", "answer": school}]
+    asked = [{"question": "Where would I find the school?", "answer": school, "key": "Moon Hill"}]
+    ask = ScriptedAsk([
+        Reply("Built in 1890, the lighthouse on Star Island is 27 metres tall.", False),  # loses_the_fact: 1890
+        Reply("Star Island's lighthouse is 27 metres tall.", False),                      # accepted
+        Reply("The school stands on moon hill.", False),                                  # loses_the_fact: capitals
+        Reply("You will find the school on Moon Hill.", False),                           # accepted
+    ])
+    written, report = write_answer_variants(pairs, 1, ask, seed=7, max_attempts=3, asked=asked, log=lambda line: None)
+    assert written == {LIGHTHOUSE: ["Star Island's lighthouse is 27 metres tall."],
+                       school: ["You will find the school on Moon Hill."]}
+    assert [content for content, _ in ask.calls] == [f"Question: How tall is the lighthouse?\nAnswer: {LIGHTHOUSE}"] * 2 \
+        + [f"Question: Where is the school?\nAnswer: {school}"] * 2
+    assert {k: v for k, v in report["rejected"].items() if v} == {"loses_the_fact": 2}
+    assert (report["requested"], report["accepted"], report["attempts"], report["skipped_nothing_to_check"]) \
+        == (2, 2, 4, 1)
