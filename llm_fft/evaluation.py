@@ -121,7 +121,8 @@ def choose_gate(dev, dev_answers, unknown_dev_answers, phrases, refusal, wrong_c
                  - wrong_cost * (counts["dev_wrong"] + counts["unknown_dev_invented"]))
         curve.append({"threshold": threshold, "score": score, **counts})
     best = max(point["score"] for point in curve)
-    return next(p["threshold"] for p in reversed(curve) if p["score"] == best), curve
+    # Equal scores can differ in the last bit when wrong_cost is not a power of 2 (1 - 0.1 x 11 != 0 - 0.1).
+    return next(p["threshold"] for p in reversed(curve) if p["score"] >= best - 1e-9), curve
 
 
 def evaluate_questions(answers, records, name, phrases, expected_nll, accepted=None):
@@ -269,7 +270,7 @@ EVAL_SPEC = {
                         "a non-empty list of non-empty strings (an answer to an unknown question holding one "
                         "says it does not know)"),
     "gate": (bool, None, "true or false (answers less confident than a threshold chosen on dev become the refusal)"),
-    "gate_wrong_cost": ((int, float), lambda v: v > 0, "a number > 0 (what a wrong answer costs against a right one "
+    "gate_wrong_cost": ((int, float), lambda v: 0 < v < math.inf, "a finite number > 0 (what a wrong answer costs against a right one "
                                                        "when the gate's threshold is chosen)"),
 }
 
@@ -375,6 +376,7 @@ def evaluate_model(params, model, tokenizer, device, baseline_table=None):
         tables.append(table)
     if cfg["gate"]:
         metrics["gate"] = {"threshold": threshold, "chosen_on_questions": len(sets["dev"]) + len(sets["unknown_dev"]),
+                           "wrong_cost": cfg["gate_wrong_cost"],
                            "ungated": ungated_shares(sets, answers, phrases)}
     retention = load_retention()
     # The retention prompts and the general-knowledge openings, continued together.

@@ -74,9 +74,11 @@ def gate_sentence(before, after):
         return []
     said = {name: gate_words(m["gate"]["threshold"]) for name, m in (("before", before), ("after", after))
             if "gate" in m}
+    cost = after["gate"].get("wrong_cost", 1)  # recorded since the cost became a param; 1 before
+    weight = "" if cost == 1 else f"{cost:g} x "
     return [f"Confidence gate, chosen on {after['gate']['chosen_on_questions']} dev and dev unknown questions by most "
-            "(right + unknown refused) - (wrong + unknown invented): " + "; ".join(f"{k}: {v}" for k, v in said.items())
-            + "."]
+            f"(right + unknown refused) - {weight}(wrong + unknown invented): "
+            + "; ".join(f"{k}: {v}" for k, v in said.items()) + "."]
 
 
 def main():

@@ -254,6 +254,12 @@ def test_the_gate_threshold_is_chosen_on_dev_by_right_minus_wrong_ties_refusing_
     assert evaluation.choose_gate(dev, unsure_right, [], PHRASES, "모르겠습니다.", wrong_cost=2)[0] == 0.3
     threshold, curve = evaluation.choose_gate(dev, unsure_right, [], PHRASES, "모르겠습니다.", wrong_cost=0.5)
     assert threshold is None and curve[-1]["score"] == 2 - 0.5 * 1
+    # Ties hold at any cost: here 1 - 0.1 x 1 and 2 - 0.1 x 11 differ in the last bit, yet the tie still goes
+    # to the higher threshold (refuse nothing), not to 0.2.
+    order = "WRWWWWWWWWWWR"
+    tied = [{"text": "312명" if kind == "R" else "19명", "own_answer_nll": round(0.1 * (i + 1), 1)}
+            for i, kind in enumerate(order)]
+    assert evaluation.choose_gate(dev[:1] * len(order), tied, [], PHRASES, "모르겠습니다.", wrong_cost=0.1)[0] is None
     # A model wrong everywhere refuses everything, even an answer whose NLL rounded to 0.0.
     wrong = [{"text": "모름이", "own_answer_nll": 0.0}] * 3
     threshold = evaluation.choose_gate(dev, wrong, [], PHRASES, "모르겠습니다.")[0]

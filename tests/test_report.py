@@ -445,14 +445,24 @@ def test_korean_pairs_get_the_two_embedded_models_compared_from_the_seed_records
     assert lines[1] == f"  {'held-out key fact':<40} SmolLM2-135M 0.500 (0.400-0.600)   Gemma 3 270M 0.900 (0.800-1.000)"
     assert len(lines) == 3 and "make run PROFILE=ko" in lines[2] and "make setup" not in lines[2]  # no perplexity record
     assert "make setup PROFILE=ko" in summary.profile_advice("embedded", korean, False, records)[-1]
-    # Nothing to advise: already on the profile, English pairs, or a record missing.
+    # Nothing to advise: already on the profile, another model (kanana), English pairs, or a record missing.
     assert summary.profile_advice(summary.KO_MODEL, korean, True, records) == []
+    assert summary.profile_advice("kakaocorp/kanana-nano-2.1b-base", korean, True, records) == []
     assert summary.profile_advice("embedded", summary.hangul_share(["How tall is it?", "27 m (27미터)"]), True, records) == []
     assert summary.profile_advice("embedded", korean, True, {"SmolLM2-135M": records["SmolLM2-135M"]}) == []
 
 
 def test_the_summary_spells_the_profile_and_params_file_as_the_pipeline_does():
     from llm_fft import model, params, summary
-    assert (summary.KO_PACKAGE, summary.KO_MODEL, summary.PARAMS_FILE) == (
-        model.GEMMA_PACKAGE, model.EMBEDDED_GEMMA, params.PARAMS_FILE)
+    assert (summary.KO_PACKAGE, summary.KO_MODEL, summary.DEFAULT_MODEL, summary.PARAMS_FILE) == (
+        model.GEMMA_PACKAGE, model.EMBEDDED_GEMMA, model.EMBEDDED, params.PARAMS_FILE)
     assert all(path.exists() for path in summary.KO_COMPARISON.values())  # committed records
+
+
+def test_the_report_states_the_gate_rule_with_its_cost():
+    from stages.report import gate_sentence
+    before = {"gate": {"threshold": -1.0, "chosen_on_questions": 38, "wrong_cost": 0.5}}
+    after = {"gate": {"threshold": 0.03, "chosen_on_questions": 38, "wrong_cost": 0.5}}
+    assert "by most (right + unknown refused) - 0.5 x (wrong + unknown invented): " in gate_sentence(before, after)[0]
+    after["gate"]["wrong_cost"] = 1
+    assert "by most (right + unknown refused) - (wrong + unknown invented): " in gate_sentence(before, after)[0]
