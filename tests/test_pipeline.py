@@ -211,7 +211,9 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_repo, first_repro):
                                       + ["unknown_dev"] + ["retention"] * 2 + ["general"] * 2)
         assert list(table["expected"][:4]) == TINY_ANSWERS  # the refusal pair is taught, not tested
         # The gate: an answer is the refusal exactly where its own NLL is above the chosen threshold.
-        threshold = json.loads((tiny_repo / "metrics" / name.replace("_answers.csv", ".json")).read_text())["gate"]["threshold"]
+        gate = json.loads((tiny_repo / "metrics" / name.replace("_answers.csv", ".json")).read_text())["gate"]
+        threshold = gate["threshold"]
+        assert gate["wrong_cost"] == 1  # evaluate.gate_wrong_cost, recorded beside the threshold it chose
         typed = read_answers(tiny_repo / "metrics" / name)
         asked = typed[typed["set"].isin(["trained", "dev", "heldout", "unknown", "unknown_dev"])]
         assert list(asked["gated"]) == [threshold is not None and n > threshold for n in asked["own_answer_nll"]]
@@ -388,28 +390,28 @@ def test_finetune_killed_midway_resumes_and_ends_as_if_never_killed(tiny_repo, f
     # One checkpoint, halfway (step 4 of 8): enough to kill the run after it and resume. A key that
     # changes no numbers, so dvc.yaml does not list it and DVC sees no change.
     edit_params(tiny_repo, "finetune", "checkpoint_every", 4)
-    run_ = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "-s", "finetune"], cwd=tiny_repo,
-                            env=venv_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and run_.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(run_.pid, signal.SIGKILL)  # dvc and the stage under it, with no chance to clean up
-    run_.wait()
-    assert checkpoint.exists(), "finetune finished or failed before its first checkpoint"
-    assert not (tiny_repo / "models/finetuned").exists()  # no half-written model
+    try:  # the shared tiny repo gets its params back, whatever fails below
+        run_ = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "-s", "finetune"], cwd=tiny_repo,
+                                env=venv_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists() and run_.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(run_.pid, signal.SIGKILL)  # dvc and the stage under it, with no chance to clean up
+        run_.wait()
+        assert checkpoint.exists(), "finetune finished or failed before its first checkpoint"
+        assert not (tiny_repo / "models/finetuned").exists()  # no half-written model
 
-    # A checkpoint made with other params is refused, not silently resumed.
-    with_checkpoints = params.read_text(encoding="utf-8")
-    edit_params(tiny_repo, "finetune", "lr", 1e-4)
-    refused = run([sys.executable, "stages/finetune.py"], tiny_repo, check=False)
-    params.write_text(with_checkpoints, encoding="utf-8")
-    assert refused.returncode != 0
-    assert "refusing to resume" in refused.stderr and "finetune.lr" in refused.stderr
+        # A checkpoint made with other params is refused, not silently resumed.
+        with_checkpoints = params.read_text(encoding="utf-8")
+        edit_params(tiny_repo, "finetune", "lr", 1e-4)
+        refused = run([sys.executable, "stages/finetune.py"], tiny_repo, check=False)
+        params.write_text(with_checkpoints, encoding="utf-8")
+        assert refused.returncode != 0
+        assert "refusing to resume" in refused.stderr and "finetune.lr" in refused.stderr
 
-    # --force: else DVC checks the uninterrupted run's model out of its cache (dvc.lock knows it);
-    # after a crash in a first run there is none, and plain `dvc repro` resumes the same way.
-    try:
+        # --force: else DVC checks the uninterrupted run's model out of its cache (dvc.lock knows it);
+        # after a crash in a first run there is none, and plain `dvc repro` resumes the same way.
         out = dvc("repro", "--force", "-s", "finetune", cwd=tiny_repo).stdout
     finally:
         params.write_text(original, encoding="utf-8")
@@ -718,8 +720,8 @@ def test_a_language_model_writes_answer_wordings_spread_over_your_phrasings(tmp_
     out, requests = generate_with_scripted_llm(tmp_path, chat, train_answer_variants=1, rewordings=2,
                                                llm_max_attempts=2)
     assert len(requests) == 6
-    assert ("3 question/answer pairs + 1 rule rewordings, 1 of them answered with another wording of the answer "
-            "(1 wordings unused: too few phrasings)") in out
+    assert ("3 question/answer pairs + 1 rule rewordings, 1 other wordings of answers trained on them (1 unused: too "
+            "few phrasings; 0 answers with nothing to check left alone)") in out
     trained, _ = read_pairs((tmp_path / "data/dataset.txt").read_bytes(), "data/dataset.txt")
     assert [(p["question"], p["answer"]) for p in trained] == [(p["question"], p["answer"]) for p in OWN_PAIRS] + [
         ("빵집은 몇 시에 문을 여니?", "매일 아침 7시에 문을 엽니다.")]
@@ -730,6 +732,11 @@ def test_a_language_model_writes_answer_wordings_spread_over_your_phrasings(tmp_
         == (3, 2, 6, 1)
     assert {k: v for k, v in written["rejected"].items() if v} == {
         "loses_the_fact": 1, "same_answer": 1, "a_question": 1, "empty": 1}
+    # Greedy replies repeat: asking for 2 wordings per answer at temperature 0 is an error before any request.
+    edit_params(tmp_path, "generate_dataset", "train_answer_variants", 2)
+    result = run([sys.executable, REPO / "stages/generate_dataset.py"], tmp_path, check=False)
+    assert result.returncode != 0
+    assert "generate_dataset.train_answer_variants = 2 with llm_temperature 0" in result.stderr
 
 
 def test_bad_dev_and_held_out_files_fail_naming_every_line_and_write_nothing(tmp_path):

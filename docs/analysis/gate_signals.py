@@ -6,8 +6,8 @@
 For every dev, held-out, unknown and dev unknown question the run's own (ungated) answer is scored
 teacher-forced by its final model, token by token, and so is the refusal (params `refusal`) after the
 same prompt. Each signal then takes the place of own_answer_nll in llm_fft.evaluation.choose_gate, which
-picks its threshold on dev and dev unknown questions as final_eval does; held-out and unknown questions
-are scored at that threshold, for the record (they never choose). Printed per run and signal: the dev
+picks its threshold on dev and dev unknown questions as final_eval does (evaluate.gate_wrong_cost
+included); held-out and unknown questions are scored at that threshold, for the record (they never choose). Printed per run and signal: the dev
 score that chose, AUROC (how often a right answer is more confident than a wrong one: dev, held-out), and
 held-out right / wrong and unknown invented at the chosen threshold. The questions are read from
 data/*_qa.jsonl, which must be the run's (checked question by question).
@@ -23,13 +23,14 @@ import torch.nn.functional as F
 
 from llm_fft.evaluation import choose_gate, gated
 from llm_fft.files import read_jsonl
-from llm_fft.metrics import abstains, verdict
+from llm_fft.metrics import abstains, invented, verdict
 from llm_fft.model import load_pretrained
 from llm_fft.params import load_params
 from llm_fft.prompts import answer_ids
 
 PARAMS = load_params()
 PHRASES, REFUSAL, PROMPT = PARAMS["evaluate"]["abstain_phrases"], PARAMS["refusal"], PARAMS["prompt"]
+WRONG_COST = PARAMS["evaluate"]["gate_wrong_cost"]
 SETS = ("dev", "heldout", "unknown", "unknown_dev")
 # Higher = less sure: above the threshold the answer is refused.
 SIGNALS = {
@@ -73,7 +74,7 @@ def auroc(right, wrong):
 def report(run, questions, signal):
     answers = {name: [{"text": q["text"], "own_answer_nll": signal(q)} for q in qs] for name, qs in questions.items()}
     records = {name: [q["record"] for q in qs] for name, qs in questions.items()}
-    threshold, curve = choose_gate(records["dev"], answers["dev"], answers["unknown_dev"], PHRASES, REFUSAL)
+    threshold, curve = choose_gate(records["dev"], answers["dev"], answers["unknown_dev"], PHRASES, REFUSAL, WRONG_COST)
     dev_score = next(p["score"] for p in curve if p["threshold"] == threshold)
     aucs = []
     for name in ("dev", "heldout"):
@@ -83,12 +84,11 @@ def report(run, questions, signal):
         aucs.append(auroc(by_verdict["right"], by_verdict["wrong"]))
     heldout = [verdict(a["text"], r, PHRASES)
                for a, r in zip(gated(answers["heldout"], threshold, REFUSAL), records["heldout"])]
-    invented = [not abstains(a["text"], PHRASES) and bool(a["text"].strip())
-                for a in gated(answers["unknown"], threshold, REFUSAL)]
+    made_up = [invented(a["text"], abstains(a["text"], PHRASES)) for a in gated(answers["unknown"], threshold, REFUSAL)]
     return {"run": run, "dev score": dev_score, "AUROC dev": round(aucs[0], 3), "AUROC held-out": round(aucs[1], 3),
-            "held-out right": round(heldout.count("right") / len(heldout), 3),
-            "held-out wrong": round(heldout.count("wrong") / len(heldout), 3),
-            "unknown invented": round(sum(invented) / len(invented), 3)}
+            "held-out right": round(heldout.count("right") / max(1, len(heldout)), 3),
+            "held-out wrong": round(heldout.count("wrong") / max(1, len(heldout)), 3),
+            "unknown invented": round(sum(made_up) / max(1, len(made_up)), 3)}
 
 
 def main(runs):

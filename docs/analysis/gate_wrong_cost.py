@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from llm_fft.evaluation import choose_gate, gated
-from llm_fft.metrics import abstains, verdict
+from llm_fft.metrics import abstains, invented, verdict
 
 PARAMS = yaml.safe_load(open("params.yaml", encoding="utf-8"))
 PHRASES, REFUSAL = PARAMS["evaluate"]["abstain_phrases"], PARAMS["refusal"]
@@ -26,8 +26,7 @@ def questions(table, name):
     """(records, ungated answers) of one set, as final_eval had them before the gate."""
     rows = table[table.set == name]
     records = [{"answer": r.expected, "key": r.key_fact or None} for r in rows.itertuples()]
-    answers = [{"text": r.ungated if r.ungated != "" else r.generated, "own_answer_nll": float(r.own_answer_nll)}
-               for r in rows.itertuples()]
+    answers = [{"text": r.ungated, "own_answer_nll": float(r.own_answer_nll)} for r in rows.itertuples()]
     return records, answers
 
 
@@ -39,11 +38,10 @@ def main(paths):
         for cost in COSTS:
             threshold, _ = choose_gate(dev, dev_answers, unknown_dev, PHRASES, REFUSAL, cost)
             verdicts = [verdict(a["text"], r, PHRASES) for a, r in zip(gated(heldout_answers, threshold, REFUSAL), heldout)]
-            invented = sum(not abstains(a["text"], PHRASES) and bool(a["text"].strip())
-                           for a in gated(unknown, threshold, REFUSAL))
+            made_up = sum(invented(a["text"], abstains(a["text"], PHRASES)) for a in gated(unknown, threshold, REFUSAL))
             print(f"{path}: cost {cost}, threshold {threshold}: held-out right / abstained / wrong "
-                  + " / ".join(f"{verdicts.count(v) / len(verdicts):.3f}" for v in ("right", "abstained", "wrong"))
-                  + f", unknown invented {invented / len(unknown):.3f}")
+                  + " / ".join(f"{verdicts.count(v) / max(1, len(verdicts)):.3f}" for v in ("right", "abstained", "wrong"))
+                  + f", unknown invented {made_up / max(1, len(unknown)):.3f}")
 
 
 if __name__ == "__main__":
