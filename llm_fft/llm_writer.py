@@ -436,7 +436,7 @@ def holds_the_fact(text, answer, key):
         return normalize(key) in normalize(text)
     words, written = _topic_words(answer), _topic_words(text)
     kept = sum(any(same_stem(w, t) for t in written) for w in words)
-    return numbers(answer) <= numbers(text) and 2 * kept >= len(words)
+    return numbers(text) == numbers(answer) and 2 * kept >= len(words)
 
 
 def judge_answer_variant(reply, question, answer, key, seen):
