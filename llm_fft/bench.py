@@ -64,7 +64,7 @@ from llm_fft.batching import IGNORE_INDEX, collate, collate_packed
 from llm_fft.evaluation import EVAL_SPEC, eval_dtype
 from llm_fft.files import read_jsonl, write_atomically
 from llm_fft.generation import Decoding, decoding
-from llm_fft.model import embedded_gguf, load_base, load_pretrained, prepare_tokenizer
+from llm_fft.model import converted_embedded, load_base, load_pretrained, prepare_tokenizer
 from llm_fft.params import (
     ParamsError,
     fail_if_problems,
@@ -394,8 +394,7 @@ def evaluation_case(params, records, repeats, smoke):
     model_dir = FINETUNED_MODEL if (FINETUNED_MODEL / "config.json").is_file() else BASE_MODEL
     if smoke:
         # The tiny random Llama; the embedded tokenizer only pads and decodes its small ids.
-        folder, gguf_file = embedded_gguf()
-        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file))
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(converted_embedded()))
         model = AutoModelForCausalLM.from_config(LlamaConfig(**SMOKE_SHAPE), dtype=torch.float32)
         label, records = "random tiny LlamaForCausalLM (smoke)", records[:6]
         protocol = Decoding(8, (2,), (), params["evaluate"]["batch_size"])

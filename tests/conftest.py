@@ -38,9 +38,8 @@ def tiny(config_class, **extra):
 def embedded_tokenizer():
     from transformers import AutoTokenizer
 
-    from llm_fft.model import embedded_gguf, prepare_tokenizer
-    folder, gguf_file = embedded_gguf()
-    return prepare_tokenizer(AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file))
+    from llm_fft.model import converted_embedded, prepare_tokenizer
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(converted_embedded()))
 
 
 @pytest.fixture(scope="session")
@@ -56,13 +55,12 @@ def embedded_model(embedded_tokenizer):
 def gemma_tokenizer():
     from transformers import AutoTokenizer
 
-    from llm_fft.model import EMBEDDED_GEMMA, GEMMA_PACKAGE, embedded_gguf, prepare_tokenizer
+    from llm_fft.model import EMBEDDED_GEMMA, GEMMA_PACKAGE, converted_embedded, prepare_tokenizer
     if importlib.util.find_spec(GEMMA_PACKAGE) is None:
         if os.environ.get("REQUIRE_KO_PROFILE") == "1":
             pytest.fail("REQUIRE_KO_PROFILE=1 but the Gemma packages are missing: make setup PROFILE=ko")
         pytest.skip("the Korean profile is not installed (make setup PROFILE=ko)")
-    folder, gguf_file = embedded_gguf(EMBEDDED_GEMMA)
-    return prepare_tokenizer(AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file))
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(converted_embedded(EMBEDDED_GEMMA)))
 
 
 @pytest.fixture(scope="session", params=["smollm2", "gemma3"])
