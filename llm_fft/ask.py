@@ -10,7 +10,7 @@ answer final_eval scored: prompt style (prompt.*), BOS handling, greedy decoding
 (the stop tokens, and in the custom_tokens style the next marker) and the generation limit (longest
 training answer + evaluate.extra_new_tokens). The confidence gate too: an answer less confident than
 the threshold the evaluation chose (metrics/final.json, or metrics/baseline.json with --base) is
-replaced by the refusal, as final_eval scored it.
+replaced by the refusal, as final_eval scored it; the refused answer is then shown on stderr.
 """
 
 import argparse
@@ -18,7 +18,7 @@ import json
 import sys
 from dataclasses import replace
 
-from llm_fft.evaluation import answer_set, gated, load_for_evaluation
+from llm_fft.evaluation import REFUSE_ALL, answer_set, gated, load_for_evaluation
 from llm_fft.generation import decoding
 from llm_fft.model import ModelNotFound
 from llm_fft.params import ParamsError, load_params
@@ -61,8 +61,14 @@ def main():
 
     def answer(question):
         record = {"question": question, "q_ids": prompt_ids(tokenizer, question, params["prompt"])}
-        answers = answer_set(model, tokenizer, [record], params["prompt"], protocol, device)
-        print(gated(answers, threshold, params["refusal"])[0]["text"], flush=True)
+        [reply] = gated(answer_set(model, tokenizer, [record], params["prompt"], protocol, device), threshold,
+                        params["refusal"])
+        print(reply["text"], flush=True)
+        if reply["gated"]:  # a refusal of a fact you taught looks like any other: say what was refused
+            why = ("dev chose to refuse every answer" if threshold == REFUSE_ALL else
+                   f"{reply['own_answer_nll']} nats/token, less sure than the {threshold} chosen on dev")
+            print(f"  (the confidence gate refused the model's answer {reply['ungated']!r}: {why})",
+                  file=sys.stderr, flush=True)
 
     if args.question is not None:
         answer(args.question)

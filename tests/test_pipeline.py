@@ -852,7 +852,10 @@ def test_ask_applies_the_gate_final_eval_chose(tiny_repo, first_repro, tmp_path)
     for threshold, expected in ((0.0, "모르겠습니다."), (1e9, table.ungated[0])):  # refuse all, refuse none
         final["gate"]["threshold"] = threshold
         (repo / "metrics/final.json").write_text(json.dumps(final))
-        assert run([sys.executable, "-m", "llm_fft.ask", table.question[0]], repo).stdout.strip() == expected
+        result = run([sys.executable, "-m", "llm_fft.ask", table.question[0]], repo)
+        assert result.stdout.strip() == expected
+        # What the gate refused is shown beside the refusal, never in place of it.
+        assert (f"the confidence gate refused the model's answer {table.ungated[0]!r}" in result.stderr) == (threshold == 0)
 
 
 def test_ask_without_a_model_says_how_to_make_one(tmp_path, monkeypatch):
