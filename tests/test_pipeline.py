@@ -20,6 +20,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from llm_fft.evaluation import REFUSE_ALL
 from llm_fft.formats import read_pairs
 from llm_fft.metrics import read_answers
 
@@ -849,13 +850,17 @@ def test_ask_applies_the_gate_final_eval_chose(tiny_repo, first_repro, tmp_path)
     copy_repo(tiny_repo, repo)
     table = pd.read_csv(repo / "metrics/final_answers.csv", keep_default_na=False)
     final = json.loads((repo / "metrics/final.json").read_text())
-    for threshold, expected in ((0.0, "모르겠습니다."), (1e9, table.ungated[0])):  # refuse all, refuse none
+    refused = f"the confidence gate refused the model's answer {table.ungated[0]!r}: "
+    for threshold, expected, why in (
+            (REFUSE_ALL, "모르겠습니다.", refused + "the gate chosen on the dev questions refuses every answer"),
+            (0.0, "모르겠습니다.", refused + "its NLL, "),  # every NLL is above 0
+            (1e9, table.ungated[0], None)):  # refuse none
         final["gate"]["threshold"] = threshold
         (repo / "metrics/final.json").write_text(json.dumps(final))
         result = run([sys.executable, "-m", "llm_fft.ask", table.question[0]], repo)
         assert result.stdout.strip() == expected
         # What the gate refused is shown beside the refusal, never in place of it.
-        assert (f"the confidence gate refused the model's answer {table.ungated[0]!r}" in result.stderr) == (threshold == 0)
+        assert (why in result.stderr) if why else "confidence gate" not in result.stderr
 
 
 def test_ask_without_a_model_says_how_to_make_one(tmp_path, monkeypatch):
@@ -958,7 +963,7 @@ def test_llm_backend_writes_the_dataset_through_dvc_locally_and_over_http(tiny_r
     repo = tmp_path / "repo"
     copy_repo(tiny_repo, repo)
     (repo / "data/facts.yaml").write_text(yaml.safe_dump(ENGLISH_FACTS), encoding="utf-8")
-    # models/base is the embedded model, prepared: it loads in seconds instead of ~20 s from GGUF.
+    # models/base: the embedded model as prepare_model wrote it (a local folder, as a user might name one).
     # refusal_ratio 0: these facts list no training unknown questions to teach refusals with.
     settings = dict(backend="llm", llm_model="models/base", llm_max_new_tokens=64, llm_api_key_env="LLM_FFT_TEST_KEY",
                     refusal_ratio=0)
