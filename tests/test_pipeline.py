@@ -405,7 +405,7 @@ def test_finetune_killed_midway_resumes_and_ends_as_if_never_killed(tiny_repo, f
 
         # A checkpoint made with other params is refused, not silently resumed.
         with_checkpoints = params.read_text(encoding="utf-8")
-        edit_params(tiny_repo, "finetune", "lr", 1e-4)
+        edit_params(tiny_repo, "finetune", "lr", 2 * yaml.safe_load(with_checkpoints)["finetune"]["lr"])  # another lr
         refused = run([sys.executable, "stages/finetune.py"], tiny_repo, check=False)
         params.write_text(with_checkpoints, encoding="utf-8")
         assert refused.returncode != 0
