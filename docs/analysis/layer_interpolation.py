@@ -14,13 +14,12 @@ final_eval, the base model's answers read from metrics/baseline_answers.csv). No
 
 import re
 
-import pandas as pd
 import torch
 
-from llm_fft.evaluation import continue_texts
+from llm_fft.evaluation import continue_texts, evaluate_general
 from llm_fft.files import read_jsonl
 from llm_fft.generation import decoding
-from llm_fft.metrics import holds_key, states_key_fact
+from llm_fft.metrics import read_answers, states_key_fact
 from llm_fft.model import load_pretrained
 from llm_fft.nll import answer_nll
 from llm_fft.params import load_params
@@ -50,10 +49,8 @@ def main():
     dev, general = read_jsonl("data/dev_qa.jsonl"), read_jsonl("data/rehearsal_dev.jsonl")
     protocol = decoding(tokenizer, params["prompt"], params["evaluate"])
     facts = load_retention()["facts"]
-    baseline = pd.read_csv("metrics/baseline_answers.csv", keep_default_na=False)
-    known = [str(v) == "True" for v in baseline.loc[baseline.set == "general", "right"]]
+    baseline = read_answers("metrics/baseline_answers.csv")
     batch = params["evaluate"]["batch_size"]
-    print(f"{layers} layers; the base model states {sum(known)} of {len(facts)} probe facts")
     print("lower middle upper | dev key fact | general dev text nll | general facts kept")
     for weights in SETTINGS:
         model.load_state_dict({k: base[k] + weights[groups[k]] * (tuned[k] - base[k]) for k in tuned})
@@ -62,9 +59,9 @@ def main():
         _, total, count = answer_nll(model, general, batch, tokenizer.pad_token_id, "cpu")
         said = continue_texts(model, tokenizer, [f["prompt"] for f in facts], batch,
                               params["evaluate"]["retention_new_tokens"], "cpu")
-        kept = sum(k and any(holds_key(s, key) for key in f["keys"]) for k, s, f in zip(known, said, facts))
+        probe = evaluate_general(facts, said, baseline)[0]  # final_eval's own rule: right after / right before
         print(f"{weights[0]:5.1f} {weights[1]:6.1f} {weights[2]:5.1f} | {dev_right:12.3f} | {total / count:20.4f} | "
-              f"{kept / sum(known):.3f} ({kept} of {sum(known)})", flush=True)
+              f"{probe['kept']:.3f} ({probe['right_before'] - probe['lost']} of {probe['right_before']})", flush=True)
 
 
 if __name__ == "__main__":
