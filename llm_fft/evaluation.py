@@ -46,7 +46,7 @@ from llm_fft.metrics import (
     verdict,
 )
 from llm_fft.model import load_pretrained
-from llm_fft.nll import answer_nll
+from llm_fft.nll import answer_nll, nll_key, record_nlls, summed
 from llm_fft.params import fail_if_problems, pick_device, problems_in_section, seed_everything, shared_problems
 from llm_fft.paths import ANSWER_VARIANTS, DEV_QA, HELDOUT_QA, TRAINED_QA, UNKNOWN_DEV_QA, UNKNOWN_QA
 from llm_fft.prompts import PROMPT_SPEC, PromptError, answer_ids, tokenize_pair, tokenize_text
@@ -61,26 +61,41 @@ def accepted_answers(variants):
     return {normalize(answer): group["answers"] for group in variants for answer in group["answers"]}
 
 
-def answer_sets(model, tokenizer, sets, prompt, protocol, device):
+def answer_sets(model, tokenizer, sets, prompt, protocol, device, known=None):
     """answer_set over every non-empty set at once, split back by set: {name: answers}. Answered
     together, sorted by length, the sets fill their batches (one short last batch, not one per set)."""
     names = [name for name, records in sets.items() if records]
-    answers = iter(answer_set(model, tokenizer, [r for name in names for r in sets[name]], prompt, protocol, device))
+    answers = iter(answer_set(model, tokenizer, [r for name in names for r in sets[name]], prompt, protocol, device,
+                              known))
     return {name: [next(answers) for _ in sets[name]] for name in names}
 
 
-def answer_set(model, tokenizer, records, prompt, protocol, device):
+def answer_set(model, tokenizer, records, prompt, protocol, device, known=None):
     """Greedy answers to a question set (generation.Decoding), each with own_answer_nll: the model's
     teacher-forced NLL of its own answer and the token that ends it (nats/token), the confidence the
-    gate reads."""
+    gate reads. known: NLLs already computed on this model (nll.record_nlls)."""
     answers = protocol.answer(model, tokenizer, records, device)
     own = []
     for r, a in zip(records, answers):
         a_ids = answer_ids(tokenizer, r["question"], a["text"], prompt)
         own.append({"input_ids": r["q_ids"] + a_ids, "labels": [IGNORE_INDEX] * len(r["q_ids"]) + a_ids})
-    for a, nll in zip(answers, answer_nll(model, own, protocol.batch_size, tokenizer.pad_token_id, device)[0]):
+    for a, nll in zip(answers, answer_nll(model, own, protocol.batch_size, tokenizer.pad_token_id, device, known)[0]):
         a["own_answer_nll"] = round(nll, 4)
     return answers
+
+
+def expected_nlls(model, tokenizer, sets, batch_size, device):
+    """The teacher-forced NLL of every set's expected answers, all sets in one pass: ({name: answer_nll's
+    (per record, total, tokens)}, every record's NLL by nll_key, for answer_sets' known)."""
+    names = [name for name, records in sets.items() if records]
+    records = [r for name in names for r in sets[name]]
+    nlls = iter(record_nlls(model, records, batch_size, tokenizer.pad_token_id, device))
+    by_set, known = {}, {}
+    for name in names:
+        pairs = [next(nlls) for _ in sets[name]]
+        known.update(zip(map(nll_key, sets[name]), pairs))
+        by_set[name] = summed(pairs)
+    return by_set, known
 
 
 # --- The confidence gate: below a confidence chosen on dev, the answer becomes the refusal ---------
@@ -359,7 +374,10 @@ def evaluate_model(params, model, tokenizer, device, baseline_table=None):
     phrases = cfg["abstain_phrases"]
     sets = question_sets()
     protocol = decoding(tokenizer, prompt, cfg, sets["trained"] + sets["dev"])
-    answers = answer_sets(model, tokenizer, sets, prompt, protocol, device)
+    # The expected answers first: a model's answer that is the expected one needs no second NLL pass.
+    expected, known = expected_nlls(model, tokenizer, {name: sets[name] for name in ("trained", "dev", "heldout")},
+                                    cfg["batch_size"], device)
+    answers = answer_sets(model, tokenizer, sets, prompt, protocol, device, known)
     threshold, curve = gate_threshold(params, sets["dev"], answers.get("dev", []), answers.get("unknown_dev", []))
     accepted = accepted_answers(read_jsonl(ANSWER_VARIANTS))
     metrics, tables = {}, []
@@ -370,8 +388,7 @@ def evaluate_model(params, model, tokenizer, device, baseline_table=None):
         if name.startswith("unknown"):
             metrics[name], table = evaluate_unknown(final, records, name, phrases)
         else:
-            expected_nll = answer_nll(model, records, cfg["batch_size"], tokenizer.pad_token_id, device)
-            metrics[name], table = evaluate_questions(final, records, name, phrases, expected_nll, accepted)
+            metrics[name], table = evaluate_questions(final, records, name, phrases, expected[name], accepted)
             metrics[name]["max_new_tokens"] = protocol.max_new_tokens
         tables.append(table)
     if cfg["gate"]:

@@ -21,10 +21,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import fully_shard
 
 from llm_fft.batching import IGNORE_INDEX
 from llm_fft.distill import stored_kl
+from llm_fft.nll import plain_head, supervised_logits
 from llm_fft.params import native_bf16
 
 PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16-pure")
@@ -254,49 +255,6 @@ def train_step(model, batch, optimizer, scheduler, max_grad_norm, autocast, num_
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.item(), grad_norm.item()
-
-
-# Architectures whose *ForCausalLM.forward computes logits = lm_head(last hidden state), with at
-# most Gemma's final_logit_softcapping on top (checked in transformers 5.23's modeling files).
-# Others (Cohere's logit_scale, Granite's logits_scaling, ...) transform the logits in their own
-# way, so they keep model(**batch).loss: slower here, never wrong.
-PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"})
-
-
-def plain_head(model):
-    """Whether the output head can be run on chosen positions only (see PLAIN_HEAD_MODEL_TYPES).
-
-    A model wrapped for DDP or sharded by FSDP (finetune.processes > 1) must be called whole: the
-    wrapper's forward (DDP) and the root's hooks (FSDP) arrange the gradient all-reduce and the
-    gathering of the embeddings and head."""
-    return (not isinstance(model, FSDPModule) and hasattr(model, "get_decoder")
-            and getattr(model.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
-            and model.get_decoder() is not model
-            and isinstance(model.get_output_embeddings(), torch.nn.Linear))
-
-
-def supervised_logits(model, batch):
-    """(logits, targets) at the positions that predict a supervised token, row by row.
-
-    model(**batch) projects every position onto the whole vocabulary (49152 rows for SmolLM2,
-    128256 for kanana), then drops most of it: the prompt (~55% of the tokens here) and the padding
-    have label -100. Where plain_head allows, the decoder runs as usual and the output head sees only
-    the positions that predict a supervised token; otherwise the whole model runs and the rest is dropped.
-    The batch holds input_ids and labels (unshifted, as for model(**batch)).
-    """
-    # The hidden state at position t predicts the token at t + 1 (the shift model(**batch) does
-    # inside forward): pair hidden[:, :-1] with labels[:, 1:].
-    targets = batch["labels"][:, 1:]
-    supervised = targets != IGNORE_INDEX
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if not plain_head(model):
-        return model(**inputs, use_cache=False).logits[:, :-1][supervised], targets[supervised]
-    hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state
-    logits = model.get_output_embeddings()(hidden[:, :-1][supervised])  # (supervised tokens, vocab)
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    if softcap:  # Gemma 2/3 squash their logits; the standard loss sees them squashed
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits, targets[supervised]
 
 
 def supervised_token_loss(model, batch, num_items=None):

@@ -115,7 +115,7 @@ def test_answer_set_scores_each_answer_by_the_models_own_nll_of_it(monkeypatch):
     canned = SimpleNamespace(batch_size=8, answer=lambda *args: [
         {"text": "312명", "generated_tokens": 2, "ended_with_eos": True}])
 
-    def nll(model, records, batch_size, pad_id, device):
+    def nll(model, records, batch_size, pad_id, device, known=None):
         seen.extend(records)
         return [0.123456], 0.0, 1
     monkeypatch.setattr(evaluation, "answer_nll", nll)

@@ -325,3 +325,24 @@ def test_checkpoints_are_due_by_minutes_of_training_or_by_steps():
     # With several processes the first one's clock decides for all, whatever this one's says.
     first_says_yes = SimpleNamespace(agree=lambda flag: True)
     assert checkpoint_due(by_time, 7, 1.0, first_says_yes)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_answer_nll_is_transformers_loss_and_runs_each_distinct_record_once(name):
+    """answer_nll (length-sorted batches, the head only where a token is learned) gives each record
+    transformers' own loss; a repeated record, or one whose NLL is known, is not run again."""
+    from llm_fft.nll import answer_nll, nll_key, record_nlls
+    model = MODELS[name]().eval()
+    records = [record(3, 4), record(6, 2, first_id=20), record(2, 7, first_id=30), record(3, 4)]
+    with torch.no_grad():
+        expected = [model(**collate([r], pad_id=0)).loss.item() for r in records]
+    rows_run = []
+    model.get_decoder().register_forward_hook(lambda module, args, output: rows_run.append(len(output[0])))
+    per_record, total, count = answer_nll(model, records, 2, 0, "cpu")
+    assert per_record == pytest.approx(expected, rel=1e-5)
+    assert count == 4 + 2 + 7 + 4 and total == pytest.approx(sum(e * n for e, n in zip(expected, (4, 2, 7, 4))), rel=1e-5)
+    assert sum(rows_run) == 3  # the repeated record ran once
+    known = dict(zip(map(nll_key, records[:2]), record_nlls(model, records[:2], 2, 0, "cpu")))
+    rows_run.clear()
+    assert answer_nll(model, records, 2, 0, "cpu", known)[0] == pytest.approx(expected, rel=1e-5)
+    assert rows_run == [1]  # only the record not known
