@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llm_fft.batching import IGNORE_INDEX, collate
-from llm_fft.generation import answer_questions
+from llm_fft.generation import answer_questions, greedy_new_tokens, stop_text_criteria
 from llm_fft.prompts import PROMPT_STYLES, PromptError, build_prompt, stop_ids, stop_texts, tokenize_pair
 
 PAIRS = [("별무리섬은 어느 바다에 있나요?", "별무리섬은 제주도 남쪽 바다에 있는 작은 섬입니다."),
@@ -199,3 +199,55 @@ def test_unknown_questions_get_the_same_prompt_ids_and_nothing_to_learn(embedded
     _, too_long = tokenize_questions(embedded_tokenizer, [{"question": question}], prompt, 8,
                                      lambda i: f"data/unknown.jsonl:{i + 1}")
     assert too_long[0].startswith("data/unknown.jsonl:1: prompt has ") and "parse_qa.max_length = 8" in too_long[0]
+
+
+def generate_reference(model, batch, max_new_tokens, stop, pad_id, **criteria):
+    """model.generate's greedy new tokens per row, with the padding after an ended row removed."""
+    output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                            pad_token_id=pad_id, eos_token_id=stop, **criteria)
+    return output[:, batch["input_ids"].shape[1]:].tolist()
+
+
+def assert_generate_equal(ours, reference, pad_id):
+    """Each row of ours is generate's row up to where the row ended; generate pads the rest."""
+    for mine, theirs in zip(ours, reference, strict=True):
+        assert theirs == mine + [pad_id] * (len(theirs) - len(mine))
+
+
+def test_greedy_new_tokens_are_generates_though_ended_rows_leave_the_batch(embedded_model, embedded_tokenizer):
+    """The base model in custom_tokens style starts new marker blocks at different steps: rows end at a
+    stop text or at EOS while others run to the limit, so rows leave the batch midway."""
+    tok, prompt = embedded_tokenizer, {"style": "custom_tokens", "system": ""}
+    questions = ["별무리섬의 위치는 어디인가요?", "별무리섬은 어디에 있는 섬이에요?", "How tall is the lighthouse?",
+                 "등대지기는?", "What is the capital of France?", "별무리섬 최고봉의 이름은?"]
+    records = [tokenize_pair(tok, q, "-", prompt) for q in questions]
+    batch = tok.pad({"input_ids": [r["q_ids"] for r in records]}, padding_side="left", return_tensors="pt")
+    stop, criteria = stop_ids(tok, prompt), stop_text_criteria(tok, tuple(stop_texts(prompt)))
+    ours = greedy_new_tokens(embedded_model, batch["input_ids"], batch["attention_mask"], 40, stop, criteria)
+    reference = generate_reference(embedded_model, batch, 40, stop, tok.pad_token_id, stopping_criteria=criteria)
+    assert_generate_equal(ours, reference, tok.pad_token_id)
+    lengths = sorted(map(len, ours))
+    assert lengths[1] < 40 and lengths[-1] == 40  # two rows left the batch early, another ran to the limit
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_greedy_new_tokens_on_a_sliding_window_cache_are_generates(name):
+    """Gemma 3's sliding-window cache layers are cut down to the remaining rows too."""
+    from transformers import Gemma3TextConfig, LlamaConfig
+
+    from conftest import tiny
+    model = (tiny(LlamaConfig) if name == "llama" else
+             tiny(Gemma3TextConfig, sliding_window=3, layer_types=["sliding_attention", "full_attention"])).eval()
+    torch.manual_seed(1)
+    lengths = [3, 5, 6, 4, 7, 2]
+    input_ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, n in enumerate(lengths):  # left-padded with id 0
+        input_ids[row, -n:] = torch.randint(1, 64, (n,))
+        attention_mask[row, -n:] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    free = generate_reference(model, batch, 12, None, 0)
+    stop = [free[0][2], free[1][4]]  # rows 0 and 1 end by step 5; the others when they meet these ids
+    ours = greedy_new_tokens(model, input_ids, attention_mask, 12, stop)
+    assert_generate_equal(ours, generate_reference(model, batch, 12, stop, 0), 0)
+    assert len(ours[0]) <= 3 and len(ours[1]) <= 5 and max(map(len, ours)) == 12
