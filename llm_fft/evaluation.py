@@ -85,8 +85,9 @@ def answer_set(model, tokenizer, records, prompt, protocol, device, known=None):
 
 
 def expected_nlls(model, tokenizer, sets, batch_size, device):
-    """The teacher-forced NLL of every set's expected answers, all sets in one pass: ({name: answer_nll's
-    (per record, total, tokens)}, every record's NLL by nll_key, for answer_sets' known)."""
+    """The teacher-forced NLL of every set's expected answers, all sets in one pass (fuller batches):
+    ({name: answer_nll's (per record, total, tokens)}, every record's NLL by nll_key). Passed to
+    answer_sets as known, it spares the gate's pass every answer that is the expected one."""
     names = [name for name, records in sets.items() if records]
     records = [r for name in names for r in sets[name]]
     nlls = iter(record_nlls(model, records, batch_size, tokenizer.pad_token_id, device))

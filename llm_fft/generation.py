@@ -1,6 +1,7 @@
 """Batched greedy answering, and the one decoding protocol of both evaluations, interpolate, ask and
 the benchmark."""
 
+import inspect
 import weakref
 from dataclasses import dataclass
 
@@ -56,7 +57,9 @@ def greedy_new_tokens(model, input_ids, attention_mask, max_new_tokens, stop, st
     What model.generate(do_sample=False) computes, one step per token with a KV cache, except that
     rows that have ended leave the batch: generate runs every row until the last one ends (in the
     default run's final_eval, 1.7 times the row-steps its answers need). In fp32 a row's tokens do
-    not depend on the rows beside it (docs/benchmarks.md), so the answers stay the same.
+    not depend on the rows beside it (docs/benchmarks.md), so the answers stay the same; in bf16 a
+    near-tie can go the other way, as it can with another batch size. Plain greedy decoding for every
+    model alike: a model's generation_config (repetition penalty, ...) is not applied.
     """
     new_tokens = [[] for _ in range(len(input_ids))]
     rows = list(range(len(input_ids)))  # which prompt each row of the batch is
@@ -66,8 +69,10 @@ def greedy_new_tokens(model, input_ids, attention_mask, max_new_tokens, stop, st
     # Positions count real tokens only, as generate counts them: a left-padded prompt starts at 0.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
+    # Only the last position's logits are needed (generate asks the same of a model that supports it).
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+                   past_key_values=cache, use_cache=True, **last_only).logits
     for step in range(max_new_tokens):
         next_ids = logits[:, -1].float().argmax(-1)
         for row, token, done in zip(rows, next_ids.tolist(), ended.tolist()):
@@ -89,7 +94,7 @@ def greedy_new_tokens(model, input_ids, attention_mask, max_new_tokens, stop, st
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
         position_ids = position_ids[:, -1:] + 1
         logits = model(input_ids=next_ids[:, None], attention_mask=attention_mask, position_ids=position_ids,
-                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+                       past_key_values=cache, use_cache=True, **last_only).logits
     return new_tokens
 
 

@@ -1,5 +1,5 @@
 """Teacher-forced answer loss: finetune's dev loss and the evaluations' answer NLL use answer_nll, and
-training's loss the same supervised_logits, which runs the output head only where a token is learned."""
+it and training's loss use supervised_logits, which runs the output head only where a token is learned."""
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,8 @@ def summed(nlls):
 
 
 def nll_key(record):
-    """What a record's NLL depends on: its tokens and which of them are supervised."""
+    """What a record's NLL depends on: its tokens and which of them are supervised (all that collate
+    reads of a record; a field it came to read would have to join the key)."""
     return tuple(record["input_ids"]), tuple(record["labels"])
 
 

@@ -201,16 +201,19 @@ def test_unknown_questions_get_the_same_prompt_ids_and_nothing_to_learn(embedded
     assert too_long[0].startswith("data/unknown.jsonl:1: prompt has ") and "parse_qa.max_length = 8" in too_long[0]
 
 
-def generate_reference(model, batch, max_new_tokens, stop, pad_id, **criteria):
-    """model.generate's greedy new tokens per row, with the padding after an ended row removed."""
+def generate_reference(model, batch, max_new_tokens, stop, **criteria):
+    """model.generate's greedy new tokens per row, and the id it pads an ended row with: one that is
+    no stop token, so a row that ended a token early or late cannot pass for padding."""
+    pad_id = next(i for i in range(model.config.vocab_size) if i not in (stop or []))
     output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                             pad_token_id=pad_id, eos_token_id=stop, **criteria)
-    return output[:, batch["input_ids"].shape[1]:].tolist()
+    return output[:, batch["input_ids"].shape[1]:].tolist(), pad_id
 
 
-def assert_generate_equal(ours, reference, pad_id):
+def assert_generate_equal(ours, reference):
     """Each row of ours is generate's row up to where the row ended; generate pads the rest."""
-    for mine, theirs in zip(ours, reference, strict=True):
+    rows, pad_id = reference
+    for mine, theirs in zip(ours, rows, strict=True):
         assert theirs == mine + [pad_id] * (len(theirs) - len(mine))
 
 
@@ -224,8 +227,7 @@ def test_greedy_new_tokens_are_generates_though_ended_rows_leave_the_batch(embed
     batch = tok.pad({"input_ids": [r["q_ids"] for r in records]}, padding_side="left", return_tensors="pt")
     stop, criteria = stop_ids(tok, prompt), stop_text_criteria(tok, tuple(stop_texts(prompt)))
     ours = greedy_new_tokens(embedded_model, batch["input_ids"], batch["attention_mask"], 40, stop, criteria)
-    reference = generate_reference(embedded_model, batch, 40, stop, tok.pad_token_id, stopping_criteria=criteria)
-    assert_generate_equal(ours, reference, tok.pad_token_id)
+    assert_generate_equal(ours, generate_reference(embedded_model, batch, 40, stop, stopping_criteria=criteria))
     lengths = sorted(map(len, ours))
     assert lengths[1] < 40 and lengths[-1] == 40  # two rows left the batch early, another ran to the limit
 
@@ -246,8 +248,27 @@ def test_greedy_new_tokens_on_a_sliding_window_cache_are_generates(name):
         input_ids[row, -n:] = torch.randint(1, 64, (n,))
         attention_mask[row, -n:] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    free = generate_reference(model, batch, 12, None, 0)
+    free, _ = generate_reference(model, batch, 12, None)
     stop = [free[0][2], free[1][4]]  # rows 0 and 1 end by step 5; the others when they meet these ids
     ours = greedy_new_tokens(model, input_ids, attention_mask, 12, stop)
-    assert_generate_equal(ours, generate_reference(model, batch, 12, stop, 0), 0)
+    assert_generate_equal(ours, generate_reference(model, batch, 12, stop))
     assert len(ours[0]) <= 3 and len(ours[1]) <= 5 and max(map(len, ours)) == 12
+
+
+def test_a_model_without_logits_to_keep_is_answered_all_the_same():
+    """A model whose forward takes no logits_to_keep (remote code, for one) gets every position's logits."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conftest import tiny
+    model = tiny(LlamaConfig).eval()
+
+    class WholeLogits(LlamaForCausalLM):
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                    use_cache=None):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   past_key_values=past_key_values, use_cache=use_cache)
+    whole = WholeLogits(model.config).eval()
+    whole.load_state_dict(model.state_dict())
+    input_ids, attention_mask = torch.tensor([[0, 5, 9], [7, 3, 2]]), torch.tensor([[0, 1, 1], [1, 1, 1]])
+    assert (greedy_new_tokens(whole, input_ids, attention_mask, 6, [63])
+            == greedy_new_tokens(model, input_ids, attention_mask, 6, [63]))
