@@ -65,7 +65,7 @@ KO_MODEL = "embedded-gemma"
 DEFAULT_MODEL = "embedded"  # SmolLM2-135M, the model the comparison is against
 # The project's own comparison of the two embedded models: the same Korean facts and levers (the
 # default params), each over the seeds its record names.
-KO_COMPARISON = {"SmolLM2-135M": SEEDS / "lr1e-4.json", "Gemma 3 270M": SEEDS / "ko-honest.json"}
+KO_COMPARISON = {"SmolLM2-135M": SEEDS / "lr5e-5.json", "Gemma 3 270M": SEEDS / "ko-honest.json"}
 KO_COMPARED = [("held-out right, without the gate", "final.gate.ungated.heldout.right"),
                ("held-out right (the default, gated)", "final.heldout.right"),
                ("held-out wrong (the default, gated)", "final.heldout.wrong"),

@@ -442,7 +442,7 @@ def test_korean_pairs_get_the_two_embedded_models_compared_from_the_seed_records
     assert korean == pytest.approx(11 / 12)  # 11 syllables, one Latin letter
     lines = summary.profile_advice("embedded", korean, True, records)
     assert lines[0] == ("Korean profile: your pairs are 92% Korean. On the project's Korean facts with the default levers "
-                        "(metrics/seeds/lr1e-4.json, seeds 123 1 2, commit abc1234; metrics/seeds/ko-honest.json, "
+                        "(metrics/seeds/lr5e-5.json, seeds 123 1 2, commit abc1234; metrics/seeds/ko-honest.json, "
                         "seeds 123 1, commit abc1234), mean (min-max):")
     assert lines[1] == (f"  {'held-out right, without the gate':<40} SmolLM2-135M 0.500 (0.400-0.600)   "
                         "Gemma 3 270M 0.900 (0.800-1.000)")
