@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The stages and tools the tests start as subprocesses import llm_fft from this checkout, as the
+# tests themselves do, not from wherever the venv's editable install points (another clone's).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
 def record(prompt_len, answer_len, first_id=10):
