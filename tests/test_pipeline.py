@@ -863,8 +863,8 @@ def test_ask_applies_the_gate_final_eval_chose(tiny_repo, first_repro, tmp_path)
         assert (why in result.stderr) if why else "confidence gate" not in result.stderr
 
 
-def test_ask_without_a_model_says_how_to_make_one(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(REPO))  # llm_fft from the repo, run in an empty folder
+def test_ask_without_a_model_says_how_to_make_one(tmp_path):
+    # Run in an empty folder: llm_fft comes from the repo through conftest's PYTHONPATH.
     shutil.copy(REPO / "params.yaml", tmp_path)
     result = run([sys.executable, "-m", "llm_fft.ask", "Q?"], tmp_path, check=False)
     assert result.returncode != 0
