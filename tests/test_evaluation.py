@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from llm_fft import evaluation
@@ -326,3 +327,14 @@ def test_a_chat_template_that_hides_the_answer_boundary_skips_the_chat_baseline(
     metrics, reason = evaluation.evaluate_chat_template(params, None, tokenizer, "cpu")  # no model: never used
     assert metrics is None
     assert reason.startswith("the base model's chat template cannot be used: the chat template renders")
+
+
+def test_cpu_evaluations_stay_fp32_even_where_bf16_is_native():
+    """bf16 answers depend on which questions share the batch (docs/benchmarks.md: 11 of 76 differ
+    between final_eval's pooled batch and one at a time), so `ask` would answer otherwise than
+    final_eval measured: auto keeps the CPU in fp32, and bf16 is asked for by name."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert evaluation.eval_dtype("auto", cpu) == torch.float32
+    assert evaluation.eval_dtype("auto", cuda) == torch.bfloat16
+    assert evaluation.eval_dtype("bfloat16", cpu) == torch.bfloat16
+    assert evaluation.eval_dtype("float32", cuda) == torch.float32
