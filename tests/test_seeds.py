@@ -42,6 +42,13 @@ def test_mean_min_max_over_seeds(monkeypatch, tmp_path, capsys):
     assert "final.heldout.states_key_fact" in capsys.readouterr().out
 
 
+def test_the_mean_is_not_rounded_to_the_metrics_own_decimals():
+    # 3 seeds abstaining on 11, 11 and 12 of 12 questions: the mean 0.94447 is 0.944 at 3 decimals,
+    # and 0.945 if it had first been rounded to the 4 decimals each run's metric has.
+    mean = seeds.summarise([{"abstained": 0.9167}, {"abstained": 0.9167}, {"abstained": 1.0}])["abstained"]["mean"]
+    assert mean == 0.944467 and f"{mean:.3f}" == "0.944"
+
+
 def test_a_failed_seed_keeps_the_seeds_before_it(monkeypatch, tmp_path):
     fake_runs(monkeypatch, tmp_path, [{"heldout": {"states_key_fact": 0.5}}, None])
     monkeypatch.setattr(sys, "argv", ["seeds", "--name", "x", "--seeds", "1", "2", "3"])
