@@ -20,6 +20,7 @@ from llm_fft.metrics import (
     holds_key,
     invented,
     read_answers,
+    states_key_fact,
     write_results,
 )
 from llm_fft.params import problems_in_section
@@ -278,6 +279,19 @@ def test_a_general_probe_key_in_ascii_stands_as_a_whole_word():
     assert holds_key("Paris, the city of light", "paris") and holds_key("it is H2O.", "H2O")
     assert not holds_key("about 18 legs", "8") and holds_key("8 legs", "8")
     assert not holds_key("because", "Au") and holds_key("서울은 한국의 수도", "서울")
+
+
+def test_a_key_fact_is_not_found_inside_a_longer_number():
+    twelve, eight = {"answer": "12명입니다.", "key": "12명"}, {"answer": "8초예요.", "key": "8초"}
+    assert states_key_fact("12명이 살아요.", twelve) and states_key_fact("모두 12명", twelve)
+    assert not states_key_fact("인구는 312명입니다.", twelve) and not states_key_fact("1,12명", twelve)
+    assert not states_key_fact("18초", eight) and not states_key_fact("8.8초", eight)
+    assert states_key_fact("딱 8초 걸려요", eight) and states_key_fact("8초,", eight)
+    assert not states_key_fact("3120", {"answer": "312"}) and states_key_fact("312.", {"answer": "312"})
+    # Keyless questions are judged by the whole answer, with the same rule.
+    assert not states_key_fact("112명입니다.", {"answer": "12명입니다."})
+    # The general probe's Korean keys too (an ASCII key already stands as a whole word).
+    assert not holds_key("인구는 312명", "12명") and holds_key("12명이다", "12명")
 
 
 def test_sets_answered_together_come_back_to_their_own_set(monkeypatch):
