@@ -301,13 +301,25 @@ def eval_dtype(name, device):
     return getattr(torch, name)
 
 
-def load_for_evaluation(params, model_dir):
+# The evaluate keys that say how a question is answered: all that interpolate reads (dvc.yaml lists
+# these alone for it), so tuning the gate or the probes does not rerun its generations.
+DECODING_KEYS = ("batch_size", "extra_new_tokens", "dtype")
+
+
+def load_for_evaluation(params, model_dir, decoding_only=False):
     """Check the evaluate and prompt params, seed, then load the model as every evaluation (and
     ask) does. Returns (model, tokenizer, device); raises ModelNotFound if model_dir holds no model.
+    decoding_only: check only DECODING_KEYS of evaluate, and not the refusal (interpolate).
     """
-    problems = (shared_problems(params, keys=["device", "refusal"]) + problems_in_section(params, "evaluate", EVAL_SPEC)
-                + problems_in_section(params, "prompt", PROMPT_SPEC))
-    if not problems and not abstains(params["refusal"], params["evaluate"]["abstain_phrases"]):
+    if decoding_only:
+        evaluate = params.get("evaluate")
+        evaluate = {k: v for k, v in evaluate.items() if k in DECODING_KEYS} if isinstance(evaluate, dict) else evaluate
+        problems = (shared_problems(params, keys=["device"])
+                    + problems_in_section({"evaluate": evaluate}, "evaluate", {k: EVAL_SPEC[k] for k in DECODING_KEYS}))
+    else:
+        problems = shared_problems(params, keys=["device", "refusal"]) + problems_in_section(params, "evaluate", EVAL_SPEC)
+    problems += problems_in_section(params, "prompt", PROMPT_SPEC)
+    if not problems and not decoding_only and not abstains(params["refusal"], params["evaluate"]["abstain_phrases"]):
         problems.append(f"params.yaml: refusal = {params['refusal']!r} holds none of evaluate.abstain_phrases, so "
                         "a refusal would be scored as an invented answer: add its wording to abstain_phrases")
     fail_if_problems(problems)

@@ -10,9 +10,10 @@ whose dev key-fact rate is within interpolate.tolerance of the best one are tied
 interpolate.among_ties chooses the smallest (the facts kept, as little of the base model given up as the
 dev set can tell) or the one with the lowest dev answer NLL. The held-out questions and
 the retention probe are never read here: they only report.
-Reads interpolate.*, evaluate.*, prompt.*, model.dtype and device in params.yaml, models/base and
-models/finetuned. Writes models/final (what final_eval and `make ask` use), metrics/interpolation.json
-(the chosen a and its dev numbers) and metrics/interpolation_curve.json (every a, for `dvc plots show`).
+Reads interpolate.*, evaluate.batch_size, extra_new_tokens and dtype (how the evaluations answer),
+prompt.*, model.dtype and device in params.yaml, models/base and models/finetuned. Writes models/final
+(what final_eval and `make ask` use), metrics/interpolation.json (the chosen a and its dev numbers) and
+metrics/interpolation_curve.json (every a, for `dvc plots show`).
 """
 
 import json
@@ -88,7 +89,8 @@ def main():
                  "among them: add dev phrasings to the facts file (file backend: pairs to generate_dataset.dev_file), "
                  "or set interpolate.weights: [1.0]")
 
-    model, tokenizer, device = load_for_evaluation(params, FINETUNED_MODEL)  # checks evaluate.*, prompt.*, device
+    # Checks evaluate's decoding keys, prompt.* and device: a change to the gate's keys does not rerun this stage.
+    model, tokenizer, device = load_for_evaluation(params, FINETUNED_MODEL, decoding_only=True)
     # Both ends in fp32 on the CPU, whatever the evaluation dtype: the mix is computed exactly once per a.
     tuned, base = (load_pretrained(path, torch.float32, "cpu")[0].state_dict() for path in (FINETUNED_MODEL, BASE_MODEL))
     general = read_jsonl(REHEARSAL_DEV) if REHEARSAL_DEV.exists() else []

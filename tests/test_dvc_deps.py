@@ -65,6 +65,14 @@ def test_finetune_lists_each_key_that_changes_the_weights_and_none_that_does_not
     assert CHANGES_NO_NUMBERS and set(CHANGES_NO_NUMBERS) <= set(FINETUNE_SPEC)
 
 
+def test_interpolate_lists_the_evaluate_keys_it_checks_and_no_other():
+    # So that -S evaluate.gate_wrong_cost=... (or any key of the gate and the probes) reruns final_eval
+    # alone, not interpolate's generations; load_for_evaluation(decoding_only=True) checks these.
+    from llm_fft.evaluation import DECODING_KEYS
+    listed = {p for p in STAGES["interpolate"]["params"] if isinstance(p, str) and p.split(".")[0] in ("evaluate", "refusal")}
+    assert listed == {f"evaluate.{k}" for k in DECODING_KEYS}
+
+
 def test_the_package_docstring_lists_every_module_once():
     import llm_fft
     listed = [line.split()[0] for line in llm_fft.__doc__.splitlines() if " -- " in line]

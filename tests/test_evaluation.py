@@ -23,7 +23,8 @@ from llm_fft.metrics import (
     states_key_fact,
     write_results,
 )
-from llm_fft.params import problems_in_section
+from llm_fft.model import ModelNotFound
+from llm_fft.params import ParamsError, problems_in_section
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 PHRASES = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))["evaluate"]["abstain_phrases"]
@@ -292,6 +293,21 @@ def test_a_key_fact_is_not_found_inside_a_longer_number():
     assert not states_key_fact("112명입니다.", {"answer": "12명입니다."})
     # The general probe's Korean keys too (an ASCII key already stands as a whole word).
     assert not holds_key("인구는 312명", "12명") and holds_key("12명이다", "12명")
+
+
+def test_interpolate_checks_only_how_questions_are_answered(tmp_path):
+    params = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))
+    decoding = {k: params["evaluate"][k] for k in evaluation.DECODING_KEYS}
+    # The gate's and the probes' keys, and the refusal, are not read: checked, they would be missing.
+    lean = {**{k: v for k, v in params.items() if k != "refusal"}, "evaluate": decoding}
+    with pytest.raises(ModelNotFound):  # the params passed: it went on to load the model
+        evaluation.load_for_evaluation(lean, tmp_path / "no-model", decoding_only=True)
+    with pytest.raises(ParamsError, match="refusal = None is invalid") as err:
+        evaluation.load_for_evaluation(lean, tmp_path / "no-model")
+    assert "evaluate.gate is missing" in str(err.value)
+    bad = {**lean, "evaluate": {**decoding, "batch_size": 0}}
+    with pytest.raises(ParamsError, match=r"evaluate.batch_size = 0 is out of range"):
+        evaluation.load_for_evaluation(bad, tmp_path / "no-model", decoding_only=True)
 
 
 def test_sets_answered_together_come_back_to_their_own_set(monkeypatch):
