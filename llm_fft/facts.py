@@ -3,6 +3,7 @@
 Only generate_dataset reads it, so an edit here reruns generate_dataset alone.
 """
 
+import difflib
 from pathlib import Path
 
 import yaml
@@ -26,6 +27,11 @@ def load_facts(path):
     if not isinstance(facts, dict) or not isinstance(facts.get("facts"), list) or not facts["facts"]:
         raise DatasetError(f"{path}: expected a mapping with a non-empty 'facts' list")
     problems, checked = [], []
+    for key in facts:  # a misspelt list (unkown:) would silently leave its questions out
+        if key not in TOP_LEVEL_KEYS:
+            close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
+            problems.append(f"{path}: unknown key {key!r} ({f'did you mean {close[0]!r}? ' if close else ''}"
+                            f"the file holds {', '.join(TOP_LEVEL_KEYS)})")
     for i, fact in enumerate(facts["facts"]):
         where = f"{path}: facts[{i}]"
         if not isinstance(fact, dict) or not {"answer", "questions"} <= set(fact) <= set(FACT_KEYS):
@@ -38,6 +44,7 @@ def load_facts(path):
         if not fact_problems:
             checked.append({k: str(fact.get(k) or "").strip() if k in ("answer", "key")
                             else [t.strip() for t in fact.get(k) or []] for k in FACT_KEYS})
+    problems += _asked_twice(path, facts["facts"])
     if problems:
         raise DatasetError("\n".join(problems))
     return checked
@@ -45,6 +52,26 @@ def load_facts(path):
 
 # answer and key are strings; the rest are lists of strings (only questions is required).
 FACT_KEYS = ("answer", "key", "answers", "statements", "questions", "dev", "held_out")
+ROLES = {"questions": "a training", "dev": "a dev", "held_out": "a held_out"}
+
+
+def _asked_twice(path, facts):
+    """A question (normalised: spaces and a final ? do not count) asked twice anywhere in the file,
+    as two roles or by two facts: a dev or held-out question that is also trained on, in this fact
+    or another, would score a memorised string as a learned fact."""
+    seen, problems = {}, []
+    for i, fact in enumerate(facts):
+        for name in ROLES:
+            questions = fact.get(name) if isinstance(fact, dict) else None
+            for question in questions if isinstance(questions, list) else []:
+                if not isinstance(question, str) or not question.strip():
+                    continue  # reported with the fact
+                if (earlier := seen.get(normalize(question))) is not None:
+                    problems.append(f"{path}: facts[{i}]: {name} question {question.strip()!r} is also "
+                                    f"{ROLES[earlier[1]]} question of facts[{earlier[0]}]")
+                else:
+                    seen[normalize(question)] = (i, name)
+    return problems
 
 
 def _fact_problems(fact):
@@ -67,14 +94,11 @@ def _fact_problems(fact):
     for name, sentences in (("the answer", [answer]), ("answers", lists["answers"]), ("statements", lists["statements"])):
         if key and (missing := [s for s in sentences if normalize(key) not in normalize(s)]):
             problems.append(f"key {key!r} does not appear in {name} {missing[0]!r}")
-    asked = {name: set(map(str.strip, lists[name])) for name in ("questions", "dev", "held_out")}
-    for a, b in (("held_out", "questions"), ("dev", "questions"), ("held_out", "dev")):
-        if asked[a] & asked[b]:
-            problems.append(f"a {a} question is also a {'training' if b == 'questions' else b} question")
     return problems
 
 
 UNKNOWN_LISTS = ("unknown", "unknown_dev", "unknown_train")
+TOP_LEVEL_KEYS = ("subject", "facts", *UNKNOWN_LISTS)
 
 
 def load_unknown(path):

@@ -17,31 +17,39 @@ REPO = Path(__file__).resolve().parents[1]
 def test_load_facts_reports_every_bad_fact(tmp_path):
     facts = tmp_path / "facts.yaml"
     facts.write_text(
+        "subject: 별무리섬\n"
+        "unkown: ['U?']\n"                                                  # misspelt: would drop the list
         "facts:\n"
-        "  - {answer: 'A.', questions: ['Q?']}\n"                          # fine: the rest is optional
-        "  - {answer: '', questions: ['Q?']}\n"
+        "  - {answer: 'A.', questions: ['Q0?']}\n"                          # fine: the rest is optional
+        "  - {answer: '', questions: ['Q1?']}\n"
         "  - {answer: 'A.'}\n"
-        "  - {answer: 'x <|answer|> y', questions: ['Q?']}\n"
-        "  - {answer: '27미터입니다.', key: '28미터', questions: ['Q?'], held_out: ['H?']}\n"
-        "  - {answer: 'A.', questions: ['Q?'], held_out: ['H?']}\n"
-        "  - {answer: 'A.', key: A, questions: ['Q?'], held_out: ['Q?']}\n"
+        "  - {answer: 'x <|answer|> y', questions: ['Q3?']}\n"
+        "  - {answer: '27미터입니다.', key: '28미터', questions: ['Q4?'], held_out: ['H4?']}\n"
+        "  - {answer: 'A.', questions: ['Q5?'], held_out: ['H5?']}\n"
+        "  - {answer: 'A.', key: A, questions: ['Q6?'], held_out: ['Q6?']}\n"
         "  - {answer: '27미터입니다.', key: 27미터, answers: ['높이는 27 m입니다.'], statements: ['등대는 높다.'],\n"
-        "     questions: ['Q?'], dev: ['D?'], held_out: ['D?']}\n"
-        "  - {answer: 'A.', key: A, questions: ['Q?'], dev: 'D?'}\n", encoding="utf-8")
+        "     questions: ['Q7?'], dev: ['D7?'], held_out: ['D7?']}\n"
+        "  - {answer: 'A.', key: A, questions: ['Q8?'], dev: 'D8?'}\n"
+        "  - {answer: 'B.', key: B, questions: ['Q9?'], dev: ['Q0'], held_out: ['  Q9']}\n", encoding="utf-8")
     with pytest.raises(DatasetError) as err:
         load_facts(facts)
     assert str(err.value).splitlines() == [
+        f"{facts}: unknown key 'unkown' (did you mean 'unknown'? the file holds subject, facts, unknown, "
+        "unknown_dev, unknown_train)",
         f"{facts}: facts[1]: empty answer",
         f"{facts}: facts[2]: expected the keys answer, questions and optionally key, answers, statements, dev, "
         f"held_out; got \"{{'answer': 'A.'}}\"",
         f"{facts}: facts[3]: the markers <|question|> / <|answer|> cannot appear in text",
         f"{facts}: facts[4]: key '28미터' does not appear in the answer '27미터입니다.'",
         f"{facts}: facts[5]: held_out and dev questions need a key (the short fact an answer must state)",
-        f"{facts}: facts[6]: a held_out question is also a training question",
         f"{facts}: facts[7]: key '27미터' does not appear in answers '높이는 27 m입니다.'",
         f"{facts}: facts[7]: key '27미터' does not appear in statements '등대는 높다.'",
-        f"{facts}: facts[7]: a held_out question is also a dev question",
         f"{facts}: facts[8]: dev must be a list of non-empty strings",
+        # Asked twice, in one fact or across facts, compared normalised (spaces, a final ?).
+        f"{facts}: facts[6]: held_out question 'Q6?' is also a training question of facts[6]",
+        f"{facts}: facts[7]: held_out question 'D7?' is also a dev question of facts[7]",
+        f"{facts}: facts[9]: dev question 'Q0' is also a training question of facts[0]",
+        f"{facts}: facts[9]: held_out question 'Q9' is also a training question of facts[9]",
     ]
 
 
