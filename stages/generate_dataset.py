@@ -166,8 +166,11 @@ def questions_from_files(cfg, fmt, trained):
     that is also a dev question, is an error naming both places."""
     sets, problems, seen = {}, [], {normalize(p["question"]): ("training", p["where"]) for p in trained}
     for name, path in (("dev", cfg["dev_file"]), ("held-out", cfg["heldout_file"])):
+        # A .jsonl or .json file is that, whatever dataset.format forces on your dataset file
+        # (format: separator for a tab-separated dataset beside the default my_dev.jsonl).
+        file_format = {".jsonl": "jsonl", ".json": "json"}.get(Path(path).suffix.lower(), fmt["format"])
         try:
-            pairs, warnings = read_pairs(Path(path).read_bytes(), path, fmt["format"], fmt["separator"],
+            pairs, warnings = read_pairs(Path(path).read_bytes(), path, file_format, fmt["separator"],
                                          evaluation=True)
         except DatasetError as e:  # reported with the other file's problems
             problems.append(str(e))

@@ -294,6 +294,20 @@ def test_file_backend_unknown_questions_are_never_answered_by_the_data(tmp_path)
         "answers it, so it is not unknown"]
 
 
+def test_a_forced_dataset_format_leaves_jsonl_dev_and_held_out_files_jsonl(tmp_path):
+    from stages.generate_dataset import evaluation_questions_from_files
+    cfg = own_files(tmp_path, "사장님 이름은?\n")
+    (tmp_path / "my_dataset.txt").write_text("빵집 이름은?\t달빛제과입니다.\n", encoding="utf-8")
+    fmt = {"format": "separator", "separator": "\t"}  # a tab-separated dataset: auto looks for " | "
+    trained, _ = read_pairs((tmp_path / "my_dataset.txt").read_bytes(), cfg["file"], fmt["format"], fmt["separator"])
+    dev, heldout, _ = evaluation_questions_from_files(cfg, fmt, trained)
+    assert dev == [{"question": "가게 이름이 뭐예요?", "answer": "달빛제과입니다."}] and heldout == []
+    # Any other file is read in the format forced: a dev file in it too.
+    (tmp_path / "dev.txt").write_text("가게 이름이 뭐예요?\t달빛제과입니다.\n", encoding="utf-8")
+    dev, _, _ = evaluation_questions_from_files({**cfg, "dev_file": str(tmp_path / "dev.txt")}, fmt, trained)
+    assert dev == [{"question": "가게 이름이 뭐예요?", "answer": "달빛제과입니다."}]
+
+
 def test_the_shipped_unknown_file_is_not_answered_by_the_shipped_dataset():
     from stages.generate_dataset import evaluation_questions_from_files
     repo = Path(__file__).resolve().parents[1]
