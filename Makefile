@@ -56,6 +56,10 @@ help: ## list the targets
 setup: $(SETUP) ## create .venv with the pinned dependencies and the embedded model (PROFILE=ko: + gemma-3-270m)
 
 $(STAMP): requirements.txt pyproject.toml
+	@# PYTHON_FOR_VENV given: a venv of another version (left by a setup with python3) is made anew.
+	@if [ "$(origin PYTHON_FOR_VENV)" != file ] && [ -d $(VENV) ] && \
+	    [ "$$($(VENV)/bin/python -V 2>&1)" != "$$($(PYTHON_FOR_VENV) -V 2>&1)" ]; then \
+	    echo "$(VENV) is $$($(VENV)/bin/python -V 2>&1), not $(PYTHON_FOR_VENV): making it anew"; rm -rf $(VENV); fi
 	test -d $(VENV) || $(PYTHON_FOR_VENV) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
@@ -114,4 +118,4 @@ lint: setup ## check the code with ruff (settings in pyproject.toml), as CI does
 	ruff check .
 
 clean: ## delete pipeline outputs and the DVC cache (keeps .venv and committed metrics)
-	rm -rf models/base models/finetuned models/final models/*.tmp models/checkpoints data/dataset.txt data/trained_qa.jsonl data/preview.md data/statements*.jsonl data/answer_variants.jsonl data/dev*.jsonl data/heldout*.jsonl data/unknown*.jsonl data/refusals.jsonl data/rehearsal.jsonl data/rehearsal_dev.jsonl .dvc/cache .dvc/tmp
+	rm -rf models/base models/finetuned models/final models/*.tmp models/checkpoints data/dataset.txt data/trained_qa.jsonl data/preview.md data/statements*.jsonl data/answer_variants.jsonl data/dev*.jsonl data/heldout*.jsonl data/unknown*.jsonl data/refusals.jsonl data/rehearsal.jsonl data/rehearsal_dev.jsonl data/rehearsal_teacher.safetensors .dvc/cache .dvc/tmp

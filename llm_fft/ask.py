@@ -39,6 +39,8 @@ def main():
     parser.add_argument("question", nargs="?", help="the question; none = ask interactively")
     parser.add_argument("--base", action="store_true", help="use models/base instead of models/final")
     args = parser.parse_args()
+    if args.question is not None and not args.question.strip():  # make ask without Q="…"
+        sys.exit('error: the question is empty: make ask Q="your question" (or make chat to ask one after another)')
 
     params = load_params()
     model_dir, metrics_path = (BASE_MODEL, BASELINE_METRICS) if args.base else (FINAL_MODEL, FINAL_METRICS)

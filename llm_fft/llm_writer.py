@@ -577,7 +577,7 @@ class HttpChat:
             if isinstance(reason, TimeoutError):
                 raise TransportError(f"no reply from {self.url} within {self.timeout} s") from None
             raise TransportError(f"cannot reach {self.url}: {reason}. Is the server running, and is "
-                                 "generate_dataset.base_url right?") from None
+                                 "generate_dataset.llm_base_url right?") from None
         return _parse_completion(raw, self.url, key)
 
 

@@ -33,6 +33,11 @@ def main():
         tokenizer = prepare_tokenizer(tokenizer)
     except ModelNotFound as e:
         sys.exit(f"error: {e}")
+    if not type(model).__module__.startswith("transformers."):
+        # The later stages load models/base as transformers' own architectures, without remote code.
+        sys.exit(f"error: {cfg['name']} runs its own model code ({type(model).__module__}.{type(model).__name__}); "
+                 "the stages after prepare_model load models/base without remote code, so only models of an "
+                 "architecture transformers has built in can be fine-tuned here")
     if params["prompt"]["markers"] == "special_tokens":
         tokenizer.add_tokens([QUESTION_MARK, ANSWER_MARK], special_tokens=True)
         torch.manual_seed(params["seed"])  # mean_resizing draws the new rows around the mean embedding

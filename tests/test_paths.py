@@ -2,6 +2,7 @@
 names no other, and the tests name no file the pipeline does not have."""
 
 import ast
+import fnmatch
 import re
 import subprocess
 from pathlib import Path
@@ -67,3 +68,13 @@ def test_the_tests_name_only_files_the_pipeline_has():
 def test_each_file_has_one_name():
     values = [str(v) for k, v in vars(paths).items() if k.isupper() and isinstance(v, Path)]
     assert len(values) == len(set(values))
+
+
+def test_make_clean_deletes_every_pipeline_output_but_the_committed_metrics():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    outputs = {entry if isinstance(entry, str) else next(iter(entry))
+               for stage in stages.values() for entry in stage.get("outs", [])}
+    recipe = (REPO / "Makefile").read_text(encoding="utf-8").split("\nclean:", 1)[1].split("\n\n", 1)[0]
+    removed = next(line.split()[2:] for line in recipe.splitlines() if line.strip().startswith("rm -rf"))
+    left = {o for o in outputs if not o.startswith("metrics/") and not any(fnmatch.fnmatch(o, r) for r in removed)}
+    assert not left, f"make clean leaves {sorted(left)}"

@@ -437,6 +437,8 @@ def test_forced_rerun_of_every_stage_after_the_model_is_byte_identical(tiny_repo
     ((None, "seed", 7), stages("prepare_model", "generate_dataset", "finetune", "interpolate", "final_eval")),
     # no retraining (32: every question still in one batch, so the reruns take no longer than the first)
     (("evaluate", "batch_size", 32), stages("baseline_eval", "interpolate", "final_eval")),
+    # the gate's cost: answered as before, so interpolate's generations are not run again
+    (("evaluate", "gate_wrong_cost", 0.5), stages("baseline_eval", "final_eval")),
     # a weight none of the defaults is, so the final model changes; no retraining
     (("interpolate", "weights", [0.5]), stages("interpolate", "final_eval")),
     # how often finetune logs changes no numbers, so it reruns nothing (nor do the checkpoint_* keys:
@@ -869,6 +871,40 @@ def test_ask_without_a_model_says_how_to_make_one(tmp_path):
     result = run([sys.executable, "-m", "llm_fft.ask", "Q?"], tmp_path, check=False)
     assert result.returncode != 0
     assert "models/final holds no model: run `dvc repro` (or `make run`) first" in result.stderr
+    # `make ask` without Q="…" passes an empty question: said before any model is looked for.
+    result = run([sys.executable, "-m", "llm_fft.ask", " "], tmp_path, check=False)
+    assert result.returncode != 0 and "error: the question is empty: make ask Q=" in result.stderr
+
+
+def test_a_model_that_runs_its_own_code_is_refused_before_anything_is_written(tmp_path, monkeypatch, embedded_tokenizer):
+    """model.trust_remote_code lets prepare_model load such a model, but every stage after it loads
+    models/base as one of transformers' own architectures: said at once, not in parse_qa."""
+    from transformers import LlamaConfig
+
+    from tests.conftest import tiny
+    folder = tmp_path / "remote-model"
+    tiny(LlamaConfig).save_pretrained(folder)
+    embedded_tokenizer.save_pretrained(folder)
+    (folder / "configuration_tiny.py").write_text(
+        "from transformers import LlamaConfig\n\nclass TinyConfig(LlamaConfig):\n    model_type = 'tiny_remote'\n")
+    (folder / "modeling_tiny.py").write_text(
+        "from transformers import LlamaForCausalLM\nfrom .configuration_tiny import TinyConfig\n\n"
+        "class TinyForCausalLM(LlamaForCausalLM):\n    config_class = TinyConfig\n")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="tiny_remote", architectures=["TinyForCausalLM"],
+                  auto_map={"AutoConfig": "configuration_tiny.TinyConfig",
+                            "AutoModelForCausalLM": "modeling_tiny.TinyForCausalLM"})
+    (folder / "config.json").write_text(json.dumps(config))
+    work = tmp_path / "work"
+    work.mkdir()
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["model"].update(name=str(folder), trust_remote_code=True)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))  # where transformers copies the code
+    result = run([sys.executable, REPO / "stages/prepare_model.py"], work, check=False)
+    assert result.returncode != 0
+    assert f"error: {folder} runs its own model code (" in result.stderr and ".TinyForCausalLM)" in result.stderr
+    assert list(work.iterdir()) == [work / "params.yaml"]  # nothing written
 
 
 @pytest.mark.slow
