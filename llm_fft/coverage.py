@@ -11,7 +11,7 @@ both measured regimes below that failed.
 
 from statistics import median
 
-from llm_fft.text import normalize
+from llm_fft.text import normalize, states
 
 MIN_PHRASINGS = 3  # training phrasings per fact below which held-out questions were measured to fail
 
@@ -45,7 +45,7 @@ def from_pairs(pairs, dev, heldout):
     answers = [normalize(p["answer"]) for p in pairs]
     rows, used = [], set()
     for fact, counts in asked.items():
-        about = [i for i, a in enumerate(answers) if (fact in a if counts["key"] else fact == a)]
+        about = [i for i, a in enumerate(answers) if (states(a, fact) if counts["key"] else fact == a)]
         used.update(about)
         rows.append({"fact": fact, "phrasings": len(about), "answers": len({answers[i] for i in about}),
                      "statements": 0, "dev": counts["dev"], "heldout": counts["heldout"]})

@@ -10,7 +10,7 @@ import yaml
 
 from llm_fft.formats import DatasetError
 from llm_fft.prompts import ANSWER_MARK, QUESTION_MARK
-from llm_fft.text import normalize
+from llm_fft.text import normalize, states
 
 
 def load_facts(path):
@@ -56,9 +56,10 @@ ROLES = {"questions": "a training", "dev": "a dev", "held_out": "a held_out"}
 
 
 def _asked_twice(path, facts):
-    """A question (normalised: spaces and a final ? do not count) asked twice anywhere in the file,
-    as two roles or by two facts: a dev or held-out question that is also trained on, in this fact
-    or another, would score a memorised string as a learned fact."""
+    """A question (normalised: spaces and a final ? do not count) asked twice in the file, as two roles
+    or by two facts: a dev or held-out question that is also trained on, in this fact or another,
+    would score a memorised string as a learned fact, and a training question written twice would
+    be paired with two answers (two facts', or one fact's answer variants in turn)."""
     seen, problems = {}, []
     for i, fact in enumerate(facts):
         for name in ROLES:
@@ -66,11 +67,12 @@ def _asked_twice(path, facts):
             for question in questions if isinstance(questions, list) else []:
                 if not isinstance(question, str) or not question.strip():
                     continue  # reported with the fact
-                if (earlier := seen.get(normalize(question))) is not None:
-                    problems.append(f"{path}: facts[{i}]: {name} question {question.strip()!r} is also "
-                                    f"{ROLES[earlier[1]]} question of facts[{earlier[0]}]")
-                else:
+                earlier = seen.get(normalize(question))
+                if earlier is None:
                     seen[normalize(question)] = (i, name)
+                else:
+                    problems.append(f"{path}: facts[{i}]: {ROLES[name][2:]} question {question.strip()!r} is also "
+                                    f"{ROLES[earlier[1]]} question of facts[{earlier[0]}]")
     return problems
 
 
@@ -92,7 +94,7 @@ def _fact_problems(fact):
     if (lists["held_out"] or lists["dev"]) and not key:
         problems.append("held_out and dev questions need a key (the short fact an answer must state)")
     for name, sentences in (("the answer", [answer]), ("answers", lists["answers"]), ("statements", lists["statements"])):
-        if key and (missing := [s for s in sentences if normalize(key) not in normalize(s)]):
+        if key and (missing := [s for s in sentences if not states(s, key)]):
             problems.append(f"key {key!r} does not appear in {name} {missing[0]!r}")
     return problems
 

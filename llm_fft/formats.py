@@ -53,7 +53,7 @@ from collections import Counter
 from pathlib import Path
 
 from llm_fft.prompts import ANSWER_MARK, QUESTION_MARK
-from llm_fft.text import normalize
+from llm_fft.text import normalize, states
 
 
 class DatasetError(ValueError):
@@ -533,7 +533,7 @@ def _check_and_merge(candidates):
         question, answer = _clean(question), _clean(answer)
         extra = {k: _clean(v) for k, v in (optional[0] if optional else {}).items()}
         value_problems = _value_problems(question, answer)
-        if KEY in extra and not (extra[KEY] and normalize(extra[KEY]) in normalize(answer)):
+        if KEY in extra and not (extra[KEY] and states(answer, extra[KEY])):
             value_problems.append(f"key {excerpt(extra[KEY])} does not appear in the answer {excerpt(answer)}"
                                   if extra[KEY] else f"empty key for {excerpt(question)}")
         if value_problems:

@@ -37,7 +37,7 @@ import torch
 
 from llm_fft.formats import DatasetError, write_pairs
 from llm_fft.prompts import ANSWER_MARK, QUESTION_MARK
-from llm_fft.text import normalize
+from llm_fft.text import normalize, states
 
 # Why a candidate pair is rejected. Each is counted under the first reason that applies, checked
 # in this order (see judge).
@@ -427,13 +427,13 @@ def checkable(answer, key):
 
 def holds_the_fact(text, answer, key):
     """Whether text still states answer's fact and adds no number of its own (the commonest invention
-    of a small model): its key when one is known, matched as the evaluation matches it
-    (metrics.contains: spacing and end punctuation ignored, case kept); else every number of the
+    of a small model): its key when one is known, matched as the evaluation matches it (text.states:
+    spacing and end punctuation ignored, case kept, not inside a longer number); else every number of the
     answer and at least half its content words (by stem). It cannot tell a true rewording from a false one."""
     if not numbers(text) <= numbers(answer) or not checkable(answer, key):
         return False
     if key:
-        return normalize(key) in normalize(text)
+        return states(text, key)
     words, written = _topic_words(answer), _topic_words(text)
     kept = sum(any(same_stem(w, t) for t in written) for w in words)
     return numbers(text) == numbers(answer) and 2 * kept >= len(words)

@@ -12,7 +12,7 @@ from collections import Counter
 import pandas as pd
 
 from llm_fft.files import write_atomically
-from llm_fft.text import normalize
+from llm_fft.text import normalize, number_guards, states
 
 # The numbers delta.json reports as final - baseline, per set.
 HEADLINE = {
@@ -72,20 +72,13 @@ def abstains(generated, phrases):
 def holds_key(generated, key):
     """Whether a general-knowledge probe's continuation states its key: casefolded, and a key in ASCII
     ("Au", "8", "Rome") must stand as a whole word, so that "8" is not found in "18"; a Korean key is
-    found inside a word, since particles attach to it (서울은, 목성이다), but not inside a number."""
+    found inside a word, since particles attach to it (서울은, 목성이다). Neither inside a longer number
+    ("100" is not in "100,000"; text.states)."""
     text, key = normalize(generated).casefold(), normalize(key).casefold()
     if not key.isascii():
         return states(text, key)
-    return re.search(rf"(?<![0-9a-z]){re.escape(key)}(?![0-9a-z])", text) is not None
-
-
-def states(text, key):
-    """Whether key appears in text (both normalised) where no number continues it: a key that starts
-    or ends with a digit is not found inside a longer number, so 12명 is not stated by 312명, nor 8초
-    by 18초 or 8.8초. Anywhere else it is found inside a word, as Korean particles attach to it."""
-    before = r"(?<!\d)(?<!\d[.,])" if key[:1].isdigit() else ""
-    after = r"(?!\d)(?![.,]\d)" if key[-1:].isdigit() else ""
-    return re.search(before + re.escape(key) + after, text) is not None
+    before, after = number_guards(key)
+    return re.search(rf"(?<![0-9a-z]){before}{re.escape(key)}(?![0-9a-z]){after}", text) is not None
 
 
 def key_fact(record):
@@ -96,8 +89,8 @@ def key_fact(record):
 
 def states_key_fact(generated, record):
     """The one rule of a right answer, in both evaluations, the gate and interpolate: the key fact
-    appears in the answer, and not as part of a longer number (states)."""
-    return states(normalize(generated), normalize(key_fact(record)))
+    appears in the answer, and not as part of a longer number (text.states)."""
+    return states(generated, key_fact(record))
 
 
 def verdict(generated, record, phrases):

@@ -1,6 +1,27 @@
-"""The one text normaliser: every comparison of answers, questions and continuations goes through it."""
+"""The one text normaliser, which every comparison of answers, questions and continuations goes
+through, and the one rule of a key fact stated (states)."""
+
+import re
 
 
 def normalize(text):
     """Whitespace collapsed, trailing sentence punctuation dropped: `서울 입니다.` == `서울 입니다`."""
     return " ".join(text.split()).rstrip(".!?。")
+
+
+def number_guards(key):
+    """Regex lookarounds that keep key from matching inside a longer number: a key that starts with
+    a digit may not follow one (nor a digit and . or ,), a key that ends with one may not precede one."""
+    before = r"(?<!\d)(?<!\d[.,])" if key[:1].isdigit() else ""
+    after = r"(?!\d)(?![.,]\d)" if key[-1:].isdigit() else ""
+    return before, after
+
+
+def states(text, key):
+    """Whether key appears in text (compared normalised) and not as part of a longer number: 12명 is
+    not stated by 312명, nor 8초 by 18초 or 8.8초. Anywhere else it is found inside a word, as
+    Korean particles attach to it (서울은). The one rule of a key fact: in the scores, and in the
+    checks that a key appears in its answer."""
+    text, key = normalize(text), normalize(key)
+    before, after = number_guards(key)
+    return re.search(before + re.escape(key) + after, text) is not None

@@ -30,7 +30,9 @@ def test_load_facts_reports_every_bad_fact(tmp_path):
         "  - {answer: '27미터입니다.', key: 27미터, answers: ['높이는 27 m입니다.'], statements: ['등대는 높다.'],\n"
         "     questions: ['Q7?'], dev: ['D7?'], held_out: ['D7?']}\n"
         "  - {answer: 'A.', key: A, questions: ['Q8?'], dev: 'D8?'}\n"
-        "  - {answer: 'B.', key: B, questions: ['Q9?'], dev: ['Q0'], held_out: ['  Q9']}\n", encoding="utf-8")
+        "  - {answer: 'B.', key: B, questions: ['Q9?'], dev: ['Q0'], held_out: ['  Q9']}\n"
+        "  - {answer: 'C 12명.', key: 12명, questions: ['Q10?', 'Q10?', 'Q0?']}\n"
+        "  - {answer: '인구는 312명입니다.', key: 12명, questions: ['Q11?']}\n", encoding="utf-8")
     with pytest.raises(DatasetError) as err:
         load_facts(facts)
     assert str(err.value).splitlines() == [
@@ -45,11 +47,14 @@ def test_load_facts_reports_every_bad_fact(tmp_path):
         f"{facts}: facts[7]: key '27미터' does not appear in answers '높이는 27 m입니다.'",
         f"{facts}: facts[7]: key '27미터' does not appear in statements '등대는 높다.'",
         f"{facts}: facts[8]: dev must be a list of non-empty strings",
+        f"{facts}: facts[11]: key '12명' does not appear in the answer '인구는 312명입니다.'",  # inside 312명
         # Asked twice, in one fact or across facts, compared normalised (spaces, a final ?).
         f"{facts}: facts[6]: held_out question 'Q6?' is also a training question of facts[6]",
         f"{facts}: facts[7]: held_out question 'D7?' is also a dev question of facts[7]",
         f"{facts}: facts[9]: dev question 'Q0' is also a training question of facts[0]",
         f"{facts}: facts[9]: held_out question 'Q9' is also a training question of facts[9]",
+        f"{facts}: facts[10]: training question 'Q10?' is also a training question of facts[10]",
+        f"{facts}: facts[10]: training question 'Q0?' is also a training question of facts[0]",
     ]
 
 

@@ -293,6 +293,8 @@ def test_a_key_fact_is_not_found_inside_a_longer_number():
     assert not states_key_fact("112명입니다.", {"answer": "12명입니다."})
     # The general probe's Korean keys too (an ASCII key already stands as a whole word).
     assert not holds_key("인구는 312명", "12명") and holds_key("12명이다", "12명")
+    assert not holds_key("equals 100,000", "100") and not holds_key("at 1.0 degrees", "0")
+    assert not holds_key("32.5 degrees", "32") and holds_key("at 32 degrees.", "32")
 
 
 def test_interpolate_checks_only_how_questions_are_answered(tmp_path):

@@ -220,14 +220,17 @@ def test_evaluation_files_may_give_a_key_that_the_answer_states_and_may_hold_no_
 def test_a_bad_key_in_an_evaluation_file_is_an_error_naming_the_line():
     raw = ('[{"question": "인구는?", "answer": "312명입니다.", "key": "313명"},\n'
            ' {"question": "등대는?", "answer": "27미터입니다.", "key": 27},\n'
-           ' {"question": "축제는?", "answer": "8월입니다.", "kye": "8월"}]\n').encode()
+           ' {"question": "축제는?", "answer": "8월입니다.", "kye": "8월"},\n'
+           ' {"question": "주민은?", "answer": "312명입니다.", "key": "12명"}]\n').encode()
     with pytest.raises(DatasetError) as err:
         read_pairs(raw, "h.json", evaluation=True)
     assert str(err.value).split("\n") == [
         "h.json:1 ($[0]): key '313명' does not appear in the answer '312명입니다.'",
         "h.json:2 ($[1]): 'key' must be a string, got a number: '27'",
         "h.json:3 ($[2]): unknown key 'kye' (did you mean 'key'? allowed: question, answer, key): "
-        "'{\"question\": \"축제는?\", \"answer\": \"8월입니다.\",…'"]
+        "'{\"question\": \"축제는?\", \"answer\": \"8월입니다.\",…'",
+        # scored as the evaluations score it: 12명 inside 312명 is not stated
+        "h.json:4 ($[3]): key '12명' does not appear in the answer '312명입니다.'"]
     with pytest.raises(DatasetError, match=r"unknown key 'key' \(allowed: question, answer\)"):
         read_pairs(b'{"question": "Q?", "answer": "A.", "key": "A"}\n', "d.jsonl")  # not in a training file
 
