@@ -57,7 +57,7 @@ import torch
 from llm_fft import augment, coverage
 from llm_fft.facts import load_facts, load_unknown
 from llm_fft.files import to_jsonl, write_atomically
-from llm_fft.formats import DATASET_SPEC, DatasetError, read_pairs, read_questions, write_pairs
+from llm_fft.formats import DATASET_SPEC, EXTENSIONS, DatasetError, read_pairs, read_questions, write_pairs
 from llm_fft.llm_writer import (
     HttpChat,
     LocalChat,
@@ -166,9 +166,9 @@ def questions_from_files(cfg, fmt, trained):
     that is also a dev question, is an error naming both places."""
     sets, problems, seen = {}, [], {normalize(p["question"]): ("training", p["where"]) for p in trained}
     for name, path in (("dev", cfg["dev_file"]), ("held-out", cfg["heldout_file"])):
-        # A .jsonl or .json file is that, whatever dataset.format forces on your dataset file
-        # (format: separator for a tab-separated dataset beside the default my_dev.jsonl).
-        file_format = {".jsonl": "jsonl", ".json": "json"}.get(Path(path).suffix.lower(), fmt["format"])
+        # A .json/.jsonl/.ndjson file is detected as such (and checked against its content), whatever
+        # dataset.format forces on your dataset file (separator: a tab-separated dataset beside my_dev.jsonl).
+        file_format = "auto" if Path(path).suffix.lower() in EXTENSIONS else fmt["format"]
         try:
             pairs, warnings = read_pairs(Path(path).read_bytes(), path, file_format, fmt["separator"],
                                          evaluation=True)
