@@ -13,6 +13,7 @@ either way dvc.lock records the hash of exactly the weights trained.
 import sys
 
 import torch
+from transformers import CONFIG_MAPPING
 
 from llm_fft.model import DTYPES, MODEL_SPEC, ModelNotFound, load_base, prepare_tokenizer, save_model
 from llm_fft.params import ParamsError, fail_if_problems, load_params, problems_in_section, shared_problems
@@ -33,11 +34,11 @@ def main():
         tokenizer = prepare_tokenizer(tokenizer)
     except ModelNotFound as e:
         sys.exit(f"error: {e}")
-    if not type(model).__module__.startswith("transformers."):
-        # The later stages load models/base as transformers' own architectures, without remote code.
-        sys.exit(f"error: {cfg['name']} runs its own model code ({type(model).__module__}.{type(model).__name__}); "
-                 "the stages after prepare_model load models/base without remote code, so only models of an "
-                 "architecture transformers has built in can be fine-tuned here")
+    if model.config.model_type not in CONFIG_MAPPING:
+        # The later stages load models/base without remote code, as the architecture transformers has built in.
+        sys.exit(f"error: {cfg['name']} is of an architecture transformers does not have built in "
+                 f"(model_type {model.config.model_type!r}, loaded through its own code); the stages after "
+                 "prepare_model load models/base without remote code, so it cannot be fine-tuned here")
     if params["prompt"]["markers"] == "special_tokens":
         tokenizer.add_tokens([QUESTION_MARK, ANSWER_MARK], special_tokens=True)
         torch.manual_seed(params["seed"])  # mean_resizing draws the new rows around the mean embedding
