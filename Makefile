@@ -48,18 +48,23 @@ else
 $(error PROFILE=$(PROFILE): the profiles are ko, or none for the default)
 endif
 
-.PHONY: help setup run train ask chat seeds bench gpu-check test test-fast lint clean
+.PHONY: help setup venv-python run train ask chat seeds bench gpu-check test test-fast lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
-setup: $(SETUP) ## create .venv with the pinned dependencies and the embedded model (PROFILE=ko: + gemma-3-270m)
+setup: venv-python $(SETUP) ## create .venv with the pinned dependencies and the embedded model (PROFILE=ko: + gemma-3-270m)
+
+# PYTHON_FOR_VENV given (make setup PYTHON_FOR_VENV=python3.11): a venv of another Python version,
+# such as one python3 made before, is made anew; a name that runs no Python stops here, venv kept.
+venv-python:
+	@if [ "$(origin PYTHON_FOR_VENV)" != file ] && [ -d $(VENV) ]; then \
+	    want=$$($(PYTHON_FOR_VENV) -V 2>&1) || { echo "error: $(PYTHON_FOR_VENV) -V failed: $$want"; exit 1; }; \
+	    have=$$($(VENV)/bin/python -V 2>&1); \
+	    if [ "$$have" != "$$want" ]; then echo "$(VENV) is $$have, not $$want: making it anew"; rm -rf $(VENV); fi; \
+	fi
 
 $(STAMP): requirements.txt pyproject.toml
-	@# PYTHON_FOR_VENV given: a venv of another version (left by a setup with python3) is made anew.
-	@if [ "$(origin PYTHON_FOR_VENV)" != file ] && [ -d $(VENV) ] && \
-	    [ "$$($(VENV)/bin/python -V 2>&1)" != "$$($(PYTHON_FOR_VENV) -V 2>&1)" ]; then \
-	    echo "$(VENV) is $$($(VENV)/bin/python -V 2>&1), not $(PYTHON_FOR_VENV): making it anew"; rm -rf $(VENV); fi
 	test -d $(VENV) || $(PYTHON_FOR_VENV) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
