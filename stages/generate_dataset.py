@@ -184,7 +184,7 @@ def questions_from_files(cfg, fmt, trained):
                 problems.append(f"{pair['where']}: {name} question {pair['question']!r} is also a {earlier[0]} "
                                 f"question ({earlier[1]}): {why}")
         seen.update({normalize(p["question"]): (name, p["where"]) for p in pairs})
-        sets[name] = [{k: v for k, v in p.items() if k != "where"} for p in pairs]
+        sets[name] = pairs
     if problems:
         raise DatasetError("\n".join(problems))
     return sets["dev"], sets["held-out"]
@@ -197,7 +197,7 @@ def unknowns_from_files(cfg, trained, dev, heldout):
     naming both places."""
     answered = {normalize(p["question"]): f"a training question ({p['where']})" for p in trained}
     for name, pairs in (("dev", dev), ("held-out", heldout)):
-        answered.update({normalize(p["question"]): f"a {name} question" for p in pairs})
+        answered.update({normalize(p["question"]): f"a {name} question ({p['where']})" for p in pairs})
     lists, problems = {}, []
     for name, key in (("unknown", "unknown_file"), ("unknown_dev", "unknown_dev_file"),
                       ("unknown_train", "unknown_train_file")):
@@ -227,7 +227,8 @@ def evaluation_questions_from_files(cfg, fmt, trained):
         problems.append(str(e))
     if problems:
         raise DatasetError("\n".join(problems))
-    return dev, heldout, unknown
+    without_where = [[{k: v for k, v in p.items() if k != "where"} for p in pairs] for pairs in (dev, heldout)]
+    return *without_where, unknown
 
 
 def refusal_pairs(unknown_train, ratio, pairs, refusal, source):

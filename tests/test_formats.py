@@ -281,8 +281,8 @@ def test_file_backend_unknown_questions_are_never_answered_by_the_data(tmp_path)
     assert str(error.value).splitlines() == [
         f"{unknown_file}:1: unknown question '빵집 이름은' is also a training question ({cfg['file']}:1): the data "
         "answers it, so it is not unknown",
-        f"{unknown_file}:2: unknown question '가게 이름이 뭐예요?' is also a dev question: the data answers it, so it "
-        "is not unknown",
+        f"{unknown_file}:2: unknown question '가게 이름이 뭐예요?' is also a dev question ({cfg['dev_file']}:1): the "
+        "data answers it, so it is not unknown",
         f"{unknown_file}:3: marker <|question|> inside the question: '사장님 <|question|> 이름은?'"]
     (tmp_path / "my_unknown.txt").write_text("빵집 이름은\n", encoding="utf-8")
     (tmp_path / "my_dev.jsonl").write_text('{"question": "빵집 이름은?", "answer": "달빛제과입니다."}\n'
