@@ -11,7 +11,7 @@ as they are.
 import difflib
 import re
 
-from llm_fft.text import normalize
+from llm_fft.text import normalize, same_question
 
 HANGUL_FIRST, HANGUL_LAST = 0xAC00, 0xD7A3
 SIMILARITY_LIMIT = 0.75  # a training question this similar to an evaluation question is too close
@@ -70,7 +70,7 @@ def rewordings(question):
     for ending, reword in KOREAN_ENDINGS:
         if question.endswith(ending) and len(question) > len(ending):
             stem = question[:-len(ending)].rstrip()
-            return [q for q in reword(stem) if normalize(q) != normalize(question)]
+            return [q for q in reword(stem) if same_question(q) != same_question(question)]
     return _english(question)
 
 
@@ -90,16 +90,16 @@ def reword_pairs(pairs, per_pair, taken, evaluation):
     that another pair made first, and one too close to an evaluation question (evaluation: the dev,
     held-out and unknown questions; training on a near-copy would test memory, not the fact).
     Returns (pairs, {accepted, rejected: {why: n}})."""
-    seen = {normalize(q) for q in taken}
+    seen = {same_question(q) for q in taken}
     added, rejected = [], {}
     for pair in pairs:
         for question in rewordings(pair["question"])[:per_pair]:
-            why = ("already a question" if normalize(question) in seen
+            why = ("already a question" if same_question(question) in seen
                    else "too close to a dev, held-out or unknown question" if too_close(question, evaluation) else None)
             if why:
                 rejected[why] = rejected.get(why, 0) + 1
                 continue
-            seen.add(normalize(question))
+            seen.add(same_question(question))
             added.append({"question": question, "answer": pair["answer"]})
     no_rule = sum(not rewordings(p["question"]) for p in pairs)
     if no_rule:

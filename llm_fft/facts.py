@@ -10,7 +10,7 @@ import yaml
 
 from llm_fft.formats import DatasetError
 from llm_fft.prompts import ANSWER_MARK, QUESTION_MARK
-from llm_fft.text import normalize, states
+from llm_fft.text import same_question, states
 
 
 def load_facts(path):
@@ -56,7 +56,7 @@ ROLES = {"questions": "a training", "dev": "a dev", "held_out": "a held_out"}
 
 
 def _asked_twice(path, facts):
-    """A question (normalised: spaces and a final ? do not count) asked twice in the file, as two roles
+    """A question (compared by text.same_question: case, spaces and a final ? do not count) asked twice in the file, as two roles
     or by two facts: a dev or held-out question that is also trained on, in this fact or another,
     would score a memorised string as a learned fact, and a training question written twice would
     be paired with two answers (two facts', or one fact's answer variants in turn)."""
@@ -67,9 +67,9 @@ def _asked_twice(path, facts):
             for question in questions if isinstance(questions, list) else []:
                 if not isinstance(question, str) or not question.strip():
                     continue  # reported with the fact
-                earlier = seen.get(normalize(question))
+                earlier = seen.get(same_question(question))
                 if earlier is None:
-                    seen[normalize(question)] = (i, name)
+                    seen[same_question(question)] = (i, name)
                 else:
                     problems.append(f"{path}: facts[{i}]: {ROLES[name][2:]} question {question.strip()!r} is also "
                                     f"{ROLES[earlier[1]]} question of facts[{earlier[0]}]")
@@ -121,7 +121,7 @@ def load_unknown(path):
         raise DatasetError(f"{path}: cannot read facts: {e}") from e
     source = source if isinstance(source, dict) else {}
     answered = "the data answers it, so it is not unknown"
-    seen = {normalize(q): (f"a {'training' if name == 'questions' else name} question of facts[{i}]", answered)
+    seen = {same_question(q): (f"a {'training' if name == 'questions' else name} question of facts[{i}]", answered)
             for i, fact in enumerate(load_facts(path)) for name in ("questions", "dev", "held_out")
             for q in fact[name]}
     problems, lists = [], {}
@@ -136,12 +136,12 @@ def load_unknown(path):
             continue
         for i, question in enumerate(questions):
             problem = _unknown_problem(question)
-            if problem is None and (earlier := seen.get(normalize(question))):
+            if problem is None and (earlier := seen.get(same_question(question))):
                 problem = f"{question.strip()!r} is also {earlier[0]}: {earlier[1]}"
             if problem:
                 problems.append(f"{path}: {name}[{i}]: {problem}")
             else:
-                seen[normalize(question)] = (f"{name}[{i}]", "ask it once, in one list")
+                seen[same_question(question)] = (f"{name}[{i}]", "ask it once, in one list")
         lists[name] = [q.strip() for q in questions if isinstance(q, str)]  # the rest are reported
     if problems:
         raise DatasetError("\n".join(problems))

@@ -53,7 +53,7 @@ from collections import Counter
 from pathlib import Path
 
 from llm_fft.prompts import ANSWER_MARK, QUESTION_MARK
-from llm_fft.text import normalize, states
+from llm_fft.text import normalize, same_question, states
 
 
 class DatasetError(ValueError):
@@ -162,8 +162,8 @@ def read_questions(raw: bytes, filename, answered=None) -> list[dict]:
     """A file of questions only, one per line (the unknown-question probe's file: questions the data
     does not answer) -> [{"question", "where"}], where = "file:line". Blank lines and lines whose first
     non-blank character is '#' are skipped; a file of nothing else holds no questions. answered:
-    {normalised question: where the data asks it, in words (or a tuple (where, why it may not be here))}. A marker or marker-like text, a control
-    character, the same question twice, or a question the data answers (normalised) is an error naming
+    {same_question(question): where the data asks it, in words (or a tuple (where, why it may not be here))}. A marker or marker-like text, a control
+    character, the same question twice, or a question the data answers (compared by llm_fft.text.same_question) is an error naming
     the line; DatasetError lists every problem at once.
     """
     filename, answered = str(filename), answered or {}
@@ -173,14 +173,14 @@ def read_questions(raw: bytes, filename, answered=None) -> list[dict]:
         if not question or question.startswith("#"):
             continue
         line_problems = _text_problems("question", question)
-        if (earlier := first.get(normalize(question))) is not None:
+        if (earlier := first.get(same_question(question))) is not None:
             line_problems.append(f"question {excerpt(question)} is also at {earlier}: ask it once")
-        elif (asked := answered.get(normalize(question))) is not None:
+        elif (asked := answered.get(same_question(question))) is not None:
             where_asked, why = asked if isinstance(asked, tuple) else (asked, "the data answers it, so it is not unknown")
             line_problems.append(f"unknown question {excerpt(question)} is also {where_asked}: {why}")
         problems += [f"{where}: {p}" for p in line_problems]
         if not line_problems:
-            first[normalize(question)] = where
+            first[same_question(question)] = where
             questions.append({"question": question, "where": where})
     if problems:
         raise DatasetError("\n".join(problems))
@@ -526,7 +526,7 @@ def _check_and_merge(candidates):
     """Strip and check every candidate, merge exact duplicates, refuse conflicting answers.
 
     -> (pairs, warnings, problems), warnings and problems as (line, message). Questions and
-    answers are compared normalised (llm_fft.text.normalize).
+    answers are compared by llm_fft.text.same_question and normalize.
     """
     pairs, warnings, problems, first = [], [], [], {}
     for line, where, question, answer, *optional in candidates:
@@ -539,9 +539,9 @@ def _check_and_merge(candidates):
         if value_problems:
             problems += [(line, f"{where}: {p}") for p in value_problems]
             continue
-        earlier = first.get(normalize(question))
+        earlier = first.get(same_question(question))
         if earlier is None:
-            first[normalize(question)] = pair = {"question": question, "answer": answer, **extra, "where": where}
+            first[same_question(question)] = pair = {"question": question, "answer": answer, **extra, "where": where}
             pairs.append(pair)
         elif normalize(answer) == normalize(earlier["answer"]):
             warnings.append((line, f"{where}: duplicate of the pair at {earlier['where']}, kept once: "

@@ -1,12 +1,22 @@
-"""The one text normaliser, which every comparison of answers, questions and continuations goes
-through, and the one rule of a key fact stated (states)."""
+"""The one text normaliser, which every comparison of answers and continuations goes through, the
+one rule of two questions being the same (same_question), and the one rule of a key fact stated
+(states)."""
 
 import re
+import unicodedata
 
 
 def normalize(text):
-    """Whitespace collapsed, trailing sentence punctuation dropped: `서울 입니다.` == `서울 입니다`."""
-    return " ".join(text.split()).rstrip(".!?。")
+    """Whitespace collapsed, trailing sentence punctuation (and a space before it) dropped:
+    `서울 입니다.` == `서울 입니다 .` == `서울 입니다`."""
+    return " ".join(text.split()).rstrip(".!?。？！． ")
+
+
+def same_question(text):
+    """What two questions that are one question share: normalised, case-folded and NFKC-folded
+    (full-width ？ is ?), so `Who founded Zorp？` and `who founded zorp?` are one question. A
+    training question and an evaluation question that differ only so would test memory, not the fact."""
+    return normalize(unicodedata.normalize("NFKC", text)).casefold()
 
 
 def number_guards(key):

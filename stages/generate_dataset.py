@@ -86,7 +86,7 @@ from llm_fft.paths import (
     UNKNOWN_DEV_QUESTIONS,
     UNKNOWN_QUESTIONS,
 )
-from llm_fft.text import normalize
+from llm_fft.text import same_question
 
 BACKENDS = ("template", "file", "llm")
 SPEC = {
@@ -162,9 +162,9 @@ def from_file(path, fmt):
 
 def questions_from_files(cfg, fmt, trained):
     """(dev, held-out) from the user's files (file backend), each pair a question never trained on:
-    a dev or held-out question that is also a training question (normalised), or a held-out question
+    a dev or held-out question that is also a training question (text.same_question), or a held-out question
     that is also a dev question, is an error naming both places."""
-    sets, problems, seen = {}, [], {normalize(p["question"]): ("training", p["where"]) for p in trained}
+    sets, problems, seen = {}, [], {same_question(p["question"]): ("training", p["where"]) for p in trained}
     for name, path in (("dev", cfg["dev_file"]), ("held-out", cfg["heldout_file"])):
         # A .json/.jsonl/.ndjson file is detected as such (and checked against its content), whatever
         # dataset.format forces on your dataset file (separator: a tab-separated dataset beside my_dev.jsonl).
@@ -178,12 +178,12 @@ def questions_from_files(cfg, fmt, trained):
         for warning in warnings:
             print(f"warning: {warning}")
         for pair in pairs:
-            if (earlier := seen.get(normalize(pair["question"]))) is not None:
+            if (earlier := seen.get(same_question(pair["question"]))) is not None:
                 why = ("dev and held-out questions are never trained on" if earlier[0] == "training"
                        else "dev chooses the settings, held-out tests them: keep them apart")
                 problems.append(f"{pair['where']}: {name} question {pair['question']!r} is also a {earlier[0]} "
                                 f"question ({earlier[1]}): {why}")
-        seen.update({normalize(p["question"]): (name, p["where"]) for p in pairs})
+        seen.update({same_question(p["question"]): (name, p["where"]) for p in pairs})
         sets[name] = pairs
     if problems:
         raise DatasetError("\n".join(problems))
@@ -195,9 +195,9 @@ def unknowns_from_files(cfg, trained, dev, heldout):
     by the evaluations), unknown_dev_file (choose the gate) and unknown_train_file (taught with the
     refusal). One that is also a training, dev or held-out question, or in another list, is an error
     naming both places."""
-    answered = {normalize(p["question"]): f"a training question ({p['where']})" for p in trained}
+    answered = {same_question(p["question"]): f"a training question ({p['where']})" for p in trained}
     for name, pairs in (("dev", dev), ("held-out", heldout)):
-        answered.update({normalize(p["question"]): f"a {name} question ({p['where']})" for p in pairs})
+        answered.update({same_question(p["question"]): f"a {name} question ({p['where']})" for p in pairs})
     lists, problems = {}, []
     for name, key in (("unknown", "unknown_file"), ("unknown_dev", "unknown_dev_file"),
                       ("unknown_train", "unknown_train_file")):
@@ -206,7 +206,7 @@ def unknowns_from_files(cfg, trained, dev, heldout):
         except DatasetError as e:
             problems.append(str(e))
             continue
-        answered.update({normalize(q["question"]): (f"an unknown question ({q['where']})", "ask it once, in one file")
+        answered.update({same_question(q["question"]): (f"an unknown question ({q['where']})", "ask it once, in one file")
                          for q in lists[name]})
     if problems:
         raise DatasetError("\n".join(problems))

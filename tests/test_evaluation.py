@@ -36,6 +36,7 @@ PHRASES = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))["evaluate"]["a
     ("별무리섬 등대의\n높이는  27미터입니다!", "별무리섬 등대의 높이는 27미터입니다.", True),
     ("윤가람", "윤가람입니다.", False),
     ("The lighthouse is 27 m.", "the lighthouse is 27 m.", False),  # case is content
+    ("윤가람입니다 .", "윤가람입니다", True),          # nor a space before the final punctuation
 ])
 def test_exact_match(generated, expected, result):
     assert exact_match(generated, expected) is result

@@ -297,6 +297,31 @@ def test_file_backend_unknown_questions_are_never_answered_by_the_data(tmp_path)
         "answers it, so it is not unknown"]
 
 
+def test_questions_that_differ_only_in_case_spaces_or_width_are_one_question(tmp_path):
+    """A space before ?, capitals or a full-width ？ do not make a trained question unknown, dev or a
+    refusal to train: each would score (or contradict) a memorised string."""
+    from stages.generate_dataset import evaluation_questions_from_files
+    fmt = {"format": "auto", "separator": DEFAULT_SEPARATOR}
+    cfg = own_files(tmp_path, "빵집 이름은 ?\n")
+    (tmp_path / "my_dataset.txt").write_text("빵집 이름은? | 달빛제과입니다.\nWho founded Zorp? | Ann did.\n",
+                                             encoding="utf-8")
+    (tmp_path / "my_dev.jsonl").write_text('{"question": "who founded  zorp？", "answer": "Ann did."}\n',
+                                           encoding="utf-8")
+    (tmp_path / "my_unknown_train.txt").write_text("ＷＨＯ founded Zorp\n", encoding="utf-8")
+    trained, _ = read_pairs((tmp_path / "my_dataset.txt").read_bytes(), cfg["file"])
+    with pytest.raises(DatasetError) as error:
+        evaluation_questions_from_files(cfg, fmt, trained)
+    assert str(error.value).splitlines() == [
+        f"{cfg['dev_file']}:1: dev question 'who founded  zorp？' is also a training question ({cfg['file']}:2): "
+        "dev and held-out questions are never trained on",
+        f"{cfg['unknown_file']}:1: unknown question '빵집 이름은 ?' is also a training question ({cfg['file']}:1): "
+        "the data answers it, so it is not unknown",
+        f"{cfg['unknown_train_file']}:1: unknown question 'ＷＨＯ founded Zorp' is also a training question "
+        f"({cfg['file']}:2): the data answers it, so it is not unknown"]
+    with pytest.raises(DatasetError, match=r":2: question 'what is x' is also at .*:1"):
+        read_pairs("What is X? | A.\nwhat is x | B.\n".encode(), "d.txt")
+
+
 def test_a_forced_dataset_format_leaves_jsonl_dev_and_held_out_files_jsonl(tmp_path):
     from stages.generate_dataset import evaluation_questions_from_files
     cfg = own_files(tmp_path, "사장님 이름은?\n")
