@@ -77,15 +77,20 @@ def main():
     if args.question is not None:
         answer(args.question)
         return
-    print(f"{model_dir}: ask a question, Ctrl-D to quit.")
-    while True:
-        try:
+    print(f"{model_dir}: ask a question, Ctrl-D or Ctrl-C to quit.")
+    chat(answer)
+
+
+def chat(answer):
+    """answer(question) for each non-blank line typed, until Ctrl-D or Ctrl-C (also mid-answer),
+    which quit without a traceback."""
+    try:
+        while True:
             question = input("question> ").strip()
-        except EOFError:
-            print()
-            return
-        if question:
-            answer(question)
+            if question:
+                answer(question)
+    except (EOFError, KeyboardInterrupt):
+        print()
 
 
 if __name__ == "__main__":

@@ -319,7 +319,7 @@ def test_questions_that_differ_only_in_case_spaces_or_width_are_one_question(tmp
         f"{cfg['unknown_train_file']}:1: unknown question 'ＷＨＯ founded Zorp' is also a training question "
         f"({cfg['file']}:2): the data answers it, so it is not unknown"]
     with pytest.raises(DatasetError, match=r":2: question 'what is x' is also at .*:1"):
-        read_pairs("What is X? | A.\nwhat is x | B.\n".encode(), "d.txt")
+        read_pairs(b"What is X? | A.\nwhat is x | B.\n", "d.txt")
 
 
 def test_a_forced_dataset_format_leaves_jsonl_dev_and_held_out_files_jsonl(tmp_path):

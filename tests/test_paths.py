@@ -3,10 +3,12 @@ names no other, and the tests name no file the pipeline does not have."""
 
 import ast
 import fnmatch
+import os
 import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from llm_fft import paths
@@ -78,3 +80,29 @@ def test_make_clean_deletes_every_pipeline_output_but_the_committed_metrics():
     removed = next(line.split()[2:] for line in recipe.splitlines() if line.strip().startswith("rm -rf"))
     left = {o for o in outputs if not o.startswith("metrics/") and not any(fnmatch.fnmatch(o, r) for r in removed)}
     assert not left, f"make clean leaves {sorted(left)}"
+
+
+def make_ask_command(*assignments, target="ask"):
+    """The arguments `make <target> <assignments>` would run python with (setup taken as done): the
+    recipe make prints, run by the shell with a python that prints its arguments."""
+    run = subprocess.run(["make", "-n", "-o", "setup", target, *assignments], cwd=REPO, capture_output=True,
+                         text=True, env={k: v for k, v in os.environ.items() if k not in ("Q", "BASE")})
+    assert run.returncode == 0, run.stderr
+    recipe = run.stdout.strip().splitlines()[-1]
+    shell = subprocess.run(["bash", "-c", 'python() { printf "%s\\0" python "$@"; }; ' + recipe],
+                           capture_output=True, text=True, check=True)
+    return shell.stdout.split("\0")[:-1]
+
+
+@pytest.mark.parametrize("question", ["What does $HOME mean?", "가격은 $5인가요?", 'Is it "A" or "B"?',
+                                      "It's `ls`?", r"a\b $$(x) $(shell echo no) 100%"])
+def test_make_ask_passes_the_question_as_typed(question):
+    assert make_ask_command(f"Q={question}")[-4:] == ["python", "-m", "llm_fft.ask", question]
+
+
+def test_make_ask_base_is_1_or_nothing():
+    assert "--base" in make_ask_command("Q=x", "BASE=1")
+    assert "--base" not in make_ask_command("Q=x", "BASE=0")
+    assert "--base" not in make_ask_command(target="chat")
+    run = subprocess.run(["make", "-n", "-o", "setup", "chat", "BASE=yes"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode != 0 and "BASE=yes: write BASE=1 for the base model" in run.stderr

@@ -865,6 +865,29 @@ def test_ask_applies_the_gate_final_eval_chose(tiny_repo, first_repro, tmp_path)
         assert (why in result.stderr) if why else "confidence gate" not in result.stderr
 
 
+@pytest.mark.parametrize("stop", [EOFError, KeyboardInterrupt])
+def test_chat_quits_on_ctrl_d_or_ctrl_c_without_a_traceback(monkeypatch, capsys, stop):
+    from llm_fft.ask import chat
+    typed = iter(["first?", "  ", "second?"])
+
+    def read(prompt):
+        line = next(typed, None)
+        if line is None:
+            raise stop
+        return line
+
+    monkeypatch.setattr("builtins.input", read)
+    asked = []
+    chat(asked.append)
+    assert asked == ["first?", "second?"]
+
+    def interrupted_mid_answer(question):
+        raise KeyboardInterrupt
+    typed = iter(["third?"])
+    chat(interrupted_mid_answer)  # returns: nothing raised
+    assert capsys.readouterr().out == "\n\n"
+
+
 def test_ask_without_a_model_says_how_to_make_one(tmp_path):
     # Run in an empty folder: llm_fft comes from the repo through conftest's PYTHONPATH.
     shutil.copy(REPO / "params.yaml", tmp_path)
