@@ -165,6 +165,25 @@ def test_params_read_exponent_floats_as_dvc_does(tmp_path):
     assert load_params(tmp_path / "params.yaml") == {"a": 1e-4, "b": 3e-4, "c": 2000.0, "d": 10, "e": "1e-4x"}
 
 
+def test_check_params_knows_every_key_of_params_yaml_and_no_misspelt_one():
+    import copy
+
+    from llm_fft.params import load_params
+    from stages.check_params import problems_in_params
+    params = load_params()
+    assert problems_in_params(params) == []
+    params = copy.deepcopy(params)
+    params["finetune"]["epoch"] = 2
+    params["epochs"] = 2
+    params["evaluation"] = {"batch_size": 8}
+    del params["bench"]
+    assert problems_in_params(params) == [
+        "params.yaml: epochs is not a known key",
+        "params.yaml: evaluation is not a known key (did you mean 'evaluate'?)",
+        "params.yaml: finetune.epoch is not a known key (did you mean 'epochs'?)",
+        "params.yaml: section 'bench' is missing or not a mapping"]
+
+
 def test_write_atomically_replaces_whole_or_not_at_all(tmp_path):
     from llm_fft.files import write_atomically
     target = tmp_path / "out.json"

@@ -1,4 +1,5 @@
-"""dvc.yaml lists, for every stage, exactly the project modules its script imports (transitively).
+"""dvc.yaml lists, for every stage, exactly the project modules its script imports (transitively: the
+llm_fft modules, and the other stages' scripts check_params imports for their specs).
 
 A module missing from a stage's deps means an edit to it does not rerun the stage (stale results); an
 extra one means an edit reruns a stage it cannot affect (a retrain for nothing).
@@ -12,17 +13,18 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "llm_fft"
+PACKAGES = (PACKAGE, "stages")
 
 
 def imported_modules(path):
-    """The llm_fft modules one file imports, as repo-relative paths (llm_fft/x.py)."""
+    """The llm_fft modules and stage scripts one file imports, as repo-relative paths (llm_fft/x.py)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == PACKAGE:
-            names = [node.module] if node.module != PACKAGE else [f"{PACKAGE}.{a.name}" for a in node.names]
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+            names = [node.module] if node.module not in PACKAGES else [f"{node.module}.{a.name}" for a in node.names]
             found.update(names)
         elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE)
+            found.update(a.name for a in node.names if a.name.split(".")[0] in PACKAGES)
     paths = {f"{name.replace('.', '/')}.py" for name in found}
     return {p for p in paths if (REPO / p).is_file()}
 
@@ -46,7 +48,7 @@ def test_stage_deps_list_exactly_the_modules_it_imports(name):
     assert command[:2] == ["python", "-m"], f"{name}: run a stage as a module, so the repo's own llm_fft is imported"
     script = command[2].replace(".", "/") + ".py"
     assert script.startswith("stages/") and script in stage["deps"], f"{name}: its script is not a dep"
-    declared = {d for d in stage["deps"] if d.startswith(f"{PACKAGE}/")}
+    declared = {d for d in stage["deps"] if d.split("/")[0] in PACKAGES and d != script}
     imported = transitive_modules(script)
     assert declared == imported, (f"{name}: dvc.yaml lists modules it does not import: {sorted(declared - imported)}; "
                                   f"imports modules dvc.yaml does not list: {sorted(imported - declared)}")

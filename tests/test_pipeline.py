@@ -81,7 +81,9 @@ def dvc(*args, cwd, check=True):
 
 
 def stages_run(output):
-    return [m for m in re.findall(r"Running stage '(\w+)'", output)]
+    """The pipeline's stages that ran, in order; check_params (seconds of checking params.yaml, rerun by
+    any change of it or of the code) is left out: test_check_params_runs_first_and_stops_a_misspelt_key."""
+    return [m for m in re.findall(r"Running stage '(\w+)'", output) if m != "check_params"]
 
 
 def edit_params(repo, section, key, value):
@@ -374,6 +376,18 @@ def test_only_facts_whose_continuation_states_a_key_are_rehearsed(embedded_token
     written = [" Athens.", " Mombasa.", " a poet.", " 300."]
     records = [{"input_ids": embedded_tokenizer(f["prompt"] + w)["input_ids"]} for f, w in zip(facts, written)]
     assert known_facts(records, facts, embedded_tokenizer) == [records[0]]
+
+
+@pytest.mark.slow
+def test_check_params_runs_first_and_stops_a_misspelt_key(tiny_repo, first_repro, tmp_path):
+    assert re.findall(r"Running stage '(\w+)'", first_repro[0])[0] == "check_params"
+    repo = tmp_path / "repo"
+    copy_repo(tiny_repo, repo)
+    # DVC refuses -S finetune.epoch=2 and suggests +finetune.epoch=2, which no other stage declares.
+    failed = dvc("exp", "run", "-S", "+finetune.epoch=2", cwd=repo, check=False)
+    assert failed.returncode != 0
+    assert "params.yaml: finetune.epoch is not a known key (did you mean 'epochs'?)" in failed.stderr + failed.stdout
+    assert stages_run(failed.stdout) == []
 
 
 @pytest.mark.slow
