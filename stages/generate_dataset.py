@@ -47,6 +47,7 @@ pairs of `unknown_train` to data/refusals.jsonl, each answered with the refusal 
 which parse_qa adds to the trained records (R-Tuning: the model learns to say it does not know).
 """
 
+import hashlib
 import json
 import math
 import sys
@@ -122,6 +123,17 @@ SPEC = {
 }
 FILE_ONLY = ("heldout_paraphrases", "train_paraphrases", "train_answer_variants", "rewordings",
              "statements_from_answers")  # levers for a file of your own
+# The file backend's files, and the examples shipped in data/ as committed (sha256 -> path): a run that
+# replaced some with your own data and left others would measure your model on the example's island.
+FILE_KEYS = ("file", "dev_file", "heldout_file", "unknown_file", "unknown_dev_file", "unknown_train_file")
+EXAMPLE_FILES = {
+    "cb1114bf5b4551f37a7c5cd77000e042b7dc6f1e624477379122d5b6ee7f2629": "data/my_dataset.txt",
+    "b6a24b99ec190aa2e192dc3e03c74374541c0adcbe12bbef4acb9fa83c92defe": "data/my_dev.jsonl",
+    "f8116ae43389ba08fb6b9a4f3abf511d741b7163879e362e98236d54fcbeb7b6": "data/my_heldout.jsonl",
+    "8dfedfd43a7e152aaca4cbc90018a7df3eea09da260de83e225dd370b47113a5": "data/my_unknown.txt",
+    "d29578457c48f4d12164be01bd0911792bfd38ee97cda2fbc26bf095de8f40ba": "data/my_unknown_dev.txt",
+    "42eb6cfe78979a2fa95155dd69966f28eeda48cf05ae358f9fe59a2bf75f6464": "data/my_unknown_train.txt",
+}
 
 
 def llm_transport(cfg):
@@ -211,6 +223,19 @@ def unknowns_from_files(cfg, trained, dev, heldout):
     if problems:
         raise DatasetError("\n".join(problems))
     return {name: [q["question"] for q in questions] for name, questions in lists.items()}
+
+
+def examples_left(cfg):
+    """A warning naming the file backend's files that are still the shipped examples (about 별무리섬)
+    while others are your own; none when all or none are."""
+    left = [key for key in FILE_KEYS if hashlib.sha256(Path(cfg[key]).read_bytes()).hexdigest() in EXAMPLE_FILES]
+    if not left or len(left) == len(FILE_KEYS):
+        return []
+    own = [key for key in FILE_KEYS if key not in left]
+    return [f"{', '.join(cfg[key] for key in left)} {'is' if len(left) == 1 else 'are'} still the example "
+            f"(questions about its island, 별무리섬) beside your own {', '.join(cfg[key] for key in own)}: "
+            "write questions about your own data there, or leave only # comments in a file to skip what it "
+            "measures (generate_dataset." + ", ".join(left) + ")."]
 
 
 def evaluation_questions_from_files(cfg, fmt, trained):
@@ -380,6 +405,8 @@ def main():
             pairs = read_pairs(dataset.encode("utf-8"), TRAINED_DATASET, output_format(fmt), fmt["separator"])[0]
         data_coverage = coverage.diagnose(*coverage.from_pairs(own_pairs if cfg["backend"] == "file" else pairs,
                                                                dev, heldout))
+    if cfg["backend"] == "file":
+        data_coverage["warnings"] += examples_left(cfg)
     for warning in data_coverage["warnings"]:
         print(f"warning: {warning}")
     write_atomically(HELDOUT_QUESTIONS, to_jsonl(heldout))

@@ -20,6 +20,7 @@ from llm_fft.formats import (
     write_pairs,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 BAD_INPUTS = Path(__file__).resolve().parent / "bad_inputs"
 EXPECTED = yaml.safe_load((BAD_INPUTS / "expected.yaml").read_text(encoding="utf-8"))
 
@@ -295,6 +296,25 @@ def test_file_backend_unknown_questions_are_never_answered_by_the_data(tmp_path)
         "held-out questions are never trained on",
         f"{unknown_file}:1: unknown question '빵집 이름은' is also a training question ({cfg['file']}:1): the data "
         "answers it, so it is not unknown"]
+
+
+def test_example_files_left_beside_your_own_are_named(tmp_path):
+    import hashlib
+
+    from stages.generate_dataset import EXAMPLE_FILES, FILE_KEYS, examples_left
+    examples = {key: f"data/my_{kind}" for key, kind in zip(FILE_KEYS, (
+        "dataset.txt", "dev.jsonl", "heldout.jsonl", "unknown.txt", "unknown_dev.txt", "unknown_train.txt"))}
+    # The recorded digests are the committed example files'.
+    assert {hashlib.sha256((REPO / path).read_bytes()).hexdigest(): path for path in examples.values()} == EXAMPLE_FILES
+    examples = {key: str(REPO / path) for key, path in examples.items()}
+    assert examples_left(examples) == []  # trying the example as it is
+    own = own_files(tmp_path, "사장님 이름은?\n")
+    assert examples_left(own) == []  # all your own
+    mixed = {**own, "unknown_file": examples["unknown_file"], "unknown_dev_file": examples["unknown_dev_file"]}
+    [warning] = examples_left(mixed)
+    assert warning.startswith(f"{examples['unknown_file']}, {examples['unknown_dev_file']} are still the example "
+                              f"(questions about its island, 별무리섬) beside your own {own['file']}, ")
+    assert warning.endswith("(generate_dataset.unknown_file, unknown_dev_file).")
 
 
 def test_questions_that_differ_only_in_case_spaces_or_width_are_one_question(tmp_path):
