@@ -193,8 +193,9 @@ def detect_format(text: str, filename) -> str:
     Content: '[' first means json, '{' first jsonl, a <|question|> or <|answer|> marker
     custom_tokens, a '|' on a line that is not a comment separator. Raises DatasetError when the
     file is empty, when extension and content disagree, when it starts like JSON but is not valid
-    JSON and every line has a '|' (broken JSON, or a separator file like "[공지] 질문 | 답"?), or
-    when nothing tells.
+    JSON and every line has a '|' (broken JSON, or a separator file like "[공지] 질문 | 답"?), when
+    it has a marker but does not start with <|question|> and has '|' lines (a separator file with a
+    marker in a question?), or when nothing tells.
     """
     filename = str(filename)
     suffix = Path(filename).suffix.lower()
@@ -229,6 +230,13 @@ def _format_from_content(body, filename, choices):
                                    f"the separator format; {choices}") from None
         return fmt, f"starts with {body[0]!r}"
     if QUESTION_MARK in body or ANSWER_MARK in body:
+        marked = [line.strip() for line in lines if QUESTION_MARK in line or ANSWER_MARK in line]
+        if marked and not lines[0].lstrip().startswith(QUESTION_MARK) and any("|" in line for line in lines):
+            # A separator file with a marker inside one question: custom_tokens' errors would all be wrong.
+            raise DatasetError(f"{filename}: ambiguous format: a {QUESTION_MARK}/{ANSWER_MARK} marker like custom_tokens "
+                               f"({excerpt(marked[0])}), but the pairs do not start with "
+                               f"{QUESTION_MARK} and lines have '|' like the separator format (a marker inside a "
+                               f"question?); {choices}")
         return "custom_tokens", f"has {QUESTION_MARK}/{ANSWER_MARK} markers"
     if any("|" in line for line in lines):
         return "separator", "has '|' separators"
