@@ -96,7 +96,7 @@ train: setup ## GPU box: fine-tune kanana-nano-2.1b-base as a DVC experiment (GP
 # BASE=1: the base model answers; BASE=0 or none: the fine-tuned one (any other value is an error).
 BASE_FLAG = $(if $(filter-out 0,$(BASE)),$(if $(filter 1,$(BASE)),--base,$(error BASE=$(BASE): write BASE=1 for the base model, BASE=0 or nothing for the fine-tuned one)))
 
-# The question reaches Python as typed: $(value Q) is not expanded by make ($HOME, $5 stay), and single
+# A one-line question reaches Python as typed: $(value Q) is not expanded by make ($HOME, $5 stay), and single
 # quotes (each ' inside written '\'') keep the shell from expanding it (`...`, "...").
 ask: setup ## answer one question with the fine-tuned model: make ask Q="…" (BASE=1: the base model)
 	python -m llm_fft.ask $(BASE_FLAG) '$(subst ','\'',$(value Q))'

@@ -194,8 +194,8 @@ def detect_format(text: str, filename) -> str:
     custom_tokens, a '|' on a line that is not a comment separator. Raises DatasetError when the
     file is empty, when extension and content disagree, when it starts like JSON but is not valid
     JSON and every line has a '|' (broken JSON, or a separator file like "[공지] 질문 | 답"?), when
-    it has a marker but does not start with <|question|> and has '|' lines (a separator file with a
-    marker in a question?), or when nothing tells.
+    it has a marker but every line has a '|' besides the markers and the first is no <|question|> (a
+    separator file with a marker in a question?), or when nothing tells.
     """
     filename = str(filename)
     suffix = Path(filename).suffix.lower()
@@ -231,12 +231,12 @@ def _format_from_content(body, filename, choices):
         return fmt, f"starts with {body[0]!r}"
     if QUESTION_MARK in body or ANSWER_MARK in body:
         marked = [line.strip() for line in lines if QUESTION_MARK in line or ANSWER_MARK in line]
-        if marked and not lines[0].lstrip().startswith(QUESTION_MARK) and any("|" in line for line in lines):
-            # A separator file with a marker inside one question: custom_tokens' errors would all be wrong.
+        unmarked = [line.replace(QUESTION_MARK, "").replace(ANSWER_MARK, "") for line in lines]
+        if not lines[0].lstrip().startswith(QUESTION_MARK) and all("|" in line for line in unmarked):
+            # A separator file with a marker inside a question: custom_tokens' errors would all be wrong.
             raise DatasetError(f"{filename}: ambiguous format: a {QUESTION_MARK}/{ANSWER_MARK} marker like custom_tokens "
-                               f"({excerpt(marked[0])}), but the pairs do not start with "
-                               f"{QUESTION_MARK} and lines have '|' like the separator format (a marker inside a "
-                               f"question?); {choices}")
+                               f"({excerpt(marked[0])}), but every line has a '|' like the separator format and "
+                               f"the first is no {QUESTION_MARK} (a marker inside a question?); {choices}")
         return "custom_tokens", f"has {QUESTION_MARK}/{ANSWER_MARK} markers"
     if any("|" in line for line in lines):
         return "separator", "has '|' separators"

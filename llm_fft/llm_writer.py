@@ -37,7 +37,7 @@ import torch
 
 from llm_fft.formats import DatasetError, write_pairs
 from llm_fft.prompts import ANSWER_MARK, QUESTION_MARK
-from llm_fft.text import normalize, states
+from llm_fft.text import same_question, states
 
 # Why a candidate pair is rejected. Each is counted under the first reason that applies, checked
 # in this order (see judge).
@@ -176,8 +176,9 @@ def _excerpt(text, width=60):
 
 
 def _normalise(text):
-    """The project's normaliser, case-folded: a copy in other capitals is still a copy."""
-    return normalize(text).casefold()
+    """The project's rule for one question (text.same_question): a copy in other capitals or widths is
+    still a copy, of a question or of an answer."""
+    return same_question(text)
 
 
 def _writable(question, answer):

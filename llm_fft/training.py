@@ -57,8 +57,8 @@ FINETUNE_SPEC = {
     "select_epoch": (str, lambda v: v in ("last", "best_dev_loss"), "last or best_dev_loss"),
 }
 
-# finetune keys that change no numbers: dvc.yaml does not list them, so editing one reruns nothing,
-# and a checkpoint resumes across them.
+# finetune keys that change no numbers: dvc.yaml does not list them for finetune, so editing one reruns
+# no stage but the seconds of check_params, and a checkpoint resumes across them.
 CHANGES_NO_NUMBERS = ("log_every", "checkpoint_minutes", "checkpoint_every")
 
 class TrainingError(ValueError):

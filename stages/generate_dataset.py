@@ -123,16 +123,16 @@ SPEC = {
 }
 FILE_ONLY = ("heldout_paraphrases", "train_paraphrases", "train_answer_variants", "rewordings",
              "statements_from_answers")  # levers for a file of your own
-# The file backend's files, and the examples shipped in data/ as committed (sha256 -> path): a run that
-# replaced some with your own data and left others would measure your model on the example's island.
+# The file backend's files, and the sha256 (line ends as LF) of the examples data/ ships for each: a
+# run that replaced some with your own data and left others would measure your model on the example's island.
 FILE_KEYS = ("file", "dev_file", "heldout_file", "unknown_file", "unknown_dev_file", "unknown_train_file")
-EXAMPLE_FILES = {
-    "cb1114bf5b4551f37a7c5cd77000e042b7dc6f1e624477379122d5b6ee7f2629": "data/my_dataset.txt",
-    "b6a24b99ec190aa2e192dc3e03c74374541c0adcbe12bbef4acb9fa83c92defe": "data/my_dev.jsonl",
-    "f8116ae43389ba08fb6b9a4f3abf511d741b7163879e362e98236d54fcbeb7b6": "data/my_heldout.jsonl",
-    "8dfedfd43a7e152aaca4cbc90018a7df3eea09da260de83e225dd370b47113a5": "data/my_unknown.txt",
-    "d29578457c48f4d12164be01bd0911792bfd38ee97cda2fbc26bf095de8f40ba": "data/my_unknown_dev.txt",
-    "42eb6cfe78979a2fa95155dd69966f28eeda48cf05ae358f9fe59a2bf75f6464": "data/my_unknown_train.txt",
+EXAMPLE_DIGESTS = {
+    "file": "cb1114bf5b4551f37a7c5cd77000e042b7dc6f1e624477379122d5b6ee7f2629",
+    "dev_file": "b6a24b99ec190aa2e192dc3e03c74374541c0adcbe12bbef4acb9fa83c92defe",
+    "heldout_file": "f8116ae43389ba08fb6b9a4f3abf511d741b7163879e362e98236d54fcbeb7b6",
+    "unknown_file": "8dfedfd43a7e152aaca4cbc90018a7df3eea09da260de83e225dd370b47113a5",
+    "unknown_dev_file": "d29578457c48f4d12164be01bd0911792bfd38ee97cda2fbc26bf095de8f40ba",
+    "unknown_train_file": "42eb6cfe78979a2fa95155dd69966f28eeda48cf05ae358f9fe59a2bf75f6464",
 }
 
 
@@ -225,10 +225,15 @@ def unknowns_from_files(cfg, trained, dev, heldout):
     return {name: [q["question"] for q in questions] for name, questions in lists.items()}
 
 
+def example_digest(path):
+    """sha256 of a file with its line ends as LF (a checkout with CRLF is the same example)."""
+    return hashlib.sha256(Path(path).read_bytes().replace(b"\r\n", b"\n")).hexdigest()
+
+
 def examples_left(cfg):
     """A warning naming the file backend's files that are still the shipped examples (about 별무리섬)
     while others are your own; none when all or none are."""
-    left = [key for key in FILE_KEYS if hashlib.sha256(Path(cfg[key]).read_bytes()).hexdigest() in EXAMPLE_FILES]
+    left = [key for key in FILE_KEYS if example_digest(cfg[key]) == EXAMPLE_DIGESTS[key]]
     if not left or len(left) == len(FILE_KEYS):
         return []
     own = [key for key in FILE_KEYS if key not in left]

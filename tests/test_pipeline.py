@@ -487,7 +487,8 @@ def test_editing_a_module_changes_only_the_stages_that_import_it(tiny_repo, firs
     path.write_text(original + "\n# an edit\n", encoding="utf-8")
     changed = json.loads(dvc("status", "--json", cwd=tiny_repo).stdout)
     path.write_text(original, encoding="utf-8")
-    assert sorted(changed) == sorted(expected)
+    # check_params imports nearly every module (the stages' specs): it reruns too, in seconds
+    assert sorted(changed) == sorted(expected + ["check_params"])
     assert dvc("status", cwd=tiny_repo).stdout.strip() == "Data and pipelines are up to date."
 
 
