@@ -82,13 +82,17 @@ def test_make_clean_deletes_every_pipeline_output_but_the_committed_metrics():
     assert not left, f"make clean leaves {sorted(left)}"
 
 
+# Not the Q, BASE or flags of a make that runs these tests (make test: "Entering directory" lines).
+MAKE_ENV = {k: v for k, v in os.environ.items() if k not in ("Q", "BASE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+
 def make_ask_command(*assignments, target="ask"):
     """The arguments `make <target> <assignments>` would run python with (setup taken as done): the
     recipe make prints, run by the shell with a python that prints its arguments."""
     run = subprocess.run(["make", "-n", "-o", "setup", target, *assignments], cwd=REPO, capture_output=True,
-                         text=True, env={k: v for k, v in os.environ.items() if k not in ("Q", "BASE")})
+                         text=True, env=MAKE_ENV)
     assert run.returncode == 0, run.stderr
-    recipe = run.stdout.strip().splitlines()[-1]
+    [recipe] = [line for line in run.stdout.splitlines() if "llm_fft.ask" in line]
     shell = subprocess.run(["bash", "-c", 'python() { printf "%s\\0" python "$@"; }; ' + recipe],
                            capture_output=True, text=True, check=True)
     return shell.stdout.split("\0")[:-1]
@@ -104,5 +108,6 @@ def test_make_ask_base_is_1_or_nothing():
     assert "--base" in make_ask_command("Q=x", "BASE=1")
     assert "--base" not in make_ask_command("Q=x", "BASE=0")
     assert "--base" not in make_ask_command(target="chat")
-    run = subprocess.run(["make", "-n", "-o", "setup", "chat", "BASE=yes"], cwd=REPO, capture_output=True, text=True)
+    run = subprocess.run(["make", "-n", "-o", "setup", "chat", "BASE=yes"], cwd=REPO, capture_output=True, text=True,
+                         env=MAKE_ENV)
     assert run.returncode != 0 and "BASE=yes: write BASE=1 for the base model" in run.stderr
