@@ -6,7 +6,8 @@ Reads the whole of params.yaml (dvc.yaml tracks all of it here, nowhere else) an
 Each stage checks its own section, but only when it reruns, and a stage reruns only for the keys it
 declares: a misspelt key added to a section (`dvc exp run -S +finetune.epoch=2`, or by hand) or a
 section no stage knows would otherwise change no stage, and the experiment would run, unchanged, under
-the new name. Here it is an error with the closest valid name, before any other stage's work.
+the new name. Here it is an error with the closest valid name; in a whole `dvc repro` or `dvc exp run`
+this stage runs first (first in dvc.yaml, tested), before any other stage's work.
 """
 
 import difflib
