@@ -96,10 +96,16 @@ train: setup ## GPU box: fine-tune kanana-nano-2.1b-base as a DVC experiment (GP
 # BASE=1: the base model answers; BASE=0 or none: the fine-tuned one (any other value is an error).
 BASE_FLAG = $(if $(filter-out 0,$(BASE)),$(if $(filter 1,$(BASE)),--base,$(error BASE=$(BASE): write BASE=1 for the base model, BASE=0 or nothing for the fine-tuned one)))
 
-# A one-line question reaches Python as typed: $(value Q) is not expanded by make ($HOME, $5 stay), and single
-# quotes (each ' inside written '\'') keep the shell from expanding it (`...`, "...").
+define newline
+
+
+endef
+
+# The question reaches Python as typed: $(value Q) is not expanded by make ($HOME, $5 stay), single quotes
+# (each ' inside written '\'') keep the shell from expanding it (`...`, "..."), and a line break is a space
+# (a question is one line; make would end the command there).
 ask: setup ## answer one question with the fine-tuned model: make ask Q="…" (BASE=1: the base model)
-	python -m llm_fft.ask $(BASE_FLAG) '$(subst ','\'',$(value Q))'
+	python -m llm_fft.ask $(BASE_FLAG) '$(subst $(newline), ,$(subst ','\'',$(value Q)))'
 
 chat: setup ## ask questions one after another (Ctrl-D or Ctrl-C quits; BASE=1: the base model)
 	python -m llm_fft.ask $(BASE_FLAG)

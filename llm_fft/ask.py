@@ -34,6 +34,13 @@ def chosen_gate(metrics_path):
     return json.loads(metrics_path.read_text(encoding="utf-8")).get("gate")
 
 
+def one_line(question):
+    """A question typed over several lines as one line (the data's questions are one line each);
+    a one-line question as typed, so it is asked as final_eval asked it."""
+    lines = question.splitlines()
+    return question if len(lines) < 2 else " ".join(line.strip() for line in lines if line.strip())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question", nargs="?", help="the question; none = ask interactively")
@@ -75,7 +82,7 @@ def main():
                   file=sys.stderr, flush=True)
 
     if args.question is not None:
-        answer(args.question)
+        answer(one_line(args.question))
         return
     print(f"{model_dir}: ask a question, Ctrl-D or Ctrl-C to quit.")
     chat(answer)

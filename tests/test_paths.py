@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from llm_fft import paths
+from llm_fft.ask import one_line
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_FILE = re.compile(r"(data|models|metrics)/[\w./-]+")
@@ -102,6 +103,16 @@ def make_ask_command(*assignments, target="ask"):
                                       "It's `ls`?", r"a\b $$(x) $(shell echo no) 100%"])
 def test_make_ask_passes_the_question_as_typed(question):
     assert make_ask_command(f"Q={question}")[-4:] == ["python", "-m", "llm_fft.ask", question]
+
+
+def test_make_ask_takes_a_line_break_in_the_question_for_a_space():
+    # make would end the command at the line break: the shell saw an unterminated quote.
+    assert make_ask_command("Q=별무리섬의 인구는\n몇 명인가요?")[-1] == "별무리섬의 인구는 몇 명인가요?"
+
+
+def test_ask_joins_a_question_typed_over_lines_and_keeps_a_one_line_one_as_typed():
+    assert one_line("별무리섬의 인구는\r\n  몇 명인가요?\n") == "별무리섬의 인구는 몇 명인가요?"
+    assert one_line("  Who  founded Zorp? ") == "  Who  founded Zorp? "
 
 
 def test_make_ask_base_is_1_or_nothing():
