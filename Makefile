@@ -111,10 +111,10 @@ chat: setup ## ask questions one after another (Ctrl-D or Ctrl-C quits; BASE=1: 
 	python -m llm_fft.ask $(BASE_FLAG)
 
 # make seeds NAME=x SET="-S finetune.lr=1e-4": one setting over SEEDS (dvc exp run per seed).
-SEEDS ?= 1 2 3
+SEEDS ?= 123 1 2
 NAME ?= params
 SET ?=
-seeds: setup ## run one setting over 3 seeds: make seeds NAME=x SET="-S k=v ..."; writes metrics/seeds/NAME.json
+seeds: setup ## run one setting over seeds 123 1 2: make seeds NAME=x SET="-S k=v ..."; writes metrics/seeds/NAME.json (a new NAME)
 	python -m llm_fft.seeds --name $(NAME) --seeds $(SEEDS) $(SET)
 
 gpu-check: setup ## GPU box, first: every stage on a random kanana-shaped model (no hub), timed, peak GPU memory, MFU

@@ -1,12 +1,15 @@
 """Run one setting over several seeds and write the mean, min and max of every metric.
 
-    python -m llm_fft.seeds --name lr1e-4 --seeds 1 2 3 -S finetune.lr=1e-4
-    make seeds NAME=lr1e-4 SET="-S finetune.lr=1e-4"          # SEEDS="1 2 3" by default
+    python -m llm_fft.seeds --name lr2e-5 --seeds 123 1 2 -S finetune.lr=2e-5
+    make seeds NAME=lr2e-5 SET="-S finetune.lr=2e-5"          # SEEDS="123 1 2" by default
 
 The held-out score of one run moves by several questions with the batch order alone, so settings are
 compared over seeds. Each seed is one `dvc exp run -S seed=N` (plus your -S overrides) in this
-workspace: DVC reruns only what the seed touches (finetune, interpolate, final_eval), and `dvc exp show`
-lists every run. After each run the metrics files are read; metrics/seeds/NAME.json gets every run's
+workspace: DVC reruns what reads the seed (finetune, interpolate, final_eval; prepare_model and
+generate_dataset too, in seconds, and what follows them only where their output changes: special-token
+markers, the llm backend), and `dvc exp show` lists every run. The default seeds, 123 1 2, are the ones
+every record in metrics/seeds/ ran, so a new setting compares seed by seed; a record is never
+overwritten (another NAME, or delete the file first). After each run the metrics files are read; metrics/seeds/NAME.json gets every run's
 numbers and their mean, min and max, with the commit and machine they came from, and a table is printed.
 The workspace is left holding the last seed's run: `git checkout -- params.yaml dvc.lock metrics/ &&
 dvc checkout` returns to the committed one.
@@ -89,7 +92,8 @@ def write_summary(out, args, origin, runs):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="the setting's name: writes metrics/seeds/NAME.json")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds to run (default 1 2 3)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[123, 1, 2],
+                        help="seeds to run (default 123 1 2, those of the committed records)")
     parser.add_argument("-S", "--set-param", action="append", default=[], dest="overrides",
                         help="a params override for every run, as for dvc exp run -S (repeatable)")
     args = parser.parse_args()
@@ -98,8 +102,11 @@ def main():
     if len(args.seeds) != len(set(args.seeds)):
         sys.exit(f"error: --seeds lists a seed twice: {args.seeds}")
 
-    origin = provenance()  # before the runs: the code they ran
     out = SEEDS / f"{args.name}.json"
+    if out.exists():  # a committed record, or a series run before: never replaced by another
+        sys.exit(f"error: {out} exists: choose another --name (make seeds NAME=...), or delete it to run that "
+                 "series again")
+    origin = provenance()  # before the runs: the code they ran
     runs = []
     for seed in args.seeds:
         command = ["dvc", "exp", "run", "-S", f"seed={seed}", *(x for o in args.overrides for x in ("-S", o))]

@@ -2,8 +2,10 @@
 seed, so a series that fails or is stopped keeps the seeds it finished."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -57,6 +59,24 @@ def test_a_failed_seed_keeps_the_seeds_before_it(monkeypatch, tmp_path):
     written = json.loads((tmp_path / "metrics/seeds/x.json").read_text(encoding="utf-8"))
     assert written["seeds"] == [1] and written["unfinished"] == [2, 3]
     assert written["summary"]["final.heldout.states_key_fact"]["mean"] == 0.5
+
+
+def test_a_record_that_exists_is_never_replaced(monkeypatch, tmp_path):
+    fake_runs(monkeypatch, tmp_path, [{"heldout": {"states_key_fact": 0.5}}])
+    (tmp_path / "metrics/seeds").mkdir(parents=True)
+    (tmp_path / "metrics/seeds/lr1e-4.json").write_text("{}", encoding="utf-8")
+    monkeypatch.setattr(sys, "argv", ["seeds", "--name", "lr1e-4", "--seeds", "1"])
+    with pytest.raises(SystemExit, match="metrics/seeds/lr1e-4.json exists: choose another"):
+        seeds.main()
+    assert (tmp_path / "metrics/seeds/lr1e-4.json").read_text(encoding="utf-8") == "{}"
+
+
+def test_make_seeds_runs_the_seeds_of_the_committed_records_by_default():
+    # 123 1 2: every record in metrics/seeds/ ran them, so a new setting compares seed by seed.
+    run = subprocess.run(["make", "-n", "-o", "setup", "seeds", "NAME=x"], cwd=Path(__file__).parent.parent,
+                         capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                              if k not in ("SEEDS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")})
+    assert "python -m llm_fft.seeds --name x --seeds 123 1 2" in run.stdout, run.stdout + run.stderr
 
 
 def test_a_first_seed_that_fails_writes_nothing(monkeypatch, tmp_path):
