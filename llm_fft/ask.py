@@ -17,6 +17,9 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+from pathlib import Path
+
+import yaml
 
 from llm_fft.evaluation import REFUSE_ALL, answer_set, gated, load_for_evaluation
 from llm_fft.generation import decoding
@@ -32,6 +35,29 @@ def chosen_gate(metrics_path):
     if not metrics_path.exists():
         return None
     return json.loads(metrics_path.read_text(encoding="utf-8")).get("gate")
+
+
+def changed_since(stage, params, lock=Path("dvc.lock")):
+    """["key: then -> now", ...] for each param `stage` ran with (dvc.lock) that params.yaml now sets
+    otherwise: with any, ask's answers may not be the ones that stage measured."""
+    if not lock.exists():
+        return []
+    ran = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}).get(stage, {})
+    changed = []
+
+    def compare(then, now, key):
+        if isinstance(then, dict) and isinstance(now, dict):
+            for name in then:  # the keys it ran with (a stage may declare only some of a section)
+                compare(then.get(name), now.get(name), f"{key}.{name}")
+        elif then != now:
+            changed.append(f"{key}: {then!r} -> {now!r}")
+
+    for key, then in ran.get("params", {}).get("params.yaml", {}).items():
+        now = params
+        for part in key.split("."):
+            now = now.get(part) if isinstance(now, dict) else None
+        compare(then, now, key)
+    return sorted(changed)
 
 
 def one_line(question):
@@ -59,6 +85,11 @@ def main():
         protocol = replace(decoding(tokenizer, params["prompt"], params["evaluate"]), batch_size=1)
     except PromptError as e:
         sys.exit(f"error: {e}")
+
+    stage = "baseline_eval" if args.base else "final_eval"
+    if changed := changed_since(stage, params):
+        print(f"warning: params.yaml has changed since {stage} measured {model_dir} ({'; '.join(changed)}): "
+              "answers may differ from the measured ones until `dvc repro`", file=sys.stderr)
 
     threshold = None
     if params["evaluate"]["gate"]:

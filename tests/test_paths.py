@@ -122,3 +122,19 @@ def test_make_ask_base_is_1_or_nothing():
     run = subprocess.run(["make", "-n", "-o", "setup", "chat", "BASE=yes"], cwd=REPO, capture_output=True, text=True,
                          env=MAKE_ENV)
     assert run.returncode != 0 and "BASE=yes: write BASE=1 for the base model" in run.stderr
+
+
+def test_ask_names_the_params_changed_since_the_evaluation_it_repeats(tmp_path):
+    from llm_fft.ask import changed_since
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(yaml.safe_dump({"stages": {"final_eval": {"params": {"params.yaml": {
+        "device": "auto", "refusal": "모르겠습니다.", "evaluate": {"batch_size": 64, "gate": True}}}}}},
+        allow_unicode=True), encoding="utf-8")
+    params = {"device": "auto", "refusal": "모르겠습니다.", "evaluate": {"batch_size": 64, "gate": True, "other": 1}}
+    assert changed_since("final_eval", params, lock) == []
+    params["evaluate"]["gate"] = False
+    params["refusal"] = "I don't know."
+    assert changed_since("final_eval", params, lock) == ["evaluate.gate: True -> False",
+                                                         "refusal: '모르겠습니다.' -> \"I don't know.\""]
+    assert changed_since("baseline_eval", params, lock) == []  # not run yet: nothing to compare
+    assert changed_since("final_eval", params, tmp_path / "none.lock") == []
