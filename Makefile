@@ -82,6 +82,9 @@ $(KO_STAMP): $(STAMP)
 	touch $(KO_STAMP)
 
 run: setup ## run the whole pipeline (dvc repro) and print before -> after (PROFILE=ko: on gemma-3-270m)
+	@if git rev-parse --git-dir >/dev/null 2>&1 && ! git diff --quiet HEAD -- params.yaml; then \
+	  echo "note: params.yaml differs from the last commit (your edits, or the -S values a dvc exp run leaves in it);"; \
+	  echo "      git checkout -- params.yaml dvc.lock metrics/ && dvc checkout   returns to the committed run"; fi
 ifeq ($(PROFILE),ko)
 	dvc exp run $(KO)
 else

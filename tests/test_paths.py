@@ -115,6 +115,25 @@ def test_ask_joins_a_question_typed_over_lines_and_keeps_a_one_line_one_as_typed
     assert one_line("  Who  founded Zorp? ") == "  Who  founded Zorp? "
 
 
+def test_make_run_notes_a_params_file_that_differs_from_the_last_commit(tmp_path):
+    # dvc exp run leaves its -S values in params.yaml: a later plain `make run` would quietly run them.
+    run = subprocess.run(["make", "-n", "-o", "setup", "run"], cwd=REPO, capture_output=True, text=True, env=MAKE_ENV)
+    assert run.returncode == 0, run.stderr
+    check = run.stdout.split("\ndvc repro\n")[0]
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "params.yaml").write_text("seed: 123\n", encoding="utf-8")
+    subprocess.run([*git, "add", "params.yaml"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+
+    def said():
+        return subprocess.run(["bash", "-c", check], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    assert said() == ""
+    (tmp_path / "params.yaml").write_text("seed: 1\n", encoding="utf-8")
+    assert said().startswith("note: params.yaml differs from the last commit")
+
+
 def test_make_ask_base_is_1_or_nothing():
     assert "--base" in make_ask_command("Q=x", "BASE=1")
     assert "--base" not in make_ask_command("Q=x", "BASE=0")
