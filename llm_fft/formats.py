@@ -203,6 +203,8 @@ def detect_format(text: str, filename) -> str:
     body = text.removeprefix("\ufeff").strip()
     if not body:
         raise DatasetError(f"{filename}: empty file: no question/answer pairs")
+    if all(not line.strip() or line.lstrip().startswith("#") for line in body.split("\n")):
+        raise DatasetError(f"{filename}: no question/answer pairs: only '#' comment and blank lines")
     choices = f"name the format explicitly (one of {', '.join(FORMATS)})"
     by_content, evidence = _format_from_content(body, filename, choices)
     if by_name and by_content and by_name != by_content:

@@ -222,6 +222,9 @@ def test_evaluation_files_may_give_a_key_that_the_answer_states_and_may_hold_no_
     assert read_pairs(b"", "h.jsonl", evaluation=True) == ([], [])
     with pytest.raises(DatasetError, match="empty file"):  # a training file must hold pairs
         read_pairs(b"", "d.jsonl")
+    # The example's pairs deleted, its header kept: said so, not "cannot tell the format".
+    with pytest.raises(DatasetError, match=r"^data/my_dataset.txt: no question/answer pairs: only '#' comment"):
+        read_pairs(b"# my pairs, one per line: question | answer\n\n# (none yet)\n", "data/my_dataset.txt")
 
 
 def test_a_bad_key_in_an_evaluation_file_is_an_error_naming_the_line():
