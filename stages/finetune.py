@@ -200,7 +200,8 @@ def load_data(cfg, seed):
     if cfg["select_epoch"] == "best_dev_loss" and not dev:
         raise TrainingError(f"finetune.select_epoch = best_dev_loss needs dev questions, and {DEV_QA} has none "
                             "(add dev phrasings to the facts file, or with the file backend pairs to "
-                            "generate_dataset.dev_file; or set finetune.select_epoch: last)")
+                            "generate_dataset.dev_file; or set finetune.select_epoch: last and, since the dev "
+                            "questions also choose the interpolation weight, interpolate.weights: [1.0])")
     per_epoch = len(epoch_examples(task, rehearsal, cfg["rehearsal_ratio"], seed, 1))
     if cfg["batch_size"] > per_epoch:
         print(f"warning: finetune.batch_size {cfg['batch_size']} > {per_epoch} examples: "

@@ -237,10 +237,14 @@ def examples_left(cfg):
     if not left or len(left) == len(FILE_KEYS):
         return []
     own = [key for key in FILE_KEYS if key not in left]
+    # Skipping these two also needs a setting elsewhere: said here, before training, not by a later stage.
+    also = {"dev_file": "no dev questions also needs finetune.select_epoch: last and interpolate.weights: [1.0]",
+            "unknown_train_file": "no training unknown questions needs generate_dataset.refusal_ratio: 0"}
     return [f"{', '.join(cfg[key] for key in left)} {'is' if len(left) == 1 else 'are'} still the example "
             f"(questions about its island, 별무리섬) beside your own {', '.join(cfg[key] for key in own)}: "
             "write questions about your own data there, or leave only # comments in a file to skip what it "
-            "measures (generate_dataset." + ", ".join(left) + ")."]
+            "measures (generate_dataset." + "; ".join([", ".join(left), *(also[key] for key in left if key in also)])
+            + ")."]
 
 
 def evaluation_questions_from_files(cfg, fmt, trained):

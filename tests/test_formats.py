@@ -322,6 +322,10 @@ def test_example_files_left_beside_your_own_are_named(tmp_path):
     assert warning.startswith(f"{examples['unknown_file']}, {examples['unknown_dev_file']} are still the example "
                               f"(questions about its island, 별무리섬) beside your own {own['file']}, ")
     assert warning.endswith("(generate_dataset.unknown_file, unknown_dev_file).")
+    # Emptying the example dev file to skip it also needs two settings: said before any training.
+    [warning] = examples_left({**own, "dev_file": examples["dev_file"]})
+    assert warning.endswith("(generate_dataset.dev_file; no dev questions also needs finetune.select_epoch: last "
+                            "and interpolate.weights: [1.0]).")
 
 
 def test_questions_that_differ_only_in_case_spaces_or_width_are_one_question(tmp_path):

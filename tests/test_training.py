@@ -346,3 +346,16 @@ def test_answer_nll_is_transformers_loss_and_runs_each_distinct_record_once(name
     rows_run.clear()
     assert answer_nll(model, records, 2, 0, "cpu", known)[0] == pytest.approx(expected, rel=1e-5)
     assert rows_run == [1]  # only the record not known
+
+
+def test_no_dev_questions_with_best_dev_loss_names_every_setting_to_change(tmp_path, monkeypatch):
+    # Said before training: interpolate would stop only after it, on the same missing dev questions.
+    from llm_fft.training import TrainingError
+    from stages.finetune import load_data
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/trained_qa.jsonl").write_text('{"input_ids": [1, 2], "labels": [-100, 2]}\n', encoding="utf-8")
+    (tmp_path / "data/statements_qa.jsonl").write_text("", encoding="utf-8")
+    (tmp_path / "data/dev_qa.jsonl").write_text("", encoding="utf-8")
+    with pytest.raises(TrainingError, match=r"select_epoch: last and, since .* interpolate\.weights: \[1\.0\]"):
+        load_data({"select_epoch": "best_dev_loss", "rehearsal_ratio": 0, "rehearsal_loss": "kl", "batch_size": 4}, 123)
