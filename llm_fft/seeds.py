@@ -7,10 +7,11 @@ The held-out score of one run moves by several questions with the batch order al
 compared over seeds. Each seed is one `dvc exp run -S seed=N` (plus your -S overrides) in this
 workspace: DVC reruns what reads the seed (finetune, interpolate, final_eval; prepare_model and
 generate_dataset too, in seconds, and what follows them only where their output changes: special-token
-markers, the llm backend), and `dvc exp show` lists every run. The default seeds, 123 1 2, are the ones
-every record in metrics/seeds/ ran, so a new setting compares seed by seed; a record is never
-overwritten (another NAME, or delete the file first). After each run the metrics files are read; metrics/seeds/NAME.json gets every run's
-numbers and their mean, min and max, with the commit and machine they came from, and a table is printed.
+markers, the llm backend), and `dvc exp show` lists every run. The default seeds, 123 1 2, are the
+ones every record in metrics/seeds/ ran, so a new setting compares seed by seed; a record is never
+overwritten (another NAME, or delete the file first). After each run the metrics files are read;
+metrics/seeds/NAME.json gets every run's numbers and their mean, min and max, with the commit and
+machine they came from, and a table is printed.
 The workspace is left holding the last seed's run: `git checkout -- params.yaml dvc.lock metrics/ &&
 dvc checkout` returns to the committed one.
 """
