@@ -82,9 +82,9 @@ $(KO_STAMP): $(STAMP)
 	touch $(KO_STAMP)
 
 run: setup ## run the whole pipeline (dvc repro) and print before -> after (PROFILE=ko: on gemma-3-270m)
-	@if git rev-parse --git-dir >/dev/null 2>&1 && ! git diff --quiet HEAD -- params.yaml; then \
-	  echo "note: params.yaml differs from the last commit (your edits, or the -S values a dvc exp run leaves in it);"; \
-	  echo "      git checkout -- params.yaml dvc.lock metrics/ && dvc checkout   returns to the committed run"; fi
+	@if git rev-parse -q --verify HEAD >/dev/null 2>&1 && { git diff --quiet HEAD -- params.yaml 2>/dev/null; [ $$? -eq 1 ]; }; then \
+	  echo "note: params.yaml differs from the last commit (your edits, or the -S values a dvc exp run leaves in it:"; \
+	  echo "      git diff params.yaml); git checkout -- params.yaml dvc.lock metrics/ && dvc checkout returns to the committed run"; fi
 ifeq ($(PROFILE),ko)
 	dvc exp run $(KO)
 else
@@ -105,10 +105,10 @@ define newline
 endef
 
 # The question reaches Python as typed: $(value Q) is not expanded by make ($HOME, $5 stay), single quotes
-# (each ' inside written '\'') keep the shell from expanding it (`...`, "..."), and a line break is a space
-# (a question is one line; make would end the command there).
+# (each ' inside written '\'') keep the shell from expanding it (`...`, "..."), and a line break is passed
+# as bash's $'\n' (a raw one would end make's command line there); llm_fft.ask joins the lines.
 ask: setup ## answer one question with the fine-tuned model: make ask Q="…" (BASE=1: the base model)
-	python -m llm_fft.ask $(BASE_FLAG) '$(subst $(newline), ,$(subst ','\'',$(value Q)))'
+	python -m llm_fft.ask $(BASE_FLAG) '$(subst $(newline),'$$'\n'',$(subst ','\'',$(value Q)))'
 
 chat: setup ## ask questions one after another (Ctrl-D or Ctrl-C quits; BASE=1: the base model)
 	python -m llm_fft.ask $(BASE_FLAG)

@@ -19,8 +19,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
-
 from llm_fft.evaluation import REFUSE_ALL, answer_set, gated, load_for_evaluation
 from llm_fft.generation import decoding
 from llm_fft.model import ModelNotFound
@@ -37,34 +35,47 @@ def chosen_gate(metrics_path):
     return json.loads(metrics_path.read_text(encoding="utf-8")).get("gate")
 
 
-def changed_since(stage, params, lock=Path("dvc.lock")):
-    """["key: then -> now", ...] for each param `stage` ran with (dvc.lock) that params.yaml now sets
-    otherwise: with any, ask's answers may not be the ones that stage measured."""
+# The params ask's answers depend on (it answers one at a time and takes the gate's threshold from the
+# metrics): a change to any other (evaluate.batch_size, gate_wrong_cost, ...) leaves its answers as they were.
+ASK_READS = ("device", "refusal", "prompt", "evaluate.dtype", "evaluate.extra_new_tokens", "evaluate.gate")
+
+
+def _dotted(tree, prefix=""):
+    """{"evaluate": {"gate": True}} or {"evaluate.gate": True} -> {"evaluate.gate": True}."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        flat.update(_dotted(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    return flat
+
+
+def changed_since(stage, params, lock=Path("dvc.lock"), model=None):
+    """What differs from when `stage` measured the model ask answers with (dvc.lock): ["key: then -> now",
+    ...] for each param ask reads that params.yaml now sets otherwise, and the model folder if a stage
+    rewrote it after (`model`: (its path, the stage that writes it)). With any, ask's answers may not be
+    the ones `stage` measured."""
     if not lock.exists():
         return []
-    ran = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}).get(stage, {})
-    changed = []
-
-    def compare(then, now, key):
-        if isinstance(then, dict) and isinstance(now, dict):
-            for name in then:  # the keys it ran with (a stage may declare only some of a section)
-                compare(then.get(name), now.get(name), f"{key}.{name}")
-        elif then != now:
-            changed.append(f"{key}: {then!r} -> {now!r}")
-
-    for key, then in ran.get("params", {}).get("params.yaml", {}).items():
-        now = params
-        for part in key.split("."):
-            now = now.get(part) if isinstance(now, dict) else None
-        compare(then, now, key)
-    return sorted(changed)
+    stages = (load_params(lock) or {}).get("stages", {})  # params' loader: 5e-05 is a number, as DVC wrote it
+    ran = _dotted(stages.get(stage, {}).get("params", {}).get("params.yaml", {}))
+    now = _dotted(params)
+    changed = [f"{key}: {then!r} -> {now.get(key)!r}" for key, then in sorted(ran.items())
+               if any(key == read or key.startswith(f"{read}.") for read in ASK_READS) and now.get(key) != then]
+    if model is not None:
+        path, writer = model
+        measured, written = (next((entry.get("md5") for entry in stages.get(name, {}).get(key, [])
+                                   if entry.get("path") == path), None)
+                             for name, key in ((stage, "deps"), (writer, "outs")))
+        if measured and written and measured != written:
+            changed.append(f"{path}: rewritten by {writer} after {stage} measured it (a repro that stopped between them?)")
+    return changed
 
 
 def one_line(question):
-    """A question typed over several lines as one line (the data's questions are one line each);
-    a one-line question as typed, so it is asked as final_eval asked it."""
-    lines = question.splitlines()
-    return question if len(lines) < 2 else " ".join(line.strip() for line in lines if line.strip())
+    """The question as one line, its ends trimmed, as the data's questions are (make ask hands a line
+    break on; a question typed over lines is joined with a space). Spaces inside a line stay as typed,
+    so a measured question is asked as final_eval asked it."""
+    return " ".join(line.strip() for line in question.splitlines() if line.strip())
 
 
 def main():
@@ -86,8 +97,8 @@ def main():
     except PromptError as e:
         sys.exit(f"error: {e}")
 
-    stage = "baseline_eval" if args.base else "final_eval"
-    if changed := changed_since(stage, params):
+    stage, writer = ("baseline_eval", "prepare_model") if args.base else ("final_eval", "interpolate")
+    if changed := changed_since(stage, params, model=(str(model_dir), writer)):
         print(f"warning: params.yaml has changed since {stage} measured {model_dir} ({'; '.join(changed)}): "
               "answers may differ from the measured ones until `dvc repro`", file=sys.stderr)
 

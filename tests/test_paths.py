@@ -105,14 +105,15 @@ def test_make_ask_passes_the_question_as_typed(question):
     assert make_ask_command(f"Q={question}")[-4:] == ["python", "-m", "llm_fft.ask", question]
 
 
-def test_make_ask_takes_a_line_break_in_the_question_for_a_space():
-    # make would end the command at the line break: the shell saw an unterminated quote.
-    assert make_ask_command("Q=별무리섬의 인구는\n몇 명인가요?")[-1] == "별무리섬의 인구는 몇 명인가요?"
+def test_make_ask_joins_a_question_typed_over_lines():
+    # make would end the command at a raw line break: the shell saw an unterminated quote.
+    typed = make_ask_command("Q=별무리섬의 인구는\n  몇 명인가요?\n")[-1]
+    assert typed == "별무리섬의 인구는\n  몇 명인가요?\n" and one_line(typed) == "별무리섬의 인구는 몇 명인가요?"
 
 
 def test_ask_joins_a_question_typed_over_lines_and_keeps_a_one_line_one_as_typed():
     assert one_line("별무리섬의 인구는\r\n  몇 명인가요?\n") == "별무리섬의 인구는 몇 명인가요?"
-    assert one_line("  Who  founded Zorp? ") == "  Who  founded Zorp? "
+    assert one_line("  Who  founded Zorp? ") == "Who  founded Zorp?"  # spaces inside as typed
 
 
 def test_make_run_notes_a_params_file_that_differs_from_the_last_commit(tmp_path):
@@ -132,6 +133,14 @@ def test_make_run_notes_a_params_file_that_differs_from_the_last_commit(tmp_path
     assert said() == ""
     (tmp_path / "params.yaml").write_text("seed: 1\n", encoding="utf-8")
     assert said().startswith("note: params.yaml differs from the last commit")
+    for folder in (tmp_path / "new", tmp_path / "not-git"):  # no commit yet; no repository at all
+        folder.mkdir()
+        (folder / "params.yaml").write_text("seed: 1\n", encoding="utf-8")
+    subprocess.run(["git", "init", "-q", str(tmp_path / "new")], check=True)
+    assert subprocess.run(["bash", "-c", check], cwd=tmp_path / "new", capture_output=True, text=True).stdout == ""
+    outside = {**MAKE_ENV, "GIT_CEILING_DIRECTORIES": str(tmp_path)}
+    assert subprocess.run(["bash", "-c", check], cwd=tmp_path / "not-git", capture_output=True, text=True,
+                          env=outside).stdout == ""
 
 
 def test_make_ask_base_is_1_or_nothing():
@@ -143,17 +152,40 @@ def test_make_ask_base_is_1_or_nothing():
     assert run.returncode != 0 and "BASE=yes: write BASE=1 for the base model" in run.stderr
 
 
-def test_ask_names_the_params_changed_since_the_evaluation_it_repeats(tmp_path):
+def test_ask_names_what_changed_since_the_evaluation_it_repeats(tmp_path):
     from llm_fft.ask import changed_since
     lock = tmp_path / "dvc.lock"
-    lock.write_text(yaml.safe_dump({"stages": {"final_eval": {"params": {"params.yaml": {
-        "device": "auto", "refusal": "모르겠습니다.", "evaluate": {"batch_size": 64, "gate": True}}}}}},
-        allow_unicode=True), encoding="utf-8")
-    params = {"device": "auto", "refusal": "모르겠습니다.", "evaluate": {"batch_size": 64, "gate": True, "other": 1}}
-    assert changed_since("final_eval", params, lock) == []
+    # As DVC writes it: sections and dotted keys (finetune.lr: ask does not read it); models/final as measured and written.
+    lock.write_text("""stages:
+  interpolate:
+    outs:
+    - path: models/final
+      md5: aaa.dir
+  final_eval:
+    deps:
+    - path: models/final
+      md5: aaa.dir
+    params:
+      params.yaml:
+        refusal: 모르겠습니다.
+        evaluate:
+          batch_size: 64
+          gate: true
+        prompt.style: custom_tokens
+        finetune.lr: 5e-05
+""", encoding="utf-8")
+    params = {"refusal": "모르겠습니다.", "evaluate": {"batch_size": 64, "gate": True}, "prompt": {"style": "custom_tokens"},
+              "finetune": {"lr": 5e-05}}
+    final = ("models/final", "interpolate")
+    assert changed_since("final_eval", params, lock, final) == []
+    params["evaluate"]["batch_size"] = 8  # ask answers one at a time: no difference to it
+    assert changed_since("final_eval", params, lock, final) == []
     params["evaluate"]["gate"] = False
-    params["refusal"] = "I don't know."
-    assert changed_since("final_eval", params, lock) == ["evaluate.gate: True -> False",
-                                                         "refusal: '모르겠습니다.' -> \"I don't know.\""]
+    params["prompt"]["style"] = "plain"
+    assert changed_since("final_eval", params, lock, final) == ["evaluate.gate: True -> False",
+                                                                "prompt.style: 'custom_tokens' -> 'plain'"]
+    lock.write_text(lock.read_text(encoding="utf-8").replace("md5: aaa.dir", "md5: bbb.dir", 1), encoding="utf-8")
+    assert changed_since("final_eval", params, lock, final)[-1] == (
+        "models/final: rewritten by interpolate after final_eval measured it (a repro that stopped between them?)")
     assert changed_since("baseline_eval", params, lock) == []  # not run yet: nothing to compare
     assert changed_since("final_eval", params, tmp_path / "none.lock") == []
