@@ -136,5 +136,5 @@ test-fast: setup ## run the tests not marked slow (no pipeline, DDP or real-mode
 lint: setup ## check the code with ruff (settings in pyproject.toml), as CI does
 	ruff check .
 
-clean: ## delete pipeline outputs and the DVC cache, to free the disk (keeps .venv and committed metrics; dvc checkout and dvc exp apply then need a rerun)
+clean: ## delete pipeline outputs and the DVC cache, to free the disk (keeps .venv and committed metrics; dvc checkout and dvc exp apply can no longer restore outputs: dvc repro rebuilds them)
 	rm -rf models/base models/finetuned models/final models/*.tmp models/checkpoints data/dataset.txt data/trained_qa.jsonl data/preview.md data/statements*.jsonl data/answer_variants.jsonl data/dev*.jsonl data/heldout*.jsonl data/unknown*.jsonl data/refusals.jsonl data/rehearsal.jsonl data/rehearsal_dev.jsonl data/rehearsal_teacher.safetensors .dvc/cache .dvc/tmp

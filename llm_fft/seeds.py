@@ -8,8 +8,9 @@ compared over seeds. Each seed is one `dvc exp run -S seed=N` (plus your -S over
 workspace: DVC reruns what reads the seed (finetune, interpolate, final_eval; prepare_model and
 generate_dataset too, in seconds, and what follows them only where their output changes: special-token
 markers, the llm backend), and `dvc exp show` lists every run. The default seeds, 123 1 2, are the
-ones every record in metrics/seeds/ ran, so a new setting compares seed by seed; a record is never
-overwritten (another NAME, or delete the file first). After each run the metrics files are read;
+ones nearly every record in metrics/seeds/ ran, so a new setting compares seed by seed. A record is
+never overwritten (another NAME, or delete the file first); a series stopped midway is finished by
+the same command (same seeds, settings and commit). After each run the metrics files are read;
 metrics/seeds/NAME.json gets every run's numbers and their mean, min and max, with the commit and
 machine they came from, and a table is printed.
 The workspace is left holding the last seed's run: `git checkout -- params.yaml dvc.lock metrics/ &&
@@ -90,6 +91,24 @@ def write_summary(out, args, origin, runs):
     return summary
 
 
+def resumed(out, args, origin):
+    """(origin, runs) of the record `out` when it is this series stopped midway (same settings and seeds,
+    same commit): its finished runs are kept and only the rest run. Anything else is an error."""
+    record = json.loads(out.read_text(encoding="utf-8"))
+    ran = f"seeds {' '.join(map(str, record.get('seeds', [])))}, commit {record.get('commit')}"
+    if not record.get("unfinished"):
+        sys.exit(f"error: {out} exists ({ran}): choose another NAME, or `rm {out}` to run that series again")
+    same = (record.get("settings") == args.overrides
+            and sorted(record["seeds"] + record["unfinished"]) == sorted(args.seeds)
+            and str(record.get("commit")).split()[0] == origin["commit"].split()[0])
+    if not same:
+        sys.exit(f"error: {out} is a series stopped midway ({ran}; seeds {record['unfinished']} not run, settings "
+                 f"{record.get('settings')}): run it with the same seeds, settings and commit to finish it, or "
+                 f"choose another NAME, or `rm {out}`")
+    print(f"== {args.name}: seeds {record['seeds']} already run; running {record['unfinished']}", flush=True)
+    return {"commit": record["commit"], "machine": record.get("machine")}, record["runs"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="the setting's name: writes metrics/seeds/NAME.json")
@@ -104,16 +123,18 @@ def main():
         sys.exit(f"error: --seeds lists a seed twice: {args.seeds}")
 
     out = SEEDS / f"{args.name}.json"
-    if out.exists():  # a committed record, or a series run before: never replaced by another
-        sys.exit(f"error: {out} exists: choose another --name (make seeds NAME=...), or delete it to run that "
-                 "series again")
     origin = provenance()  # before the runs: the code they ran
     runs = []
+    if out.exists():  # a record is never replaced; a series stopped midway is finished
+        origin, runs = resumed(out, args, origin)
     for seed in args.seeds:
+        if any(run["seed"] == seed for run in runs):
+            continue
         command = ["dvc", "exp", "run", "-S", f"seed={seed}", *(x for o in args.overrides for x in ("-S", o))]
         print(f"== {args.name}: seed {seed}: {' '.join(command)}", flush=True)
         if subprocess.run(command).returncode != 0:
-            kept = f"{out} holds the seeds before it" if runs else "nothing written"
+            kept = (f"{out} holds the seeds before it: the same command runs the rest" if runs
+                    else "nothing written")
             sys.exit(f"error: the run with seed {seed} failed (its output is above); {kept}")
         runs.append({"seed": seed, **read_results()})
         # Written after every seed, so an interrupted series keeps the runs it finished.

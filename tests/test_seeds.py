@@ -64,11 +64,30 @@ def test_a_failed_seed_keeps_the_seeds_before_it(monkeypatch, tmp_path):
 def test_a_record_that_exists_is_never_replaced(monkeypatch, tmp_path):
     fake_runs(monkeypatch, tmp_path, [{"heldout": {"states_key_fact": 0.5}}])
     (tmp_path / "metrics/seeds").mkdir(parents=True)
-    (tmp_path / "metrics/seeds/lr1e-4.json").write_text("{}", encoding="utf-8")
+    record = json.dumps({"seeds": [123, 1, 2], "commit": "abc", "runs": []})
+    (tmp_path / "metrics/seeds/lr1e-4.json").write_text(record, encoding="utf-8")
     monkeypatch.setattr(sys, "argv", ["seeds", "--name", "lr1e-4", "--seeds", "1"])
-    with pytest.raises(SystemExit, match="metrics/seeds/lr1e-4.json exists: choose another"):
+    with pytest.raises(SystemExit, match=r"lr1e-4.json exists \(seeds 123 1 2, commit abc\): choose another NAME"):
         seeds.main()
-    assert (tmp_path / "metrics/seeds/lr1e-4.json").read_text(encoding="utf-8") == "{}"
+    assert (tmp_path / "metrics/seeds/lr1e-4.json").read_text(encoding="utf-8") == record
+
+
+def test_a_series_stopped_midway_is_finished_by_the_same_command_and_only_by_it(monkeypatch, tmp_path):
+    fake_runs(monkeypatch, tmp_path, [{"heldout": {"states_key_fact": 0.5}}, None])
+    monkeypatch.setattr(sys, "argv", ["seeds", "--name", "x", "--seeds", "1", "2", "-S", "finetune.lr=1e-4"])
+    with pytest.raises(SystemExit, match="the same command runs the rest"):
+        seeds.main()
+    stopped = (tmp_path / "metrics/seeds/x.json").read_text(encoding="utf-8")
+    monkeypatch.setattr(sys, "argv", ["seeds", "--name", "x", "--seeds", "1", "2"])  # other settings
+    with pytest.raises(SystemExit, match=r"stopped midway .*seeds \[2\] not run"):
+        seeds.main()
+    assert (tmp_path / "metrics/seeds/x.json").read_text(encoding="utf-8") == stopped
+    fake_runs(monkeypatch, tmp_path, [{"heldout": {"states_key_fact": 0.7}}])  # one run left: seed 2 alone
+    monkeypatch.setattr(sys, "argv", ["seeds", "--name", "x", "--seeds", "1", "2", "-S", "finetune.lr=1e-4"])
+    seeds.main()
+    written = json.loads((tmp_path / "metrics/seeds/x.json").read_text(encoding="utf-8"))
+    assert written["seeds"] == [1, 2] and "unfinished" not in written
+    assert written["summary"]["final.heldout.states_key_fact"] == {"mean": 0.6, "min": 0.5, "max": 0.7}
 
 
 def test_make_seeds_runs_the_seeds_of_the_committed_records_by_default():
