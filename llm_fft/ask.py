@@ -63,9 +63,11 @@ def changed_since(stage, params, lock=Path("dvc.lock"), model=None):
                if any(key == read or key.startswith(f"{read}.") for read in ASK_READS) and now.get(key) != then]
     if model is not None:
         path, writer = model
-        measured, written = (next((entry.get("md5") for entry in stages.get(name, {}).get(key, [])
-                                   if entry.get("path") == path), None)
-                             for name, key in ((stage, "deps"), (writer, "outs")))
+
+        def md5(name, key):  # of path among that stage's deps or outs
+            return next((e.get("md5") for e in stages.get(name, {}).get(key, []) if e.get("path") == path), None)
+
+        measured, written = md5(stage, "deps"), md5(writer, "outs")
         if measured and written and measured != written:
             changed.append(f"{path}: rewritten by {writer} after {stage} measured it (a repro that stopped between them?)")
     return changed
