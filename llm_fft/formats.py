@@ -133,7 +133,7 @@ def read_pairs(raw: bytes, filename, fmt="auto", separator=DEFAULT_SEPARATOR,
     if fmt != "auto" and fmt not in FORMATS:
         raise ValueError(f"unknown dataset format {fmt!r}: expected auto or one of {', '.join(FORMATS)}")
     text = _decode(raw, filename)
-    if evaluation and all(not line.strip() or line.lstrip().startswith("#") for line in text.split("\n")):
+    if evaluation and not content_lines(text):
         return [], []
     optional_keys = (KEY,) if evaluation else ()
     if fmt == "auto":
@@ -187,6 +187,11 @@ def read_questions(raw: bytes, filename, answered=None) -> list[dict]:
     return questions
 
 
+def content_lines(text):
+    """The lines of text that are neither blank nor '#' comments."""
+    return [line for line in text.split("\n") if line.strip() and not line.lstrip().startswith("#")]
+
+
 def detect_format(text: str, filename) -> str:
     """The format of a file from its extension (.json, .jsonl) and its content.
 
@@ -203,7 +208,7 @@ def detect_format(text: str, filename) -> str:
     body = text.removeprefix("\ufeff").strip()
     if not body:
         raise DatasetError(f"{filename}: empty file: no question/answer pairs")
-    if all(not line.strip() or line.lstrip().startswith("#") for line in body.split("\n")):
+    if not content_lines(body):
         raise DatasetError(f"{filename}: no question/answer pairs: only '#' comment and blank lines")
     choices = f"name the format explicitly (one of {', '.join(FORMATS)})"
     by_content, evidence = _format_from_content(body, filename, choices)
@@ -219,7 +224,7 @@ def detect_format(text: str, filename) -> str:
 
 def _format_from_content(body, filename, choices):
     """-> (format or None, the evidence in words) for a stripped, non-empty body."""
-    lines = [line for line in body.split("\n") if line.strip() and not line.lstrip().startswith("#")]
+    lines = content_lines(body)
     if body[0] in "[{":
         fmt = "json" if body[0] == "[" else "jsonl"
         try:
